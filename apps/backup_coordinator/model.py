@@ -152,3 +152,16 @@ def parse_frequency(value: object) -> int:
 
 def parse_keep_count(name: str, value: object) -> int:
     return parse_whole_number(value, f"keep {name}", KEEP_COUNT_RANGE)
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and how to reach one drone's agent. Host keys are always verified."""
+
+    host: str
+    port: int = 22
+    user: str = "root"
+    client_key: str = ""  # path of the private key whose authorized_keys line forces the agent
+    known_hosts: str = ""  # path of the known_hosts file that must hold the host's key
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 15.0
