@@ -1,0 +1,497 @@
+"""SSH transport: run one agent operation on a drone and stream its events back.
+
+Each operation opens its own SSH connection and closes it when the operation ends: no pooled
+connections whose silent death would need detecting, and a connection's lifetime is exactly the
+agent's (the agent treats its stdin closing as "the coordinator is gone" and stops borg).
+
+Host keys are always verified against the target's known_hosts file: there is no way to turn
+that off. Neither an ssh-agent nor ``~/.ssh/config`` is consulted; everything comes from the
+``SshTarget``. The job (which may hold the repository passphrase) goes to the agent's stdin and
+is never echoed into a message.
+
+Failures are raised as ``OperationFailed`` classified by ``FailureKind``, each with a hint that
+tells a person what to do about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from .model import SshTarget
+from .protocol import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_WARNING,
+    PROTOCOL_VERSION,
+    AgentEvent,
+    FailureKind,
+    Hello,
+    OperationFailed,
+    ProtocolError,
+    Result,
+    parse_line,
+)
+
+EventHandler = Callable[[AgentEvent], Awaitable[None]]
+
+KEEPALIVE_COUNT_MAX = 3
+STDERR_TAIL_CHARS = 4096
+EXIT_WAIT_SECONDS = 5.0  # after the result (or EOF), how long the agent may take to exit
+CLOSE_WAIT_SECONDS = 2.0
+COMMAND_NOT_FOUND_EXIT = 127
+AGENT_INSTALL_HINT = (
+    "install drone_agent/backup_drone.py on the host and make it the forced command of the "
+    "coordinator's key in authorized_keys"
+)
+BORG_ERROR_HINTS = {
+    "LockTimeout": "another borg holds the repository lock; retry when it is done "
+    "(borg break-lock only if no borg runs)",
+    "PassphraseWrong": "the passphrase does not open this repository",
+    "Repository.DoesNotExist": "initialise the repository (borg init) or fix its location",
+}
+
+
+def where(target: SshTarget) -> str:
+    return f"{target.host}:{target.port}"
+
+
+# --- connecting ------------------------------------------------------------------------------
+
+
+def unreachable(target: SshTarget, reason: object) -> OperationFailed:
+    return OperationFailed(
+        FailureKind.UNREACHABLE,
+        f"host down or sshd not running on {where(target)} ({reason})",
+        f"check that {target.host} is up and its sshd listens on port {target.port}",
+    )
+
+
+def host_key_hint(target: SshTarget) -> str:
+    return (
+        f"check the host's key fingerprint (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub "
+        f"on the host), then add it: ssh-keyscan -p {target.port} {target.host} "
+        f">> {target.known_hosts or 'KNOWN_HOSTS'}"
+    )
+
+
+def auth_hint(target: SshTarget) -> str:
+    return (
+        f"add to ~{target.user}/.ssh/authorized_keys on {target.host}: "
+        f'command="/usr/local/bin/backup-drone serve",restrict '
+        f"<contents of {target.client_key}.pub>"
+    )
+
+
+def load_known_hosts(target: SshTarget) -> asyncssh.SSHKnownHosts:
+    """The host keys to trust; a missing or unreadable file is a HOST_KEY failure."""
+    try:
+        return asyncssh.read_known_hosts(target.known_hosts)
+    except (OSError, ValueError) as error:
+        raise OperationFailed(
+            FailureKind.HOST_KEY,
+            f"cannot read known_hosts file {target.known_hosts!r} for {where(target)}: {error}",
+            host_key_hint(target),
+        ) from None
+
+
+def load_client_key(target: SshTarget) -> asyncssh.SSHKey:
+    try:
+        return asyncssh.read_private_key(target.client_key)
+    except (OSError, ValueError) as error:  # KeyImportError is a ValueError
+        raise OperationFailed(
+            FailureKind.AUTH,
+            f"cannot read client key {target.client_key!r}: {error}",
+            f"create one without passphrase (ssh-keygen -t ed25519 -N '' -f {target.client_key}) "
+            f"and authorize it on the host; {auth_hint(target)}",
+        ) from None
+
+
+async def open_connection(
+    target: SshTarget, client_keys: list[asyncssh.SSHKey] | None = None
+) -> asyncssh.SSHClientConnection:
+    """An authenticated connection to the drone; ``client_keys`` overrides the target's key."""
+    known_hosts = load_known_hosts(target)
+    keys = [load_client_key(target)] if client_keys is None else client_keys
+    try:
+        return await asyncssh.connect(
+            target.host,
+            port=target.port,
+            username=target.user,
+            client_keys=keys,
+            known_hosts=known_hosts,
+            x509_trusted_certs=None,
+            agent_path=None,
+            config=[],
+            preferred_auth=["publickey"],
+            connect_timeout=target.connect_timeout,
+            keepalive_interval=target.keepalive_interval,
+            keepalive_count_max=KEEPALIVE_COUNT_MAX,
+        )
+    except asyncssh.HostKeyNotVerifiable as error:
+        raise OperationFailed(
+            FailureKind.HOST_KEY,
+            f"host key of {where(target)} is not in {target.known_hosts} or has changed "
+            f"({error.reason})",
+            host_key_hint(target),
+        ) from None
+    except asyncssh.PermissionDenied:
+        raise OperationFailed(
+            FailureKind.AUTH,
+            f"{where(target)} refused the key {target.client_key} for user {target.user}",
+            auth_hint(target),
+        ) from None
+    except (OSError, TimeoutError, asyncssh.Error) as error:
+        raise unreachable(target, describe(error)) from None
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, asyncssh.DisconnectError):
+        return error.reason
+    return str(error) or type(error).__name__
+
+
+async def close_connection(conn: asyncssh.SSHClientConnection) -> None:
+    conn.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(conn.wait_closed(), CLOSE_WAIT_SECONDS)
+
+
+# --- running one operation -------------------------------------------------------------------
+
+
+async def run_agent(
+    target: SshTarget,
+    operation: str,
+    job: Mapping[str, Any],
+    on_event: EventHandler | None = None,
+) -> Result:
+    """Runs ``operation`` on the drone's agent with ``job``; every event goes to ``on_event``.
+
+    Returns the result when the agent succeeded (rc 0, or 1 with warnings); raises
+    ``OperationFailed`` otherwise. Cancelling the awaiting task closes the connection, which
+    makes the agent stop borg, and re-raises ``CancelledError``.
+    """
+    conn = await open_connection(target)
+    try:
+        return await run_on_connection(conn, target, operation, job, on_event)
+    finally:
+        await close_connection(conn)
+
+
+async def run_on_connection(
+    conn: asyncssh.SSHClientConnection,
+    target: SshTarget,
+    operation: str,
+    job: Mapping[str, Any],
+    on_event: EventHandler | None,
+) -> Result:
+    process = await start_agent(conn, target, operation)
+    stderr = StderrTail(process)
+    try:
+        await send_job(process, job)
+        result = await stream_events(process, target, operation, stderr, on_event)
+        await finish(process)
+        return checked(result, target)
+    finally:
+        process.close()
+        await stderr.stop()
+
+
+async def start_agent(
+    conn: asyncssh.SSHClientConnection, target: SshTarget, operation: str
+) -> asyncssh.SSHClientProcess[str]:
+    try:
+        return await conn.create_process(operation, encoding="utf-8", errors="replace")
+    except (OSError, asyncssh.Error) as error:
+        raise unreachable(target, f"could not open a session: {describe(error)}") from None
+
+
+async def send_job(process: asyncssh.SSHClientProcess[str], job: Mapping[str, Any]) -> None:
+    """The job is the first stdin line; stdin then stays open as the liveness signal."""
+    # A write to an agent that already exited fails here; reading its output says why.
+    with contextlib.suppress(OSError, asyncssh.Error):
+        process.stdin.write(json.dumps(job) + "\n")
+        await process.stdin.drain()
+
+
+async def finish(process: asyncssh.SSHClientProcess[str]) -> None:
+    """After the result: close stdin and give the agent a moment to exit."""
+    with contextlib.suppress(OSError, asyncssh.Error):
+        process.stdin.write_eof()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(process.wait_closed(), EXIT_WAIT_SECONDS)
+
+
+class StderrTail:
+    """Reads the agent's stderr in the background, keeping only the last few KiB."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess[str]) -> None:
+        self._process = process
+        self._text = ""
+        self._task = asyncio.ensure_future(self._collect())
+
+    async def _collect(self) -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            while chunk := await self._process.stderr.read(STDERR_TAIL_CHARS):
+                self._text = (self._text + chunk)[-STDERR_TAIL_CHARS:]
+
+    async def text(self) -> str:
+        """The tail once stderr has ended (or what there is after a short wait)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._task), CLOSE_WAIT_SECONDS)
+        return self._text.strip()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+
+async def stream_events(
+    process: asyncssh.SSHClientProcess[str],
+    target: SshTarget,
+    operation: str,
+    stderr: StderrTail,
+    on_event: EventHandler | None,
+) -> Result:
+    """Reads events until the result; the first must be a hello of our protocol version."""
+    hello_seen = False
+    while True:
+        line = await read_line(process, target, operation, hello_seen)
+        if line is None:
+            raise await ended_without_result(process, target, operation, stderr, hello_seen)
+        event = parse_event(line, target, hello_seen)
+        if not hello_seen:
+            check_hello(event, target)
+            hello_seen = True
+        if on_event is not None:
+            await on_event(event)
+        if isinstance(event, Result):
+            return event
+
+
+async def read_line(
+    process: asyncssh.SSHClientProcess[str], target: SshTarget, operation: str, hello_seen: bool
+) -> str | None:
+    """The next complete line, or None at the end of the stream."""
+    try:
+        line = await process.stdout.readline()
+    except (OSError, asyncssh.Error) as error:
+        if hello_seen:
+            raise lost_during(target, operation, describe(error)) from None
+        raise unreachable(target, describe(error)) from None
+    if not line:
+        return None
+    if not line.endswith("\n") and process.stdout.at_eof():
+        # A partial last line: the stream was cut off in the middle of it.
+        return line if is_event(line) else None
+    return line
+
+
+def is_event(line: str) -> bool:
+    try:
+        parse_line(line)
+    except ProtocolError:
+        return False
+    return True
+
+
+def parse_event(line: str, target: SshTarget, hello_seen: bool) -> AgentEvent:
+    try:
+        return parse_line(line)
+    except ProtocolError as error:
+        if not hello_seen:
+            raise not_the_agent(target, f"it printed: {line.strip()[:200]!r}") from None
+        raise OperationFailed(
+            FailureKind.AGENT,
+            f"the agent on {where(target)} sent an invalid line: {error}",
+            "update the agent on the host to the coordinator's version",
+        ) from None
+
+
+def check_hello(event: AgentEvent, target: SshTarget) -> None:
+    if not isinstance(event, Hello):
+        raise not_the_agent(target, f"its first line was a {type(event).__name__}, not hello")
+    if event.protocol != PROTOCOL_VERSION:
+        raise OperationFailed(
+            FailureKind.AGENT,
+            f"protocol mismatch: the agent on {where(target)} speaks protocol {event.protocol}, "
+            f"the coordinator speaks {PROTOCOL_VERSION}",
+            "install the agent version that ships with this coordinator on the host",
+        )
+
+
+def not_the_agent(target: SshTarget, detail: str) -> OperationFailed:
+    return OperationFailed(
+        FailureKind.AGENT,
+        f"agent missing or not the backup-drone agent on {where(target)}: {detail}",
+        AGENT_INSTALL_HINT,
+    )
+
+
+def lost_during(target: SshTarget, operation: str, reason: str) -> OperationFailed:
+    return OperationFailed(
+        FailureKind.UNREACHABLE,
+        f"connection lost during {operation} on {where(target)} ({reason})",
+        f"check the network and that {target.host} stays up",
+    )
+
+
+async def ended_without_result(
+    process: asyncssh.SSHClientProcess[str],
+    target: SshTarget,
+    operation: str,
+    stderr: StderrTail,
+    hello_seen: bool,
+) -> OperationFailed:
+    """Why the output ended before a result: the connection died, or the agent did."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(process.wait_closed(), EXIT_WAIT_SECONDS)
+    status = process.exit_status
+    signal = process.exit_signal
+    errors = await stderr.text()
+    exited = status is not None or signal is not None
+    if hello_seen and not exited:
+        return lost_during(target, operation, "the output ended without a result")
+    how = (
+        f"exit status {status}" if status is not None else f"signal {signal[0] if signal else '?'}"
+    )
+    detail = f"{how}; stderr: {errors[-500:]}" if errors else how
+    if not hello_seen:
+        if status == COMMAND_NOT_FOUND_EXIT or "not found" in errors or not exited:
+            return not_the_agent(target, f"no output ({detail})")
+        return not_the_agent(target, f"it exited without a hello ({detail})")
+    return OperationFailed(
+        FailureKind.AGENT,
+        f"the agent on {where(target)} ended {operation} without a result ({detail})",
+        "look at the agent's stderr above; report it if it is a crash",
+    )
+
+
+def checked(result: Result, target: SshTarget) -> Result:
+    """The result itself when the agent succeeded; otherwise the classified failure."""
+    if result.rc in (EXIT_OK, EXIT_WARNING):
+        return result
+    if result.rc == EXIT_FAILED:
+        msgid = str((result.error or {}).get("msgid") or "")
+        raise OperationFailed(
+            FailureKind.BORG_ERROR, error_text(result), BORG_ERROR_HINTS.get(msgid, "")
+        )
+    if result.rc == EXIT_REJECTED:
+        raise OperationFailed(
+            FailureKind.REJECTED,
+            f"the agent on {where(target)} rejected the job: {error_text(result)}",
+            "fix the drone's settings named in the message",
+        )
+    raise OperationFailed(
+        FailureKind.AGENT,
+        f"the agent on {where(target)} reported the unknown exit code {result.rc}",
+        AGENT_INSTALL_HINT,
+    )
+
+
+def error_text(result: Result) -> str:
+    """``msgid: field: message`` from the result's error, each part only when present."""
+    error = result.error or {}
+    text = str(error.get("message") or "") or f"{result.operation} failed (rc {result.rc})"
+    field = str(error.get("field") or "")
+    msgid = str(error.get("msgid") or "")
+    if field and field not in text:
+        text = f"{field}: {text}"
+    if msgid and not text.startswith(msgid):
+        text = f"{msgid}: {text}"
+    return text
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+STEP_TCP = "TCP reachable"
+STEP_HOST_KEY = "host key known and matching"
+STEP_AUTH = "key accepted"
+STEP_AGENT = "agent hello"
+PROBE_STEPS = (STEP_TCP, STEP_HOST_KEY, STEP_AUTH, STEP_AGENT)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One step of ``probe``: what was checked, whether it passed, and what to do if not."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+async def probe(target: SshTarget) -> list[Check]:
+    """Checks the path to a drone's agent step by step, stopping at the first failing step."""
+    checks: list[Check] = []
+    for step in (probe_tcp, probe_host_key, probe_auth_and_agent):
+        checks.extend(await step(target))
+        if not checks[-1].ok:
+            break
+    done = {check.name for check in checks}
+    checks.extend(
+        Check(name, False, "not run: an earlier step failed")
+        for name in PROBE_STEPS
+        if name not in done
+    )
+    return checks
+
+
+async def probe_tcp(target: SshTarget) -> list[Check]:
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(target.host, target.port), target.connect_timeout
+        )
+    except (OSError, TimeoutError) as error:
+        failure = unreachable(target, describe(error))
+        return [Check(STEP_TCP, False, failure.message, failure.hint)]
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return [Check(STEP_TCP, True, f"{where(target)} accepts connections")]
+
+
+async def probe_host_key(target: SshTarget) -> list[Check]:
+    """Verifies the host key alone: a connection offering no client key gets that far."""
+    try:
+        conn = await open_connection(target, client_keys=[])
+    except OperationFailed as failure:
+        if failure.kind is FailureKind.AUTH:  # refused after the host key was accepted
+            return [Check(STEP_HOST_KEY, True, f"matches {target.known_hosts}")]
+        return [Check(STEP_HOST_KEY, False, failure.message, failure.hint)]
+    await close_connection(conn)  # a host that lets anyone in: its key still matched
+    return [Check(STEP_HOST_KEY, True, f"matches {target.known_hosts}")]
+
+
+async def probe_auth_and_agent(target: SshTarget) -> list[Check]:
+    try:
+        conn = await open_connection(target)
+    except OperationFailed as failure:
+        return [Check(STEP_AUTH, False, failure.message, failure.hint)]
+    auth = Check(STEP_AUTH, True, f"{target.user} with {target.client_key}")
+    hellos: list[Hello] = []
+
+    async def keep_hello(event: AgentEvent) -> None:
+        if isinstance(event, Hello):
+            hellos.append(event)
+
+    try:
+        await run_on_connection(conn, target, "hello", {"protocol": PROTOCOL_VERSION}, keep_hello)
+    except OperationFailed as failure:
+        return [auth, Check(STEP_AGENT, False, failure.message, failure.hint)]
+    finally:
+        await close_connection(conn)
+    hello = hellos[0]
+    detail = f"agent {hello.agent_version}, borg {hello.borg_version} on {hello.hostname}"
+    return [auth, Check(STEP_AGENT, True, detail)]
