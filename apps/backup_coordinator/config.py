@@ -1,0 +1,756 @@
+"""apps.yaml args -> frozen, typed configuration.
+
+A top-level mistake (a bad tick, an unknown key) raises ``ConfigError``. A mistake in one drone
+is recorded as a ``ConfigProblem`` and that drone is skipped, so the others keep being backed up.
+Every message names the key and says what is expected; none ever shows a passphrase.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .model import (
+    KEEP_COUNT_NAMES,
+    DroneSettings,
+    KeepRules,
+    SettingError,
+    SshTarget,
+    parse_frequency,
+    parse_keep_count,
+    parse_keep_within,
+    parse_mode,
+)
+
+# Keys AppDaemon puts into (or accepts in) every app's args; they are not ours to check.
+APPDAEMON_KEYS = frozenset(
+    {
+        "module",
+        "class",
+        "dependencies",
+        "global_dependencies",
+        "priority",
+        "log",
+        "log_level",
+        "plugin",
+        "use_dictionary_unpacking",
+        "pin_app",
+        "pin_thread",
+        "disable",
+        "name",
+        "config_path",
+    }
+)
+
+APP_MODULE = "backup_coordinator.app"
+APP_CLASS = "BackupCoordinator"
+
+SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+NOTIFY_PATTERN = re.compile(r"^notify\.[a-z0-9_]+$")
+ARCHIVE_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+COMPRESSION_PATTERN = re.compile(
+    r"^(auto,)?(none|lz4|zstd(,([1-9]|1[0-9]|2[0-2]))?|zlib(,[0-9])?|lzma(,[0-9])?)$"
+)
+HOST_PATTERN = re.compile(r"^[A-Za-z0-9_\[][A-Za-z0-9._:%\[\]-]{0,252}$")
+USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+SSH_URL_PATTERN = re.compile(r"^ssh://([^@/\s]+@)?[^@/:\s]+(:[0-9]{1,5})?/\S*$")
+SCP_LOCATION_PATTERN = re.compile(r"^[^@/:\s-][^@/:\s]*@[^@/:\s]+:\S+$")
+
+DEFAULT_ENTITY_PREFIX = "backup"
+DEFAULT_STATE_FILE = "backup_coordinator_state.json"
+DEFAULT_EXCLUDE_IF_PRESENT = (".nobackup",)
+MAX_CONCURRENT_RANGE = (1, 16)
+LOCK_WAIT_RANGE = (0, 86400)
+PORT_RANGE = (1, 65535)
+
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "entity_prefix",
+        "state_file",
+        "tick_seconds",
+        "max_concurrent",
+        "progress_interval",
+        "overdue_factor",
+        "max_runtime_minutes",
+        "notify",
+        "ssh",
+        "defaults",
+        "drones",
+    }
+)
+SSH_BLOCK_KEYS = frozenset(
+    {"user", "port", "client_key", "known_hosts", "connect_timeout", "keepalive_interval"}
+)
+DRONE_KEYS = frozenset(
+    {
+        "host",
+        "repository",
+        "passphrase",
+        "archive_prefix",
+        "paths",
+        "exclude_patterns",
+        "exclude_if_present",
+        "one_file_system",
+        "compression",
+        "lock_wait",
+        "borg_rsh",
+        "borg_remote_path",
+        "mode",
+        "frequency",
+        "keep",
+    }
+    | SSH_BLOCK_KEYS
+)
+NOT_INHERITABLE_KEYS = frozenset({"host", "repository"})
+KEEP_KEYS = frozenset({"within", *KEEP_COUNT_NAMES})
+
+# Keys people reach for to turn host key checking off. Host keys are always verified, so these
+# get a message that says so instead of a plain "unknown key".
+HOST_KEY_BYPASS_KEYS = frozenset(
+    {
+        "strict_host_key_checking",
+        "stricthostkeychecking",
+        "host_key_checking",
+        "check_host_keys",
+        "verify_host_keys",
+        "verify_host_key",
+        "insecure",
+        "accept_new_host_keys",
+        "ignore_host_keys",
+    }
+)
+HOST_KEY_BYPASS_MESSAGE = (
+    "host keys are always verified and this cannot be turned off; "
+    "put the host's key into the known_hosts file instead"
+)
+
+
+class ConfigError(ValueError):
+    """The configuration as a whole is unusable; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One drone's configuration is broken; that drone is skipped."""
+
+    drone: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"drone {self.drone!r}: key {self.key!r}: {self.message}"
+
+
+@dataclass(frozen=True)
+class DroneConfig:
+    name: str
+    ssh: SshTarget
+    repository: str
+    passphrase: str | None = field(default=None, repr=False)
+    archive_prefix: str = ""
+    paths: tuple[str, ...] = ()
+    exclude_patterns: tuple[str, ...] = ()
+    exclude_if_present: tuple[str, ...] = DEFAULT_EXCLUDE_IF_PRESENT
+    one_file_system: bool = False
+    compression: str = "lz4"
+    lock_wait: int = 60
+    borg_rsh: str | None = None
+    borg_remote_path: str | None = None
+    settings: DroneSettings = field(default_factory=DroneSettings)
+
+    @property
+    def repository_key(self) -> str:
+        """Identifies the repository, so no two operations ever run on it at once.
+
+        A local path only means something on its host, so it is qualified with the host;
+        remote locations name their host already and are used as written.
+        """
+        if self.repository.startswith("/"):
+            return f"{self.ssh.host}:{posixpath.normpath(self.repository)}"
+        return self.repository
+
+
+@dataclass(frozen=True)
+class Config:
+    entity_prefix: str = DEFAULT_ENTITY_PREFIX
+    state_file: Path = Path(DEFAULT_STATE_FILE)
+    tick_seconds: float = 60.0
+    max_concurrent: int = 1
+    progress_interval: float = 5.0
+    overdue_factor: float = 2.0
+    max_runtime_minutes: int = 720
+    notify: str | None = None
+    drones: tuple[DroneConfig, ...] = ()
+    problems: tuple[ConfigProblem, ...] = ()
+
+    def drone(self, name: str) -> DroneConfig | None:
+        return next((d for d in self.drones if d.name == name), None)
+
+
+class InvalidValue(ValueError):
+    """A value rejected by a validator: the key (path) and what is expected."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"key {key!r}: {message}")
+        self.key = key
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------
+# Value validators: each takes the key (for the message) and the raw value.
+
+
+def _shown(value: object) -> str:
+    """The value as a message shows it: repr, shortened so a pasted blob stays readable."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text(key: str, value: object, what: str = "text") -> str:
+    if not isinstance(value, str):
+        raise InvalidValue(key, f"must be {what}, got {_shown(value)}")
+    return value
+
+
+def _single_line(key: str, value: object, what: str) -> str:
+    text = _text(key, value, what)
+    if not text or any(c in text for c in "\n\r\0"):
+        raise InvalidValue(key, f"must be {what} (one non-empty line), got {_shown(value)}")
+    return text
+
+
+def _matching(key: str, value: object, pattern: re.Pattern[str], what: str) -> str:
+    text = _text(key, value, what)
+    if not pattern.match(text):
+        raise InvalidValue(key, f"must be {what}, got {_shown(value)}")
+    return text
+
+
+def _whole_number(key: str, value: object, low: int, high: int | None = None) -> int:
+    expected = f"a whole number between {low} and {high}" if high else f"a whole number >= {low}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
+    if value < low or (high is not None and value > high):
+        raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
+    return value
+
+
+def _number(key: str, value: object, minimum: float, unit: str, inclusive: bool = True) -> float:
+    relation = ">=" if inclusive else ">"
+    expected = f"a number {relation} {minimum:g} ({unit})"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
+    number = float(value)
+    in_range = number >= minimum if inclusive else number > minimum
+    if number != number or number == float("inf") or not in_range:
+        raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
+    return number
+
+
+def _boolean(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidValue(key, f"must be true or false, got {_shown(value)}")
+    return value
+
+
+def _text_list(key: str, value: object, item: Callable[[str, object], str]) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise InvalidValue(key, f"must be a list, got {_shown(value)}")
+    return tuple(item(f"{key}[{index}]", entry) for index, entry in enumerate(value))
+
+
+def _mapping(key: str, value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidValue(key, f"must be a mapping of keys to values, got {_shown(value)}")
+    for name in value:
+        if not isinstance(name, str):
+            raise InvalidValue(f"{key}.{name}", "keys must be text")
+    return value
+
+
+def _local_path(base_dir: Path) -> Callable[[str, object], str]:
+    def parse(key: str, value: object) -> str:
+        if value is None or value is False:
+            raise InvalidValue(key, "must be the path of a file, got nothing")
+        text = _single_line(key, value, "the path of a file")
+        path = Path(text).expanduser()
+        return str(path if path.is_absolute() else base_dir / path)
+
+    return parse
+
+
+def _known_hosts(base_dir: Path) -> Callable[[str, object], str]:
+    parse_path = _local_path(base_dir)
+
+    def parse(key: str, value: object) -> str:
+        if value is None or isinstance(value, bool) or value == "":
+            raise InvalidValue(
+                key,
+                "must be the path of a known_hosts file holding the host's key; host keys "
+                f"are always verified and this cannot be turned off, got {_shown(value)}",
+            )
+        return parse_path(key, value)
+
+    return parse
+
+
+def _absolute_path(key: str, value: object) -> str:
+    text = _single_line(key, value, "an absolute path")
+    if not text.startswith("/"):
+        raise InvalidValue(key, f"must be an absolute path, got {_shown(value)}")
+    return text
+
+
+def _pattern_text(key: str, value: object) -> str:
+    return _single_line(key, value, "a borg pattern")
+
+
+def _file_name(key: str, value: object) -> str:
+    text = _single_line(key, value, "a file name")
+    if "/" in text:
+        raise InvalidValue(key, f"must be a file name without '/', got {_shown(value)}")
+    return text
+
+
+def _repository(key: str, value: object) -> str:
+    expected = "an absolute path, ssh://[user@]host[:port]/path or user@host:path"
+    text = _single_line(key, value, expected)
+    if text.startswith("/") or SSH_URL_PATTERN.match(text) or SCP_LOCATION_PATTERN.match(text):
+        return text
+    raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
+
+
+def _passphrase(key: str, value: object) -> str | None:
+    # The value is never echoed: a mistyped passphrase is still a secret.
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidValue(
+            key, f"must be text (quote it in YAML), got a value of type {type(value).__name__}"
+        )
+    return value
+
+
+def _optional(
+    parse: Callable[[str, object], str],
+) -> Callable[[str, object], str | None]:
+    def parse_optional(key: str, value: object) -> str | None:
+        return None if value is None else parse(key, value)
+
+    return parse_optional
+
+
+def _setting(key: str, parse: Callable[[object], Any], value: object) -> Any:
+    try:
+        return parse(value)
+    except SettingError as error:
+        raise InvalidValue(key, str(error)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Top level
+
+
+def parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
+    """The app's args as AppDaemon passes them -> Config. Raises ConfigError at the top level.
+
+    Relative paths (state file, keys) are taken relative to ``base_dir``.
+    """
+    try:
+        return _parse_config(args, base_dir)
+    except InvalidValue as error:
+        raise ConfigError(str(error)) from None
+
+
+def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
+    _reject_unknown_keys("", args, TOP_LEVEL_KEYS, ignored=APPDAEMON_KEYS)
+    ssh_block = _parse_ssh_block(args.get("ssh", {}), base_dir)
+    defaults = _parse_defaults(args.get("defaults", {}), ssh_block, base_dir)
+    drones, problems = _parse_drones(args.get("drones"), defaults, base_dir)
+    return Config(
+        entity_prefix=_matching(
+            "entity_prefix",
+            args.get("entity_prefix", DEFAULT_ENTITY_PREFIX),
+            SLUG_PATTERN,
+            "a slug: a lowercase letter, then up to 30 lowercase letters, digits or _",
+        ),
+        state_file=Path(
+            _local_path(base_dir)("state_file", args.get("state_file", DEFAULT_STATE_FILE))
+        ),
+        tick_seconds=_number("tick_seconds", args.get("tick_seconds", 60), 1, "seconds"),
+        max_concurrent=_whole_number(
+            "max_concurrent", args.get("max_concurrent", 1), *MAX_CONCURRENT_RANGE
+        ),
+        progress_interval=_number(
+            "progress_interval", args.get("progress_interval", 5), 0.5, "seconds"
+        ),
+        overdue_factor=_number("overdue_factor", args.get("overdue_factor", 2.0), 1, "factor"),
+        max_runtime_minutes=_whole_number(
+            "max_runtime_minutes", args.get("max_runtime_minutes", 720), 1
+        ),
+        notify=_optional(_notify)("notify", args.get("notify")),
+        drones=drones,
+        problems=problems,
+    )
+
+
+def _notify(key: str, value: object) -> str:
+    return _matching(key, value, NOTIFY_PATTERN, "a notify service like notify.mobile_app_phone")
+
+
+def _reject_unknown_keys(
+    prefix: str,
+    section: Mapping[str, Any],
+    allowed: Iterable[str],
+    ignored: frozenset[str] = frozenset(),
+) -> None:
+    allowed = frozenset(allowed)
+    for key in section:
+        if key in allowed or key in ignored:
+            continue
+        where = f"{prefix}{key}"
+        if isinstance(key, str) and key.lower() in HOST_KEY_BYPASS_KEYS:
+            raise InvalidValue(where, HOST_KEY_BYPASS_MESSAGE)
+        raise InvalidValue(where, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+
+def _parse_ssh_block(value: object, base_dir: Path) -> dict[str, Any]:
+    """The global ssh: block, validated; its raw values become every drone's defaults."""
+    if value is None:
+        return {}
+    block = _mapping("ssh", value)
+    _reject_unknown_keys("ssh.", block, SSH_BLOCK_KEYS)
+    for key, raw in block.items():
+        _parse_drone_value(f"ssh.{key}", key, raw, base_dir)
+    return dict(block)
+
+
+def _parse_defaults(value: object, ssh_block: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    """ssh: values overlaid with defaults: values, each checked here so a mistake in a shared
+    default is reported once, under its own key, instead of on every drone."""
+    if value is None:
+        return dict(ssh_block)
+    block = _mapping("defaults", value)
+    for key in block:
+        if key in NOT_INHERITABLE_KEYS:
+            raise InvalidValue(f"defaults.{key}", "must be set per drone, not in defaults")
+    _reject_unknown_keys("defaults.", block, DRONE_KEYS - NOT_INHERITABLE_KEYS)
+    for key, raw in block.items():
+        _parse_drone_value(f"defaults.{key}", key, raw, base_dir)
+    return {**ssh_block, **block}
+
+
+# ---------------------------------------------------------------------------------------------
+# Drones
+
+
+def _parse_drones(
+    value: object, defaults: Mapping[str, Any], base_dir: Path
+) -> tuple[tuple[DroneConfig, ...], tuple[ConfigProblem, ...]]:
+    if value is None:
+        raise InvalidValue("drones", "required: a mapping of drone names to their settings")
+    drones_section = _mapping_any_keys("drones", value)
+    if not drones_section:
+        raise InvalidValue("drones", "must name at least one drone")
+    drones: list[DroneConfig] = []
+    problems: list[ConfigProblem] = []
+    for name in sorted(drones_section, key=str):
+        settings = drones_section[name]
+        secrets = _secrets_of(defaults, settings)
+        try:
+            drone = parse_drone(name, settings, defaults, base_dir)
+            _check_archive_prefix_unique(drone, drones)
+        except InvalidValue as error:
+            problems.append(ConfigProblem(str(name), error.key, _redact(error.message, secrets)))
+            continue
+        drones.append(drone)
+    return tuple(drones), tuple(problems)
+
+
+def _mapping_any_keys(key: str, value: object) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidValue(key, f"must be a mapping of keys to values, got {_shown(value)}")
+    return value
+
+
+def _secrets_of(*sections: object) -> tuple[str, ...]:
+    return tuple(
+        section["passphrase"]
+        for section in sections
+        if isinstance(section, Mapping)
+        and isinstance(section.get("passphrase"), str)
+        and section["passphrase"]
+    )
+
+
+def _redact(message: str, secrets: Iterable[str]) -> str:
+    """Belt and braces: no message may carry a passphrase, even one pasted under a wrong key."""
+    for secret in secrets:
+        message = message.replace(secret, "***")
+    return message
+
+
+def parse_drone(
+    name: object, value: object, defaults: Mapping[str, Any], base_dir: Path
+) -> DroneConfig:
+    """One drone's settings, with the inherited defaults; raises InvalidValue naming the key."""
+    if not isinstance(name, str) or not SLUG_PATTERN.match(name):
+        raise InvalidValue(
+            "name",
+            "a drone name must be a slug: a lowercase letter, then up to 30 lowercase "
+            f"letters, digits or _, got {_shown(name)}",
+        )
+    own = _mapping(f"drones.{name}", value)
+    _reject_unknown_keys("", own, DRONE_KEYS)
+    merged = {**defaults, **own}
+    if "keep" in defaults and "keep" in own:
+        # Keep rules merge rule by rule: a drone can change one without repeating the rest.
+        merged["keep"] = {**_mapping("keep", defaults["keep"]), **_mapping("keep", own["keep"])}
+    for required in ("host", "repository", "paths", "client_key", "known_hosts"):
+        if required not in merged:
+            raise InvalidValue(required, _missing_message(required))
+    parsed = {key: _parse_drone_value(key, key, raw, base_dir) for key, raw in merged.items()}
+    return _assemble_drone(name, parsed)
+
+
+def _missing_message(key: str) -> str:
+    if key in SSH_BLOCK_KEYS:
+        return f"required: set {key} on the drone, in defaults: or in the ssh: block"
+    return "required"
+
+
+def _parse_drone_value(key: str, name: str, raw: object, base_dir: Path) -> Any:
+    """Validate one per-drone value; ``key`` is how messages name it, ``name`` what it is."""
+    if name == "keep":
+        return _parse_keep(key, raw)
+    parse = _drone_value_parsers(base_dir)[name]
+    return parse(key, raw)
+
+
+def _drone_value_parsers(base_dir: Path) -> dict[str, Callable[[str, object], Any]]:
+    return {
+        "host": lambda key, value: _matching(key, value, HOST_PATTERN, "a host name or address"),
+        "port": lambda key, value: _whole_number(key, value, *PORT_RANGE),
+        "user": lambda key, value: _matching(key, value, USER_PATTERN, "a user name"),
+        "client_key": _local_path(base_dir),
+        "known_hosts": _known_hosts(base_dir),
+        "connect_timeout": lambda key, value: _number(key, value, 0, "seconds", inclusive=False),
+        "keepalive_interval": lambda key, value: _number(key, value, 0, "seconds, 0 = off"),
+        "repository": _repository,
+        "passphrase": _passphrase,
+        "archive_prefix": lambda key, value: _matching(
+            key,
+            value,
+            ARCHIVE_PREFIX_PATTERN,
+            "a letter or digit, then up to 63 letters, digits, '.', '_' or '-'",
+        ),
+        "paths": _non_empty_paths,
+        "exclude_patterns": lambda key, value: _text_list(key, value, _pattern_text),
+        "exclude_if_present": lambda key, value: _text_list(key, value, _file_name),
+        "one_file_system": _boolean,
+        "compression": lambda key, value: _matching(
+            key,
+            value,
+            COMPRESSION_PATTERN,
+            "none, lz4, zstd[,1-22], zlib[,0-9] or lzma[,0-9], optionally prefixed by auto,",
+        ),
+        "lock_wait": lambda key, value: _whole_number(key, value, *LOCK_WAIT_RANGE),
+        "borg_rsh": _optional(lambda key, value: _single_line(key, value, "a command line")),
+        "borg_remote_path": _optional(_remote_path),
+        "mode": lambda key, value: _setting(key, parse_mode, _text(key, value, "text")),
+        "frequency": _frequency,
+    }
+
+
+def _remote_path(key: str, value: object) -> str:
+    text = _single_line(key, value, "the borg command on the repository host")
+    if any(c.isspace() for c in text) or text.startswith("-"):
+        raise InvalidValue(
+            key, f"must be the borg command on the repository host, got {_shown(value)}"
+        )
+    return text
+
+
+def _non_empty_paths(key: str, value: object) -> tuple[str, ...]:
+    paths = _text_list(key, value, _absolute_path)
+    if not paths:
+        raise InvalidValue(key, "must list at least one absolute path to back up")
+    return paths
+
+
+def _parse_keep(key: str, value: object) -> KeepRules:
+    rules = _mapping(key, value)
+    _reject_unknown_keys(f"{key}.", rules, KEEP_KEYS)
+    changes: dict[str, str | int | None] = {}
+    if "within" in rules:
+        changes["within"] = _setting(f"{key}.within", parse_keep_within, rules["within"])
+    for count in KEEP_COUNT_NAMES:
+        if count in rules:
+            changes[count] = _keep_count(f"{key}.{count}", count, rules[count])
+    keep = DroneSettings().with_keep(**changes).keep
+    if keep.is_empty():
+        raise InvalidValue(key, "must keep something: set within or at least one count above 0")
+    return keep
+
+
+def _keep_count(key: str, name: str, value: object) -> int:
+    _strict_int(key, value, "a whole number of archives")
+    count: int = _setting(key, lambda v: parse_keep_count(name, v), value)
+    return count
+
+
+def _frequency(key: str, value: object) -> int:
+    _strict_int(key, value, "a whole number of minutes")
+    minutes: int = _setting(key, parse_frequency, value)
+    return minutes
+
+
+def _strict_int(key: str, value: object, what: str) -> None:
+    """The model's parsers also take "60" and 60.0 (HA's helpers report those); a YAML file
+    must say what it means."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValue(key, f"must be {what}, got {_shown(value)}")
+
+
+def _assemble_drone(name: str, parsed: Mapping[str, Any]) -> DroneConfig:
+    ssh = SshTarget(
+        host=parsed["host"],
+        port=parsed.get("port", 22),
+        user=parsed.get("user", "root"),
+        client_key=parsed["client_key"],
+        known_hosts=parsed["known_hosts"],
+        connect_timeout=parsed.get("connect_timeout", 10.0),
+        keepalive_interval=parsed.get("keepalive_interval", 15.0),
+    )
+    settings = DroneSettings(
+        mode=parsed.get("mode", DroneSettings.mode),
+        frequency_minutes=parsed.get("frequency", DroneSettings.frequency_minutes),
+        keep=parsed.get("keep", KeepRules()),
+    )
+    return DroneConfig(
+        name=name,
+        ssh=ssh,
+        repository=parsed["repository"],
+        passphrase=parsed.get("passphrase"),
+        archive_prefix=parsed.get("archive_prefix", name),
+        paths=parsed["paths"],
+        exclude_patterns=parsed.get("exclude_patterns", ()),
+        exclude_if_present=parsed.get("exclude_if_present", DEFAULT_EXCLUDE_IF_PRESENT),
+        one_file_system=parsed.get("one_file_system", False),
+        compression=parsed.get("compression", "lz4"),
+        lock_wait=parsed.get("lock_wait", 60),
+        borg_rsh=parsed.get("borg_rsh"),
+        borg_remote_path=parsed.get("borg_remote_path"),
+        settings=settings,
+    )
+
+
+def _check_archive_prefix_unique(drone: DroneConfig, earlier: Iterable[DroneConfig]) -> None:
+    """Prune and list select ``PREFIX-*``: two drones whose selections overlap in one repository
+    would prune each other's archives."""
+    for other in earlier:
+        if other.repository_key != drone.repository_key:
+            continue
+        if _prefixes_overlap(drone.archive_prefix, other.archive_prefix):
+            raise InvalidValue(
+                "archive_prefix",
+                f"{drone.archive_prefix!r} clashes with drone {other.name!r} "
+                f"(archive_prefix {other.archive_prefix!r}) in the same repository; "
+                "each drone needs a prefix of its own so prune never touches another's archives",
+            )
+
+
+def _prefixes_overlap(first: str, second: str) -> bool:
+    return first == second or first.startswith(second + "-") or second.startswith(first + "-")
+
+
+# ---------------------------------------------------------------------------------------------
+# apps.yaml files (for the CLI)
+
+
+def load_config_file(path: Path, app_name: str | None = None) -> Config:
+    """Read an apps.yaml like AppDaemon does and parse the coordinator's entry.
+
+    ``!secret NAME`` comes from ``secrets.yaml`` beside the file (or in its parent directory,
+    AppDaemon's config dir); ``!env_var NAME`` from the environment. Relative paths are taken
+    relative to the file's directory. With no ``app_name``, the single app whose module is
+    ``backup_coordinator.app`` (or whose class is ``BackupCoordinator``) is used.
+    """
+    apps = _read_yaml(path, _secrets_for(path))
+    if not isinstance(apps, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of app names to app settings")
+    name = app_name if app_name is not None else _find_app(apps, path)
+    if name not in apps:
+        raise ConfigError(f"{path}: no app named {name!r}")
+    args = apps[name]
+    if not isinstance(args, Mapping):
+        raise ConfigError(f"{path}: app {name!r} must be a mapping of keys to values")
+    return parse_config(args, path.parent)
+
+
+def _find_app(apps: Mapping[Any, Any], path: Path) -> str:
+    found = [
+        str(name)
+        for name, args in apps.items()
+        if isinstance(args, Mapping)
+        and (args.get("module") == APP_MODULE or args.get("class") == APP_CLASS)
+    ]
+    if len(found) != 1:
+        which = "no app" if not found else f"several apps ({', '.join(found)})"
+        raise ConfigError(
+            f"{path}: {which} with module {APP_MODULE} or class {APP_CLASS}; name the app"
+        )
+    return found[0]
+
+
+def _secrets_for(path: Path) -> Mapping[str, Any] | None:
+    for candidate in (path.with_name("secrets.yaml"), path.parent.parent / "secrets.yaml"):
+        if candidate.is_file():
+            secrets = _read_yaml(candidate, None)
+            if not isinstance(secrets, Mapping):
+                raise ConfigError(f"{candidate}: expected a mapping of secret names to values")
+            return secrets
+    return None
+
+
+def _read_yaml(path: Path, secrets: Mapping[str, Any] | None) -> Any:
+    loader = _loader_class(path, secrets)
+    try:
+        with path.open(encoding="utf-8") as stream:
+            return yaml.load(stream, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+
+
+def _loader_class(path: Path, secrets: Mapping[str, Any] | None) -> type[yaml.SafeLoader]:
+    """A SafeLoader that resolves !secret and !env_var, without touching yaml's global loaders."""
+
+    def secret(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        name = loader.construct_scalar(node)  # type: ignore[arg-type]
+        if secrets is None:
+            raise ConfigError(f"{path}: !secret {name} used but there is no secrets.yaml")
+        if name not in secrets:
+            raise ConfigError(f"{path}: secret {name!r} not found in secrets.yaml")
+        return secrets[name]
+
+    def env_var(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+        name = loader.construct_scalar(node)  # type: ignore[arg-type]
+        if name not in os.environ:
+            raise ConfigError(f"{path}: environment variable {name!r} (!env_var) is not set")
+        return os.environ[name]
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!secret", secret)
+    Loader.add_constructor("!env_var", env_var)
+    return Loader
