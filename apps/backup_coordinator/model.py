@@ -82,7 +82,9 @@ class KeepRules:
 
     def as_job(self) -> dict[str, str | int]:
         """The ``keep`` object of an agent job: zero counts and an unset ``within`` left out."""
-        job: dict[str, str | int] = {n: getattr(self, n) for n in KEEP_COUNT_NAMES if getattr(self, n)}
+        job: dict[str, str | int] = {
+            n: getattr(self, n) for n in KEEP_COUNT_NAMES if getattr(self, n)
+        }
         if self.within is not None:
             job["within"] = self.within
         return job

@@ -1,0 +1,613 @@
+"""The coordinator's runtime: drones' state machines, operations, failure detection.
+
+It owns no clock and no I/O of its own beyond what it is given: the agent runner (SSH
+transport), the store, and the Home Assistant port. A tick asks the scheduler what to start;
+every started operation runs as one asyncio task that drives the agent, relays progress and
+records the outcome. Everything of substance is persisted before the next await that could
+lose it, so a restart of AppDaemon or Home Assistant loses nothing and leaves nothing stuck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from . import entities, scheduler
+from .config import Config, DroneConfig
+from .entities import DroneSnapshot, ProgressSnapshot
+from .jobs import build_job
+from .model import (
+    BUSY_STATE_OF_AGENT_OPERATION,
+    KEEP_COUNT_NAMES,
+    DroneSettings,
+    DroneState,
+    Mode,
+    Operation,
+    SettingError,
+    SshTarget,
+    parse_frequency,
+    parse_keep_count,
+    parse_keep_within,
+    parse_mode,
+)
+from .ports import HomeAssistantPort
+from .progress import ProgressTracker
+from .protocol import AgentEvent, FailureKind, OperationFailed, Progress, Result
+from .store import DroneRecord, RunningOperation, Store
+
+AgentRunner = Callable[
+    [SshTarget, str, Mapping[str, Any], Callable[[AgentEvent], Awaitable[None]] | None],
+    Awaitable[Result],
+]
+
+EVENT_PROGRESS = "backup_coordinator_progress"
+EVENT_STARTED = "backup_coordinator_started"
+EVENT_FINISHED = "backup_coordinator_finished"
+EVENT_PROBLEM = "backup_coordinator_problem"
+EVENT_REQUEST = "backup_coordinator_request"
+
+GLOBAL_MODE_SETTING = "global_mode"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Drone:
+    """One drone at runtime: its configuration, HA-steered settings and persisted record."""
+
+    config: DroneConfig
+    settings: DroneSettings
+    record: DroneRecord
+    state: DroneState = DroneState.IDLE
+    agent_operation: str | None = None
+    task: asyncio.Task[None] | None = None
+    setting_problems: dict[str, str] = field(default_factory=dict)
+    overdue: bool = False
+    last_error_hint: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def problems(self) -> list[str]:
+        """Every reason this drone needs attention, most actionable first."""
+        reasons = list(self.setting_problems.values())
+        if self.record.consecutive_failures:
+            reasons.append(
+                f"{self.record.consecutive_failures} failed operation(s) in a row:"
+                f" {self.record.last_error}"
+            )
+        if self.overdue:
+            reasons.append(f"overdue: no successful backup since {_since(self.record.last_backup)}")
+        return reasons
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: Config,
+        port: HomeAssistantPort,
+        runner: AgentRunner,
+        clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.port = port
+        self.runner = runner
+        self.clock = clock
+        self.monotonic = monotonic
+        self.store = Store(config.state_file)
+        self.drones: dict[str, Drone] = {}
+        self.cursor = 0
+        self.global_mode = "running"
+        self._progress: ProgressSnapshot | None = None
+        self._stopping = False
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self, helper_values: Mapping[str | None, Mapping[str, object]]) -> None:
+        """Restore persisted state, take the helpers' current values, publish everything.
+
+        ``helper_values``: drone name (None for the coordinator) -> setting -> raw helper value.
+        Operations that were running when the process died are marked for retry.
+        """
+        loaded = self.store.load()
+        if loaded.problem:
+            self.port.log(f"state file unusable, starting clean: {loaded.problem}", "WARNING")
+        for problem in self.config.problems:
+            self.port.log(f"configuration: {problem} (this drone is skipped)", "ERROR")
+        self.cursor = loaded.cursor
+        self.global_mode = loaded.global_mode
+        now = self.clock()
+        for drone_config in self.config.drones:
+            record = loaded.records.get(drone_config.name) or DroneRecord(first_seen=now)
+            drone = Drone(drone_config, drone_config.settings, record)
+            self._recover_interrupted(drone)
+            drone.state = _resting_state(record)
+            self.drones[drone.name] = drone
+        for drone_name, values in helper_values.items():
+            for setting, raw in values.items():
+                self._apply(drone_name, setting, raw)
+        await self._save()
+        await self.publish_all()
+
+    async def stop(self) -> None:
+        """Cancel running work (the agents stop borg) and persist; interrupted work is retried."""
+        self._stopping = True
+        tasks = [d.task for d in self.drones.values() if d.task is not None and not d.task.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._save()
+
+    def _recover_interrupted(self, drone: Drone) -> None:
+        running = drone.record.running
+        if running is None:
+            return
+        drone.record.running = None
+        drone.record.last_error = (
+            f"{running.operation} was interrupted (the coordinator stopped while it ran)"
+        )
+        drone.record.last_error_kind = FailureKind.INTERRUPTED.value
+        if running.operation not in drone.record.pending:
+            drone.record.pending.insert(0, running.operation)
+        self.port.log(f"{drone.name}: {running.operation} was interrupted; it will run again")
+
+    # --- inputs from Home Assistant -----------------------------------------------------------
+
+    async def apply_setting(self, drone_name: str | None, setting: str, raw: object) -> bool:
+        """A helper changed: validate it and use it from the next decision on.
+
+        An invalid value is rejected (the last valid one stays in effect), logged and raised as
+        a problem; it never reaches borg. Returns whether it was accepted.
+        """
+        accepted = self._apply(drone_name, setting, raw)
+        if drone_name is None:
+            await self._save()
+            await self._publish_coordinator()
+        else:
+            await self._publish_drone(self.drones[drone_name])
+        return accepted
+
+    def _apply(self, drone_name: str | None, setting: str, raw: object) -> bool:
+        if drone_name is None:
+            if setting != GLOBAL_MODE_SETTING or raw not in entities.GLOBAL_MODES:
+                self.port.log(f"coordinator {setting} value {raw!r} rejected", "WARNING")
+                return False
+            self.global_mode = str(raw)
+            return True
+        drone = self.drones[drone_name]
+        try:
+            drone.settings = _updated_settings(drone.settings, setting, raw)
+        except SettingError as error:
+            drone.setting_problems[setting] = f"{setting.replace('_', ' ')} rejected: {error}"
+            self.port.log(f"{drone.name}: {setting} value {raw!r} rejected: {error}", "WARNING")
+            return False
+        drone.setting_problems.pop(setting, None)
+        return True
+
+    async def request(self, drone_name: str, operation: Operation) -> str:
+        """A button press: start now, or queue ahead of scheduled work. Returns the outcome."""
+        drone = self.drones[drone_name]
+        if drone.settings.mode is Mode.DISABLED:
+            outcome = "rejected: the drone's mode is disabled"
+        elif operation.value in drone.record.pending:
+            outcome = "already queued"
+        else:
+            drone.record.pending.append(operation.value)
+            await self._save()
+            self._start_what_is_due()
+            outcome = (
+                "started"
+                if drone.busy and operation.value not in drone.record.pending
+                else "queued"
+            )
+        self.port.log(f"{drone.name}: {operation.value} requested: {outcome}")
+        await self.port.fire_event(
+            EVENT_REQUEST, {"drone": drone.name, "operation": operation.value, "outcome": outcome}
+        )
+        await self._publish_coordinator()
+        return outcome
+
+    # --- the tick -----------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Check every drone for overdue backups, then start what is due."""
+        now = self.clock()
+        for drone in self.drones.values():
+            overdue = scheduler.is_overdue(
+                drone.settings.mode,
+                drone.record.last_backup,
+                timedelta(minutes=drone.settings.frequency_minutes),
+                self.config.overdue_factor,
+                now,
+                drone.record.first_seen or now,
+            )
+            if overdue != drone.overdue:
+                drone.overdue = overdue
+                await self._publish_drone(drone)
+        self._start_what_is_due()
+        await self._publish_coordinator()
+
+    def _start_what_is_due(self) -> None:
+        """Ask the scheduler and start its picks; synchronous so no decision interleaves."""
+        if self._stopping:
+            return
+        views = [self._view(drone) for drone in self.drones.values()]
+        decision = scheduler.decide(
+            views,
+            self.cursor,
+            self.clock(),
+            self.config.max_concurrent,
+            paused=self.global_mode == "paused",
+        )
+        self.cursor = decision.cursor
+        for start in decision.starts:
+            drone = self.drones[start.drone]
+            if start.requested:
+                drone.record.pending.remove(start.operation.value)
+            drone.record.running = RunningOperation(
+                start.operation.value, self.clock(), start.requested
+            )
+            drone.task = asyncio.create_task(
+                self._run(drone, start.operation), name=f"backup {drone.name} {start.operation}"
+            )
+
+    def _view(self, drone: Drone) -> scheduler.DroneView:
+        pending = tuple(Operation(op) for op in drone.record.pending)
+        return scheduler.DroneView(
+            name=drone.name,
+            repository_key=drone.config.repository_key,
+            mode=drone.settings.mode,
+            frequency=timedelta(minutes=drone.settings.frequency_minutes),
+            busy=drone.busy,
+            last_backup=drone.record.last_backup,
+            backoff_until=drone.record.backoff_until,
+            pending=pending,
+        )
+
+    # --- running one operation ----------------------------------------------------------------
+
+    async def _run(self, drone: Drone, operation: Operation) -> None:
+        started = self.monotonic()
+        drone.record.last_attempt = self.clock()
+        await self._save()
+        await self.port.fire_event(
+            EVENT_STARTED, {"drone": drone.name, "operation": operation.value}
+        )
+        self.port.log(f"{drone.name}: {operation.value} started")
+        try:
+            results = await self._run_steps(drone, operation)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise  # not ours to swallow
+            # Shutdown: leave `running` recorded so the next start retries it.
+            drone.state, drone.agent_operation = _resting_state(drone.record), None
+            self.port.log(
+                f"{drone.name}: {operation.value} cancelled by shutdown; it will run again"
+            )
+            return
+        except OperationFailed as failure:
+            await self._record_failure(drone, operation, failure, self.monotonic() - started)
+        else:
+            await self._record_success(drone, operation, results, self.monotonic() - started)
+        finally:
+            if not self._stopping:
+                drone.record.running = None
+        await self._save()
+        await self._publish_drone(drone)
+        self._start_what_is_due()
+        await self._publish_coordinator()
+
+    async def _run_steps(self, drone: Drone, operation: Operation) -> dict[str, Result]:
+        """Each agent operation in turn; the first failure ends the sequence."""
+        results: dict[str, Result] = {}
+        for agent_operation in operation.agent_operations():
+            try:
+                job = build_job(drone.config, drone.settings, agent_operation)
+            except SettingError as error:
+                raise OperationFailed(FailureKind.REJECTED, f"{agent_operation}: {error}") from None
+            drone.state = BUSY_STATE_OF_AGENT_OPERATION[agent_operation]
+            drone.agent_operation = agent_operation
+            await self._publish_drone(drone)
+            result = await self._run_agent_operation(drone, agent_operation, job)
+            results[agent_operation] = result
+            self._take_result(drone, agent_operation, result)
+            await self._save()
+        return results
+
+    async def _run_agent_operation(
+        self, drone: Drone, agent_operation: str, job: Mapping[str, Any]
+    ) -> Result:
+        tracker = ProgressTracker(
+            drone=drone.name,
+            operation=agent_operation,
+            started=self.monotonic(),
+            expected_size=_previous_size(drone.record),
+            interval=self.config.progress_interval,
+        )
+
+        async def on_event(event: AgentEvent) -> None:
+            if isinstance(event, Progress):
+                await self._relay_progress(tracker.update(event, self.monotonic()))
+
+        max_runtime = self.config.max_runtime_minutes * 60
+        try:
+            async with asyncio.timeout(max_runtime):
+                return await self.runner(drone.config.ssh, agent_operation, job, on_event)
+        except TimeoutError:
+            raise OperationFailed(
+                FailureKind.TIMEOUT,
+                f"{agent_operation} ran longer than"
+                f" {self.config.max_runtime_minutes} min and was stopped",
+                "raise max_runtime_minutes if the backup is legitimately this slow",
+            ) from None
+        finally:
+            await self._relay_progress(tracker.final(self.monotonic()))
+
+    async def _relay_progress(self, snapshot: ProgressSnapshot | None) -> None:
+        if snapshot is None:
+            return
+        self._progress = snapshot
+        await self.port.publish(entities.progress_sensor(self.config.entity_prefix, snapshot))
+        await self.port.fire_event(
+            EVENT_PROGRESS,
+            {
+                "drone": snapshot.drone,
+                "operation": snapshot.operation,
+                "nfiles": snapshot.nfiles,
+                "original_size": snapshot.original_size,
+                "compressed_size": snapshot.compressed_size,
+                "deduplicated_size": snapshot.deduplicated_size,
+                "percent": snapshot.percent,
+                "speed": snapshot.speed,
+                "eta_seconds": snapshot.eta_seconds,
+                "final": snapshot.final,
+            },
+        )
+
+    def _take_result(self, drone: Drone, agent_operation: str, result: Result) -> None:
+        """Fold one agent result into the drone's record."""
+        now = self.clock()
+        data = result.data
+        if agent_operation == "create":
+            drone.record.last_backup = now
+            if isinstance(data.get("archive"), dict):
+                drone.record.last_archive = dict(data["archive"])
+            if isinstance(data.get("repository"), dict):
+                drone.record.repository = _sizes(data["repository"])
+        elif agent_operation == "prune":
+            drone.record.last_prune = now
+        elif agent_operation == "stats":
+            drone.record.last_stats = now
+            drone.record.repository = _sizes(data)
+            count = data.get("archive_count")
+            drone.record.archive_count = count if isinstance(count, int) else None
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    async def _record_success(
+        self, drone: Drone, operation: Operation, results: Mapping[str, Result], duration: float
+    ) -> None:
+        record = drone.record
+        record.consecutive_failures = 0
+        record.backoff_until = None
+        record.last_error = record.last_error_kind = None
+        drone.last_error_hint = None
+        if "create" in results:
+            drone.overdue = False
+        drone.state, drone.agent_operation = DroneState.IDLE, None
+        warnings = sum(r.warnings for r in results.values())
+        self.port.log(
+            f"{drone.name}: {operation.value} finished in {duration:.1f} s"
+            + (f" with {warnings} warning(s)" if warnings else "")
+            + _summary(results)
+        )
+        await self.port.fire_event(
+            EVENT_FINISHED,
+            {
+                "drone": drone.name,
+                "operation": operation.value,
+                "ok": True,
+                "rc": max(r.rc for r in results.values()),
+                "duration": round(duration, 3),
+                "warnings": warnings,
+                "results": {op: dict(r.data) for op, r in results.items()},
+            },
+        )
+
+    async def _record_failure(
+        self, drone: Drone, operation: Operation, failure: OperationFailed, duration: float
+    ) -> None:
+        record = drone.record
+        record.consecutive_failures += 1
+        frequency = timedelta(minutes=drone.settings.frequency_minutes)
+        record.backoff_until = self.clock() + scheduler.backoff_delay(
+            record.consecutive_failures, frequency
+        )
+        record.last_error = failure.message
+        record.last_error_kind = failure.kind.value
+        drone.last_error_hint = failure.hint or None
+        unreachable = failure.kind is FailureKind.UNREACHABLE
+        drone.state = DroneState.UNREACHABLE if unreachable else DroneState.ERROR
+        drone.agent_operation = None
+        self.port.log(
+            f"{drone.name}: {operation.value} failed after {duration:.1f} s ({failure.kind.value}):"
+            f" {failure.message}"
+            + (f" - {failure.hint}" if failure.hint else "")
+            + f"; retry after {record.backoff_until.isoformat(timespec='seconds')}",
+            "WARNING",
+        )
+        await self.port.fire_event(
+            EVENT_FINISHED,
+            {
+                "drone": drone.name,
+                "operation": operation.value,
+                "ok": False,
+                "rc": 2,
+                "duration": round(duration, 3),
+                "error": {
+                    "kind": failure.kind.value,
+                    "message": failure.message,
+                    "hint": failure.hint,
+                },
+            },
+        )
+
+    async def _update_problem(self, drone: Drone) -> None:
+        """Raise, update or clear the drone's problem; events and notifications on changes."""
+        reason = "; ".join(drone.problems()) or None
+        if reason == drone.record.problem:
+            return
+        was_raised = drone.record.problem is not None
+        drone.record.problem = reason
+        notification_id = f"{self.config.entity_prefix}_{drone.name}_problem"
+        if reason is None:
+            await self.port.dismiss(notification_id)
+            self.port.log(f"{drone.name}: problem cleared")
+        else:
+            await self.port.notify(notification_id, f"Backup problem: {drone.name}", reason)
+        if was_raised != (reason is not None):
+            await self.port.fire_event(
+                EVENT_PROBLEM,
+                {"drone": drone.name, "raised": reason is not None, "reason": reason or ""},
+            )
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    async def publish_all(self) -> None:
+        for drone in self.drones.values():
+            await self._publish_drone(drone)
+        await self.port.publish(entities.progress_sensor(self.config.entity_prefix, self._progress))
+        await self._publish_coordinator()
+
+    async def _publish_drone(self, drone: Drone) -> None:
+        await self._update_problem(drone)
+        for publication in entities.drone_sensors(self.config.entity_prefix, self.snapshot(drone)):
+            await self.port.publish(publication)  # one at a time: see STACK.md on set_state
+
+    async def _publish_coordinator(self) -> None:
+        names = list(self.drones)
+        order = (
+            names[self.cursor % len(names) :] + names[: self.cursor % len(names)] if names else []
+        )
+        publications = entities.coordinator_sensors(
+            self.config.entity_prefix,
+            running={
+                d.name: d.agent_operation or "starting" for d in self.drones.values() if d.busy
+            },
+            queue=[(d.name, op) for d in self.drones.values() for op in d.record.pending],
+            round_robin=order,
+            failing=[d.name for d in self.drones.values() if d.record.problem],
+            global_mode=self.global_mode,
+        )
+        for publication in publications:
+            await self.port.publish(publication)
+
+    def snapshot(self, drone: Drone) -> DroneSnapshot:
+        view = self._view(drone)
+        return DroneSnapshot(
+            name=drone.name,
+            state=drone.state,
+            operation=drone.agent_operation,
+            last_backup=drone.record.last_backup,
+            last_prune=drone.record.last_prune,
+            last_archive=drone.record.last_archive,
+            repository=drone.record.repository,
+            archive_count=drone.record.archive_count,
+            next_backup=scheduler.next_due(view, self.clock()),
+            problems=drone.problems(),
+            consecutive_failures=drone.record.consecutive_failures,
+            last_error=drone.record.last_error,
+            last_error_kind=drone.record.last_error_kind,
+            last_error_hint=drone.last_error_hint,
+        )
+
+    async def _save(self) -> None:
+        records = {name: drone.record for name, drone in self.drones.items()}
+        await self.store.save_async(records, self.cursor, self.global_mode)
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+
+def _updated_settings(settings: DroneSettings, setting: str, raw: object) -> DroneSettings:
+    if setting == "mode":
+        return replace(settings, mode=parse_mode(raw))
+    if setting == "frequency":
+        return replace(settings, frequency_minutes=parse_frequency(raw))
+    if setting == "keep_within":
+        return settings.with_keep(within=parse_keep_within(raw))
+    count = setting.removeprefix("keep_")
+    if count in KEEP_COUNT_NAMES:
+        return settings.with_keep(**{count: parse_keep_count(count, raw)})
+    raise SettingError(f"unknown setting {setting!r}")
+
+
+def _resting_state(record: DroneRecord) -> DroneState:
+    if not record.consecutive_failures:
+        return DroneState.IDLE
+    if record.last_error_kind == FailureKind.UNREACHABLE.value:
+        return DroneState.UNREACHABLE
+    return DroneState.ERROR
+
+
+def _previous_size(record: DroneRecord) -> int | None:
+    size = (record.last_archive or {}).get("original_size")
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _sizes(data: Mapping[str, Any]) -> dict[str, int]:
+    return {
+        key: value
+        for key, value in data.items()
+        if key
+        in ("total_size", "compressed_size", "deduplicated_size", "total_chunks", "unique_chunks")
+        and isinstance(value, int)
+    }
+
+
+def _since(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "the coordinator started"
+
+
+def _summary(results: Mapping[str, Result]) -> str:
+    parts = []
+    create = results.get("create")
+    if create is not None:
+        archive = create.data.get("archive") or {}
+        parts.append(
+            f"archive {archive.get('name', '?')}: {archive.get('nfiles', '?')} files,"
+            f" {_mib(archive.get('original_size'))} read,"
+            f" {_mib(archive.get('deduplicated_size'))} new"
+        )
+    prune = results.get("prune")
+    if prune is not None:
+        parts.append(
+            f"pruned {len(prune.data.get('pruned') or [])},"
+            f" kept {len(prune.data.get('kept') or [])}"
+        )
+    stats = results.get("stats")
+    if stats is not None:
+        parts.append(
+            f"repository {_mib(stats.data.get('deduplicated_size'))} deduplicated,"
+            f" {stats.data.get('archive_count', '?')} archives"
+        )
+    return (": " + "; ".join(parts)) if parts else ""
+
+
+def _mib(size: object) -> str:
+    return f"{size / entities.MIB:.1f} MiB" if isinstance(size, int) else "?"

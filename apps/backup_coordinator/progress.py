@@ -1,0 +1,71 @@
+"""Progress of a running create: percent and ETA estimated, updates throttled.
+
+borg cannot know how much is left, so the estimate compares the bytes read so far with the
+original size of the drone's previous archive (the best guess of this one's size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .entities import ProgressSnapshot
+from .protocol import Progress
+
+PERCENT_CAP = 99.0  # never claim 100 % before borg says it is finished
+
+
+@dataclass
+class ProgressTracker:
+    drone: str
+    operation: str
+    started: float  # monotonic seconds
+    expected_size: int | None  # original size of the previous archive, if any
+    interval: float  # at most one published update per interval
+    _last_sent: float | None = field(default=None, init=False)
+    _latest: Progress | None = field(default=None, init=False)
+
+    def update(self, progress: Progress, now: float) -> ProgressSnapshot | None:
+        """The snapshot to publish now, or None while throttled."""
+        self._latest = progress
+        if self._last_sent is not None and now - self._last_sent < self.interval:
+            return None
+        self._last_sent = now
+        return self._snapshot(progress, now, final=False)
+
+    def final(self, now: float) -> ProgressSnapshot | None:
+        """The closing update (always sent), or None when there never was progress."""
+        if self._latest is None:
+            return None
+        return self._snapshot(self._latest, now, final=True)
+
+    def _snapshot(self, progress: Progress, now: float, final: bool) -> ProgressSnapshot:
+        elapsed = max(now - self.started, 1e-6)
+        speed = progress.original_size / elapsed if progress.original_size else None
+        return ProgressSnapshot(
+            drone=self.drone,
+            operation=self.operation,
+            nfiles=progress.nfiles,
+            original_size=progress.original_size,
+            compressed_size=progress.compressed_size,
+            deduplicated_size=progress.deduplicated_size,
+            percent=100.0
+            if final
+            else estimate_percent(progress.original_size, self.expected_size),
+            speed=speed,
+            eta_seconds=0.0
+            if final
+            else estimate_eta(progress.original_size, self.expected_size, speed),
+            final=final,
+        )
+
+
+def estimate_percent(done: int, expected: int | None) -> float | None:
+    if not expected:
+        return None
+    return min(PERCENT_CAP, 100.0 * done / expected)
+
+
+def estimate_eta(done: int, expected: int | None, speed: float | None) -> float | None:
+    if not expected or not speed:
+        return None
+    return max(0.0, (expected - done) / speed)
