@@ -113,16 +113,26 @@ class _Slots:
     def __init__(
         self, drones: Sequence[DroneView], max_concurrent: int, busy_repositories: frozenset[str]
     ) -> None:
-        self.free = max_concurrent - sum(1 for drone in drones if drone.busy)
-        self.taken_repositories = set(busy_repositories)
-        self.taken_repositories.update(d.repository_key for d in drones if d.busy)
+        self.initially_free = max_concurrent - sum(1 for drone in drones if drone.busy)
+        self.initially_taken = frozenset(busy_repositories).union(
+            d.repository_key for d in drones if d.busy
+        )
+        self.free = self.initially_free
+        self.taken_repositories = set(self.initially_taken)
         self.started_drones: set[str] = set()
+
+    def could_start_before_this_decision(self, drone: DroneView) -> bool:
+        return (
+            self.initially_free > 0
+            and not drone.busy
+            and drone.mode is not Mode.DISABLED
+            and drone.repository_key not in self.initially_taken
+        )
 
     def can_start(self, drone: DroneView) -> bool:
         return (
             self.free > 0
-            and not drone.busy
-            and drone.mode is not Mode.DISABLED
+            and self.could_start_before_this_decision(drone)
             and drone.name not in self.started_drones
             and drone.repository_key not in self.taken_repositories
         )
@@ -131,6 +141,10 @@ class _Slots:
         self.free -= 1
         self.taken_repositories.add(drone.repository_key)
         self.started_drones.add(drone.name)
+
+
+def _wants_request(drone: DroneView) -> bool:
+    return bool(drone.pending) and drone.mode in MODES_ACCEPTING_REQUESTS
 
 
 def decide(
@@ -146,30 +160,40 @@ def decide(
     First one pass for requests (a drone's oldest pending one; in modes scheduled and manual,
     even while backing off), then, unless paused, one pass for due drones. Concurrency counts
     busy drones; ``busy_repositories`` adds repositories held by anything else (offsite sync).
-    The new cursor points just after the started drone furthest along in round-robin order.
+
+    The new cursor points just after the started drone furthest along in round-robin order,
+    or at an earlier drone that wanted to start but lost its repository or its slot to a
+    drone started in this same decision: otherwise a drone sharing a repository with a
+    frequently due neighbour could be passed over forever.
     """
     if not drones:
         return Decision(starts=(), cursor=cursor)
     slots = _Slots(drones, max_concurrent, busy_repositories)
     starts: list[Start] = []
-    furthest: int | None = None
+    passed_over: list[int] = []  # offsets of drones that lost out to a start made here
+    next_offset: int | None = None  # where the next decision begins, relative to the cursor
 
-    def start(offset: int, drone: DroneView, operation: Operation, requested: bool) -> None:
-        nonlocal furthest
-        slots.take(drone)
-        starts.append(Start(drone=drone.name, operation=operation, requested=requested))
-        furthest = offset if furthest is None else max(furthest, offset)
+    def consider(offset: int, drone: DroneView, operation: Operation, requested: bool) -> None:
+        nonlocal next_offset
+        if slots.can_start(drone):
+            slots.take(drone)
+            starts.append(Start(drone=drone.name, operation=operation, requested=requested))
+            next_offset = offset + 1 if next_offset is None else max(next_offset, offset + 1)
+        elif drone.name not in slots.started_drones and slots.could_start_before_this_decision(
+            drone
+        ):
+            passed_over.append(offset)
 
     for offset, index in _round_robin(len(drones), cursor):
         drone = drones[index]
-        if drone.pending and drone.mode in MODES_ACCEPTING_REQUESTS and slots.can_start(drone):
-            start(offset, drone, drone.pending[0], requested=True)
+        if _wants_request(drone):
+            consider(offset, drone, drone.pending[0], requested=True)
     if not paused:
         for offset, index in _round_robin(len(drones), cursor):
             drone = drones[index]
-            if is_due(drone, now) and slots.can_start(drone):
-                start(offset, drone, Operation.SCHEDULED, requested=False)
-    if furthest is None:
+            if is_due(drone, now):
+                consider(offset, drone, Operation.SCHEDULED, requested=False)
+    if next_offset is None:
         return Decision(starts=(), cursor=cursor)
-    new_cursor = (cursor % len(drones) + furthest + 1) % len(drones)
-    return Decision(starts=tuple(starts), cursor=new_cursor)
+    next_offset = min([next_offset, *passed_over])
+    return Decision(starts=tuple(starts), cursor=(cursor % len(drones) + next_offset) % len(drones))
