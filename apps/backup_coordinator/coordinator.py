@@ -153,6 +153,11 @@ class Coordinator:
                 await task
         await self._save()
 
+    async def wait_idle(self) -> None:
+        """Returns once no operation runs (including any the finished ones started)."""
+        while tasks := [d.task for d in self.drones.values() if d.task and not d.task.done()]:
+            await asyncio.wait(tasks)
+
     def _recover_interrupted(self, drone: Drone) -> None:
         running = drone.record.running
         if running is None:
@@ -309,6 +314,7 @@ class Coordinator:
                 drone.record.running = None
         await self._save()
         await self._publish_drone(drone)
+        drone.task = None  # this task is ending: the drone may take its next operation
         self._start_what_is_due()
         await self._publish_coordinator()
 

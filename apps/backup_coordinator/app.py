@@ -1,0 +1,204 @@
+"""AppDaemon glue: the only module that imports appdaemon.
+
+It turns ``apps.yaml`` into the core's configuration, makes sure every control helper exists in
+Home Assistant, feeds helper changes and button presses to the coordinator, drives its tick, and
+implements the core's Home Assistant port (sensors, events, notifications, log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import appdaemon.plugins.hass.hassapi as hass
+
+from . import entities
+from .config import ConfigError, parse_config
+from .coordinator import Coordinator
+from .entities import HelperSpec, Publication
+from .transport import run_agent
+
+HELPER_DOMAINS = ("input_number", "input_select", "input_text", "input_button")
+NOT_A_VALUE = ("unknown", "unavailable", "", None)
+HELPER_APPEAR_TIMEOUT = 10.0
+
+
+class BackupCoordinator(hass.Hass):  # type: ignore[misc]
+    """``module: backup_coordinator.app``, ``class: BackupCoordinator`` in apps.yaml."""
+
+    coordinator: Coordinator | None = None
+    helpers_by_entity: dict[str, HelperSpec]
+
+    async def initialize(self) -> None:
+        self.coordinator = None
+        self.helpers_by_entity = {}
+        try:
+            config = parse_config(self.args, Path(self.config_dir))
+        except ConfigError as error:
+            self.log(f"configuration error: {error}; nothing runs until it is fixed", level="ERROR")
+            return
+        helpers = entities.coordinator_helpers(config.entity_prefix) + [
+            helper
+            for drone in config.drones
+            for helper in entities.drone_helpers(config.entity_prefix, drone.name, drone.settings)
+        ]
+        await self._ensure_helpers(helpers)
+        self.helpers_by_entity = {helper.entity_id: helper for helper in helpers}
+        self.coordinator = Coordinator(config, HomeAssistantAdapter(self, config.notify), run_agent)
+        await self.coordinator.start(await self._helper_values(helpers))
+        for helper in helpers:
+            await self.listen_state(self._on_helper_change, helper.entity_id)
+        await self.run_every(self._on_tick, "now", config.tick_seconds)
+        await self.run_in(self._on_tick, 0)  # run_every's first call is one interval away
+        self.log(
+            f"watching {len(config.drones)} drone(s): {', '.join(d.name for d in config.drones)};"
+            f" tick every {config.tick_seconds:g} s"
+        )
+
+    async def terminate(self) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.stop()
+
+    # --- callbacks ----------------------------------------------------------------------------
+
+    async def _on_tick(self, _kwargs: Mapping[str, Any]) -> None:
+        if self.coordinator is not None:
+            await self.coordinator.tick()
+
+    async def _on_helper_change(
+        self, entity: str, _attribute: str, old: Any, new: Any, _kwargs: Mapping[str, Any]
+    ) -> None:
+        helper = self.helpers_by_entity.get(entity)
+        if self.coordinator is None or helper is None or new in NOT_A_VALUE or new == old:
+            return
+        if helper.operation is not None:
+            if old == "unavailable":  # HA coming back, not a press
+                return
+            if helper.drone is not None:
+                await self.coordinator.request(helper.drone, helper.operation)
+        elif helper.setting is not None:
+            await self.coordinator.apply_setting(helper.drone, helper.setting, new)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    async def _ensure_helpers(self, helpers: Sequence[HelperSpec]) -> None:
+        """Create the helpers HA does not have yet; existing ones keep the user's values."""
+        for domain in HELPER_DOMAINS:
+            wanted = [helper for helper in helpers if helper.domain == domain]
+            if not wanted:
+                continue
+            existing = {item["id"] for item in await self._ws(f"{domain}/list")}
+            for helper in wanted:
+                if helper.object_id not in existing:
+                    await self._create_missing_helper(helper)
+
+    async def _create_missing_helper(self, helper: HelperSpec) -> None:
+        created = await self._ws(
+            f"{helper.domain}/create", name=helper.name, icon=helper.icon, **helper.create_fields
+        )
+        if created.get("id") != helper.object_id:
+            self.log(
+                f"helper {helper.name!r} was created as {helper.domain}.{created.get('id')},"
+                f" expected {helper.entity_id}",
+                level="WARNING",
+            )
+        self.log(f"created {helper.entity_id}")
+        if helper.first_value is not None:
+            await self._wait_for_entity(helper.entity_id)
+            await self._set_helper_value(helper, helper.first_value)
+
+    async def _wait_for_entity(self, entity_id: str) -> None:
+        deadline = asyncio.get_running_loop().time() + HELPER_APPEAR_TIMEOUT
+        while await self.get_state(entity_id) is None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"{entity_id} did not appear in Home Assistant")
+            await asyncio.sleep(0.05)
+
+    async def _set_helper_value(self, helper: HelperSpec, value: str | float) -> None:
+        if helper.domain == "input_select":
+            await self.call_service(
+                "input_select/select_option", entity_id=helper.entity_id, option=str(value)
+            )
+        else:
+            # str(): AppDaemon drops a literal 0 from service data
+            await self.call_service(
+                f"{helper.domain}/set_value", entity_id=helper.entity_id, value=str(value)
+            )
+
+    async def _helper_values(
+        self, helpers: Sequence[HelperSpec]
+    ) -> dict[str | None, dict[str, object]]:
+        values: dict[str | None, dict[str, object]] = {}
+        for helper in helpers:
+            if helper.setting is None:
+                continue
+            value = await self.get_state(helper.entity_id)
+            if value not in NOT_A_VALUE or helper.domain == "input_text":
+                values.setdefault(helper.drone, {})[helper.setting] = value or ""
+        return values
+
+    async def _ws(self, command: str, **fields: Any) -> Any:
+        """One websocket command to HA; its ``result``. Prefers AppDaemon's public call."""
+        call_ws = getattr(self, "call_ws", None)  # public from AppDaemon 4.5.14 on
+        if call_ws is not None:
+            reply = await call_ws(type=command, **fields)
+        else:
+            reply = await self._plugin.websocket_send_json(type=command, **fields)
+        if not reply or not reply.get("success"):
+            error = (reply or {}).get("error", {}).get("message", "no answer")
+            raise RuntimeError(f"Home Assistant refused {command}: {error}")
+        return reply.get("result")
+
+
+class HomeAssistantAdapter:
+    """The core's Home Assistant port, implemented with AppDaemon calls."""
+
+    def __init__(self, app: BackupCoordinator, notify_service: str | None) -> None:
+        self.app = app
+        self.notify_service = notify_service
+
+    async def publish(self, publication: Publication) -> None:
+        await self.app.set_state(
+            publication.entity_id,
+            state=publication.state,
+            attributes=_survives_appdaemon(publication.attributes),
+            check_existence=False,
+        )
+
+    async def fire_event(self, event_type: str, data: Mapping[str, Any]) -> None:
+        await self.app.fire_event(event_type, **data)
+
+    async def notify(self, notification_id: str, title: str, message: str) -> None:
+        await self.app.call_service(
+            "persistent_notification/create",
+            notification_id=notification_id,
+            title=title,
+            message=message,
+        )
+        if self.notify_service:
+            await self.app.call_service(
+                self.notify_service.replace(".", "/", 1), title=title, message=message
+            )
+
+    async def dismiss(self, notification_id: str) -> None:
+        await self.app.call_service(
+            "persistent_notification/dismiss", notification_id=notification_id
+        )
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.app.log(message, level=level)
+
+
+def _survives_appdaemon(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """AppDaemon 4.5.13's set_state drops attributes equal to 0 or False: send those as text."""
+    return {
+        key: _as_text(value) if isinstance(value, bool) or value == 0 else value
+        for key, value in attributes.items()
+        if value is not None  # dropped by AppDaemon anyway; absent reads better than "None"
+    }
+
+
+def _as_text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

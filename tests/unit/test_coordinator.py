@@ -1,0 +1,459 @@
+"""The coordinator's runtime with an in-memory Home Assistant port and a scripted agent runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup_coordinator.config import Config, parse_config
+from backup_coordinator.coordinator import Coordinator
+from backup_coordinator.entities import Publication
+from backup_coordinator.model import DroneState, Operation, SshTarget
+from backup_coordinator.protocol import (
+    AgentEvent,
+    FailureKind,
+    OperationFailed,
+    Progress,
+    Result,
+)
+
+START = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+class MemoryPort:
+    def __init__(self) -> None:
+        self.states: dict[str, Publication] = {}
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.notifications: dict[str, str] = {}
+        self.lines: list[str] = []
+
+    async def publish(self, publication: Publication) -> None:
+        self.states[publication.entity_id] = publication
+
+    async def fire_event(self, event_type: str, data: Mapping[str, Any]) -> None:
+        self.events.append((event_type, dict(data)))
+
+    async def notify(self, notification_id: str, title: str, message: str) -> None:
+        self.notifications[notification_id] = message
+
+    async def dismiss(self, notification_id: str) -> None:
+        self.notifications.pop(notification_id, None)
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self.lines.append(f"{level} {message}")
+
+    def state(self, entity_id: str) -> str:
+        return self.states[entity_id].state
+
+    def of(self, event_type: str) -> list[dict[str, Any]]:
+        return [data for kind, data in self.events if kind == event_type]
+
+
+Behaviour = Callable[[str, Mapping[str, Any], Any], Awaitable[Result]]
+
+
+@dataclass
+class ScriptedRunner:
+    """Plays the agent: every call is recorded; behaviours per (host, operation) may be set."""
+
+    calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    behaviours: dict[tuple[str, str], Behaviour] = field(default_factory=dict)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    called: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(
+        self,
+        target: SshTarget,
+        operation: str,
+        job: Mapping[str, Any],
+        on_event: Callable[[AgentEvent], Awaitable[None]] | None,
+    ) -> Result:
+        self.calls.append((target.host, operation, dict(job)))
+        self.called.set()
+        behaviour = self.behaviours.get((target.host, operation))
+        if behaviour is not None:
+            return await behaviour(operation, job, on_event)
+        return ok_result(operation)
+
+    def operations(self, host: str | None = None) -> list[str]:
+        return [op for h, op, _ in self.calls if host is None or h == host]
+
+
+def ok_result(operation: str) -> Result:
+    data_by_operation: dict[str, dict[str, Any]] = {
+        "create": {
+            "archive": {
+                "name": "a-2026",
+                "original_size": 1000,
+                "deduplicated_size": 10,
+                "nfiles": 3,
+            },
+            "repository": {"total_size": 1000, "compressed_size": 500, "deduplicated_size": 0},
+        },
+        "prune": {"kept": ["a-2026"], "pruned": []},
+        "stats": {
+            "total_size": 2000,
+            "compressed_size": 900,
+            "deduplicated_size": 0,
+            "archive_count": 1,
+        },
+    }
+    return Result(operation=operation, ok=True, rc=0, data=data_by_operation.get(operation, {}))
+
+
+def failing(kind: FailureKind, message: str = "boom") -> Behaviour:
+    async def behave(operation: str, job: Mapping[str, Any], on_event: Any) -> Result:
+        raise OperationFailed(kind, message, "a hint")
+
+    return behave
+
+
+def blocking(runner: ScriptedRunner) -> Behaviour:
+    async def behave(operation: str, job: Mapping[str, Any], on_event: Any) -> Result:
+        await runner.release.wait()
+        return ok_result(operation)
+
+    return behave
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+        self.mono = 1000.0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, **delta: float) -> None:
+        step = timedelta(**delta)
+        self.now += step
+        self.mono += step.total_seconds()
+
+
+def make_config(tmp_path: Path, **drones: dict[str, Any]) -> Config:
+    args: dict[str, Any] = {
+        "module": "backup_coordinator.app",
+        "class": "BackupCoordinator",
+        "state_file": str(tmp_path / "state.json"),
+        "progress_interval": 1,
+        "ssh": {"client_key": "/keys/id", "known_hosts": "/keys/known_hosts"},
+        "drones": {
+            name: {"host": name, "repository": f"/srv/{name}", "paths": ["/data"], **settings}
+            for name, settings in drones.items()
+        },
+    }
+    return parse_config(args, tmp_path)
+
+
+async def calls_reach(runner: ScriptedRunner, count: int) -> None:
+    """Waits (with a deadline) until the runner has been called ``count`` times."""
+    async with asyncio.timeout(5):
+        while len(runner.calls) < count:
+            runner.called.clear()
+            await runner.called.wait()
+
+
+async def started(
+    config: Config, runner: ScriptedRunner, clock: Clock
+) -> tuple[Coordinator, MemoryPort]:
+    port = MemoryPort()
+    coordinator = Coordinator(config, port, runner, clock=clock, monotonic=clock.monotonic)
+    await coordinator.start({})
+    return coordinator, port
+
+
+async def test_start_publishes_every_sensor_with_nothing_known(tmp_path: Path) -> None:
+    _, port = await started(make_config(tmp_path, nas={}), ScriptedRunner(), Clock())
+    assert port.state("sensor.backup_nas_state") == "idle"
+    assert port.state("sensor.backup_nas_last_backup") == "unknown"
+    assert port.state("sensor.backup_nas_total_size") == "unknown"
+    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert port.state("sensor.backup_progress") == "unknown"
+    assert port.state("sensor.backup_queue") == "0"
+
+
+async def test_tick_runs_a_due_drone_create_prune_stats_and_records_it(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    coordinator, port = await started(make_config(tmp_path, nas={}), runner, clock)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "prune", "stats"]
+    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.backup_nas_total_size") == f"{2000 / 1024 / 1024:.2f}"
+    assert port.states["sensor.backup_nas_total_size"].attributes["bytes"] == 2000
+    assert port.state("sensor.backup_nas_deduplicated_size") == "0.00"
+    assert port.state("sensor.backup_nas_state") == "idle"
+    finished = port.of("backup_coordinator_finished")
+    assert finished[-1]["ok"] is True
+    assert finished[-1]["operation"] == "scheduled"
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["drones"]["nas"]["last_backup"].startswith("2026-11-01T12:00")
+    assert saved["drones"]["nas"]["running"] is None
+    # Not due again until a frequency has passed.
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert len(runner.calls) == 3
+
+
+async def test_jobs_carry_the_drone_settings_and_never_the_wrong_fields(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    config = make_config(
+        tmp_path, nas={"passphrase": "s3cret", "keep": {"weekly": 2, "within": "3d"}}
+    )
+    coordinator, port = await started(config, runner, clock)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    jobs = {op: job for _, op, job in runner.calls}
+    assert jobs["create"]["paths"] == ["/data"]
+    assert jobs["create"]["passphrase"] == "s3cret"
+    assert "keep" not in jobs["create"]
+    assert jobs["prune"]["keep"]["weekly"] == 2
+    assert jobs["prune"]["keep"]["within"] == "3d"
+    assert "paths" not in jobs["prune"]
+    assert all("s3cret" not in line for line in port.lines)
+    assert "s3cret" not in json.dumps(port.events)
+    assert "s3cret" not in (tmp_path / "state.json").read_text()
+
+
+async def test_request_starts_at_once_queues_when_busy_and_is_refused_when_disabled(
+    tmp_path: Path,
+) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = blocking(runner)
+    config = make_config(tmp_path, nas={"mode": "manual"}, off={"mode": "disabled"})
+    coordinator, port = await started(config, runner, clock)
+    assert await coordinator.request("nas", Operation.CREATE) == "started"
+    await calls_reach(runner, 1)
+    assert port.state("sensor.backup_nas_state") == "creating"
+    assert await coordinator.request("nas", Operation.PRUNE) == "queued"
+    assert await coordinator.request("nas", Operation.PRUNE) == "already queued"
+    assert port.state("sensor.backup_queue") == "1"
+    assert (await coordinator.request("off", Operation.CREATE)).startswith("rejected")
+    runner.release.set()
+    await coordinator.wait_idle()
+    assert runner.operations("nas") == ["create", "prune"]
+    assert runner.operations("off") == []
+    outcomes = [e["outcome"] for e in port.of("backup_coordinator_request")]
+    assert outcomes == [
+        "started",
+        "queued",
+        "already queued",
+        "rejected: the drone's mode is disabled",
+    ]
+
+
+async def test_manual_and_disabled_drones_are_never_scheduled(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    config = make_config(tmp_path, man={"mode": "manual"}, off={"mode": "disabled"})
+    coordinator, port = await started(config, runner, clock)
+    clock.advance(days=30)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.calls == []
+    assert port.state("binary_sensor.backup_man_problem") == "off"
+    assert port.state("binary_sensor.backup_off_problem") == "off"
+
+
+async def test_failure_raises_a_problem_backs_off_and_success_clears_it(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = failing(FailureKind.UNREACHABLE, "host down")
+    coordinator, port = await started(make_config(tmp_path, nas={"frequency": 60}), runner, clock)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert port.state("sensor.backup_nas_state") == "unreachable"
+    assert port.state("binary_sensor.backup_nas_problem") == "on"
+    assert "host down" in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert port.of("backup_coordinator_problem") == [
+        {
+            "drone": "nas",
+            "raised": True,
+            "reason": port.of("backup_coordinator_problem")[0]["reason"],
+        }
+    ]
+    assert "backup_nas_problem" in port.notifications
+    assert port.of("backup_coordinator_finished")[-1]["error"]["kind"] == "unreachable"
+    # Backing off: the next tick a moment later starts nothing.
+    clock.advance(seconds=30)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create"]
+    # The host is back and the backoff (1 min after one failure) has passed.
+    del runner.behaviours[("nas", "create")]
+    clock.advance(seconds=31)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "create", "prune", "stats"]
+    assert port.state("sensor.backup_nas_state") == "idle"
+    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert port.of("backup_coordinator_problem")[-1]["raised"] is False
+    assert "backup_nas_problem" not in port.notifications
+
+
+async def test_backoff_grows_with_consecutive_failures(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = failing(FailureKind.BORG_ERROR, "LockTimeout")
+    coordinator, _ = await started(make_config(tmp_path, nas={"frequency": 600}), runner, clock)
+    delays = []
+    for _ in range(4):
+        await coordinator.tick()
+        await coordinator.wait_idle()
+        record = coordinator.drones["nas"].record
+        assert record.backoff_until is not None
+        delays.append(record.backoff_until - clock.now)
+        clock.now = record.backoff_until
+    assert delays == [
+        timedelta(minutes=1),
+        timedelta(minutes=2),
+        timedelta(minutes=4),
+        timedelta(minutes=8),
+    ]
+    assert coordinator.drones["nas"].record.consecutive_failures == 4
+
+
+async def test_invalid_setting_is_rejected_reported_and_never_sent(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    config = make_config(tmp_path, nas={"mode": "manual", "keep": {"within": "30d"}})
+    coordinator, port = await started(config, runner, clock)
+    assert await coordinator.apply_setting("nas", "keep_within", "7x") is False
+    assert port.state("binary_sensor.backup_nas_problem") == "on"
+    assert (
+        "keep within rejected"
+        in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    )
+    assert any("nas: keep_within value '7x' rejected" in line for line in port.lines)
+    await coordinator.request("nas", Operation.PRUNE)
+    await coordinator.wait_idle()
+    assert runner.calls[-1][2]["keep"]["within"] == "30d"
+    assert await coordinator.apply_setting("nas", "keep_within", "14d") is True
+    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert await coordinator.apply_setting("nas", "keep_weekly", "4.0") is True
+    assert await coordinator.apply_setting("nas", "keep_weekly", "-1") is False
+    assert await coordinator.apply_setting("nas", "frequency", "0") is False
+    assert await coordinator.apply_setting("nas", "mode", "sometimes") is False
+    assert coordinator.drones["nas"].settings.keep.weekly == 4
+
+
+async def test_zero_keep_rules_refuse_to_prune(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    config = make_config(tmp_path, nas={"mode": "manual"})
+    coordinator, port = await started(config, runner, clock)
+    for setting in ("keep_weekly", "keep_monthly", "keep_yearly"):
+        assert await coordinator.apply_setting("nas", setting, "0") is True
+    coordinator.drones["nas"].settings = coordinator.drones["nas"].settings.with_keep(daily=0)
+    await coordinator.request("nas", Operation.PRUNE)
+    await coordinator.wait_idle()
+    assert runner.calls == []
+    assert port.of("backup_coordinator_finished")[-1]["error"]["kind"] == "rejected"
+
+
+async def test_progress_is_throttled_and_the_final_update_always_sent(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+
+    async def progressing(operation: str, job: Mapping[str, Any], on_event: Any) -> Result:
+        for i in range(1, 11):
+            clock.advance(seconds=0.25)
+            await on_event(Progress("create", 0.0, i, i * 100, i * 50, i * 10, f"/data/{i}"))
+        return ok_result(operation)
+
+    runner.behaviours[("nas", "create")] = progressing
+    coordinator, port = await started(make_config(tmp_path, nas={"mode": "manual"}), runner, clock)
+    coordinator.drones["nas"].record.last_archive = {"original_size": 2000}
+    await coordinator.request("nas", Operation.CREATE)
+    await coordinator.wait_idle()
+    progress = port.of("backup_coordinator_progress")
+    # 2.5 s of progress at a 1 s interval: the first, two throttled ones, and the final one.
+    assert [p["final"] for p in progress] == [False, False, False, True]
+    assert [p["nfiles"] for p in progress] == sorted(p["nfiles"] for p in progress)
+    assert progress[0]["percent"] == pytest.approx(5.0)
+    assert progress[-1]["nfiles"] == 10
+    assert progress[-1]["percent"] == 100.0
+    assert port.state("sensor.backup_progress") == "100.0"
+
+
+async def test_stop_mid_operation_leaves_it_to_be_retried_after_restart(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = blocking(runner)
+    config = make_config(tmp_path, nas={})
+    coordinator, _ = await started(config, runner, clock)
+    await coordinator.tick()
+    await calls_reach(runner, 1)
+    assert coordinator.drones["nas"].state is DroneState.CREATING
+    await coordinator.stop()
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["drones"]["nas"]["running"]["operation"] == "scheduled"
+
+    runner2 = ScriptedRunner()
+    restarted, port = await started(config, runner2, clock)
+    record = restarted.drones["nas"].record
+    assert record.last_error_kind == "interrupted"
+    assert record.pending == ["scheduled"]
+    await restarted.tick()
+    await restarted.wait_idle()
+    assert runner2.operations() == ["create", "prune", "stats"]
+    assert port.state("sensor.backup_nas_last_backup") != "unknown"
+
+
+async def test_restart_restores_last_backup_and_sizes(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    config = make_config(tmp_path, nas={})
+    coordinator, _ = await started(config, runner, clock)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    await coordinator.stop()
+    _, port = await started(config, ScriptedRunner(), clock)
+    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.backup_nas_total_size") != "unknown"
+
+
+async def test_one_repository_never_runs_twice_at_once(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    for host in ("a", "b"):
+        runner.behaviours[(host, "create")] = blocking(runner)
+    config = make_config(
+        tmp_path, a={"repository": "ssh://nas/srv/repo"}, b={"repository": "ssh://nas/srv/repo"}
+    )
+    config = replace(config, max_concurrent=2)
+    coordinator, _ = await started(config, runner, clock)
+    await coordinator.tick()
+    await calls_reach(runner, 1)
+    assert runner.operations() == ["create"]
+    runner.release.set()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "prune", "stats", "create", "prune", "stats"]
+
+
+async def test_overdue_raises_a_problem_only_in_scheduled_mode(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = failing(FailureKind.BORG_ERROR)
+    config = replace(make_config(tmp_path, nas={"frequency": 60}), overdue_factor=2.0)
+    coordinator, port = await started(config, runner, clock)
+    clock.advance(minutes=121)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert "overdue" in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    await coordinator.apply_setting("nas", "mode", "manual")
+    await coordinator.tick()
+    assert "overdue" not in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+
+
+async def test_timeout_stops_a_stuck_operation(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = blocking(runner)
+    config = replace(make_config(tmp_path, nas={"mode": "manual"}), max_runtime_minutes=0.0002)
+    coordinator, port = await started(config, runner, clock)
+    await coordinator.request("nas", Operation.CREATE)
+    task = coordinator.drones["nas"].task
+    assert task is not None
+    await asyncio.wait_for(task, 5)
+    assert port.of("backup_coordinator_finished")[-1]["error"]["kind"] == "timeout"
+    assert port.state("sensor.backup_nas_state") == "error"
