@@ -19,7 +19,7 @@ from typing import Any
 
 from . import entities, scheduler
 from .config import Config, DroneConfig
-from .entities import DroneSnapshot, ProgressSnapshot
+from .entities import DroneSnapshot, ProgressSnapshot, format_mib
 from .jobs import build_job
 from .model import (
     BUSY_STATE_OF_AGENT_OPERATION,
@@ -597,8 +597,8 @@ def _summary(results: Mapping[str, Result]) -> str:
         archive = create.data.get("archive") or {}
         parts.append(
             f"archive {archive.get('name', '?')}: {archive.get('nfiles', '?')} files,"
-            f" {_mib(archive.get('original_size'))} read,"
-            f" {_mib(archive.get('deduplicated_size'))} new"
+            f" {format_mib(archive.get('original_size'))} read,"
+            f" {format_mib(archive.get('deduplicated_size'))} new"
         )
     prune = results.get("prune")
     if prune is not None:
@@ -609,11 +609,7 @@ def _summary(results: Mapping[str, Result]) -> str:
     stats = results.get("stats")
     if stats is not None:
         parts.append(
-            f"repository {_mib(stats.data.get('deduplicated_size'))} deduplicated,"
+            f"repository {format_mib(stats.data.get('deduplicated_size'))} deduplicated,"
             f" {stats.data.get('archive_count', '?')} archives"
         )
     return (": " + "; ".join(parts)) if parts else ""
-
-
-def _mib(size: object) -> str:
-    return f"{size / entities.MIB:.1f} MiB" if isinstance(size, int) else "?"

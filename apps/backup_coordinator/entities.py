@@ -384,6 +384,11 @@ def coordinator_sensors(
     ]
 
 
+def format_mib(size: object) -> str:
+    """A byte count for people: ``12.3 MiB``, or ``?`` when unknown."""
+    return f"{size / MIB:.1f} MiB" if isinstance(size, int) else "?"
+
+
 def iso_or_unknown(moment: datetime | None) -> str:
     return moment.isoformat(timespec="seconds") if moment is not None else "unknown"
 

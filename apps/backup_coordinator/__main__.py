@@ -1,0 +1,215 @@
+"""The command line: the core without Home Assistant.
+
+PYTHONPATH=apps python -m backup_coordinator --config apps.yaml doctor [DRONE ...]
+PYTHONPATH=apps python -m backup_coordinator --config apps.yaml status
+PYTHONPATH=apps python -m backup_coordinator --config apps.yaml run DRONE OPERATION
+PYTHONPATH=apps python -m backup_coordinator --config apps.yaml dashboard [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from . import transport
+from .config import Config, ConfigError, DroneConfig, load_config_file
+from .dashboard import dashboard
+from .entities import format_mib, iso_or_unknown
+from .jobs import build_job
+from .model import Operation, SettingError
+from .protocol import AgentEvent, LogLine, OperationFailed, Progress, Result
+from .store import Store
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config_file(Path(args.config), args.app)
+    except (ConfigError, OSError) as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "doctor":
+        return asyncio.run(doctor(config, args.drones, sys.stdout))
+    if args.command == "status":
+        return status(config, sys.stdout)
+    if args.command == "run":
+        drone = config.drone(args.drone)
+        if drone is None:
+            print(f"unknown or misconfigured drone {args.drone!r}", file=sys.stderr)
+            return EXIT_USAGE
+        return asyncio.run(run(drone, Operation(args.operation), sys.stdout))
+    document = dashboard(config, args.title)
+    print(
+        json.dumps(document, indent=2) if args.json else yaml.safe_dump(document, sort_keys=False)
+    )
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backup_coordinator", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="the apps.yaml holding the app")
+    parser.add_argument("--app", help="the app's name in apps.yaml (default: the only one)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    doctor_parser = commands.add_parser("doctor", help="check every drone end to end")
+    doctor_parser.add_argument("drones", nargs="*", help="only these drones")
+    commands.add_parser("status", help="what the coordinator last recorded per drone")
+    run_parser = commands.add_parser("run", help="run one operation now, with live progress")
+    run_parser.add_argument("drone")
+    run_parser.add_argument("operation", choices=[op.value for op in Operation])
+    dashboard_parser = commands.add_parser("dashboard", help="print a Lovelace dashboard")
+    dashboard_parser.add_argument("--title", default="Backups")
+    dashboard_parser.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    return parser
+
+
+# --- doctor -----------------------------------------------------------------------------------
+
+
+async def doctor(config: Config, only: Sequence[str], out: TextIO) -> int:
+    """One line per check and drone; the fix in words for every failure."""
+    failures = 0
+    for problem in config.problems:
+        if not only or problem.drone in only:
+            _check_line(
+                out, problem.drone, "config", False, f"{problem.key}: {problem.message}", ""
+            )
+            failures += 1
+    for drone in config.drones:
+        if only and drone.name not in only:
+            continue
+        failures += await _doctor_drone(drone, out)
+    print(f"{'all checks passed' if not failures else f'{failures} check(s) failed'}", file=out)
+    return EXIT_OK if not failures else EXIT_FAILED
+
+
+async def _doctor_drone(drone: DroneConfig, out: TextIO) -> int:
+    checks = await transport.probe(drone.ssh)
+    for check in checks:
+        _check_line(out, drone.name, check.name, check.ok, check.detail, check.fix)
+    if not all(check.ok for check in checks):
+        return sum(1 for check in checks if not check.ok)
+    try:
+        result = await transport.run_agent(
+            drone.ssh, "stats", build_job(drone, drone.settings, "stats")
+        )
+    except OperationFailed as failure:
+        _check_line(out, drone.name, "repository", False, failure.message, failure.hint)
+        return 1
+    size = format_mib(result.data.get("deduplicated_size"))
+    count = result.data.get("archive_count", "?")
+    detail = (
+        f"{drone.repository}: {count} archive(s) of {drone.archive_prefix}-*, {size} deduplicated"
+    )
+    _check_line(out, drone.name, "repository", True, detail, "")
+    return 0
+
+
+def _check_line(out: TextIO, drone: str, check: str, ok: bool, detail: str, fix: str) -> None:
+    line = f"{drone:<16} {'ok' if ok else 'FAIL':<5} {check:<12} {detail}"
+    if fix and not ok:
+        line += f"\n{'':<35}fix: {fix}"
+    print(line, file=out)
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def status(config: Config, out: TextIO) -> int:
+    loaded = Store(config.state_file).load()
+    if loaded.problem:
+        print(f"state file: {loaded.problem}", file=out)
+    print(f"coordinator: {loaded.global_mode}; state file {config.state_file}", file=out)
+    for drone in config.drones:
+        record = loaded.records.get(drone.name)
+        if record is None:
+            print(f"{drone.name:<16} never run", file=out)
+            continue
+        sizes = record.repository or {}
+        print(
+            f"{drone.name:<16} last backup {iso_or_unknown(record.last_backup)},"
+            f" last prune {iso_or_unknown(record.last_prune)},"
+            f" {format_mib(sizes.get('deduplicated_size'))} deduplicated,"
+            f" {record.consecutive_failures} failure(s) in a row"
+            + (f", running {record.running.operation}" if record.running else "")
+            + (f", queued {', '.join(record.pending)}" if record.pending else "")
+            + (
+                f"\n{'':<17}last error ({record.last_error_kind}): {record.last_error}"
+                if record.last_error
+                else ""
+            ),
+            file=out,
+        )
+    for problem in config.problems:
+        print(f"{problem.drone:<16} skipped: {problem.key}: {problem.message}", file=out)
+    return EXIT_OK
+
+
+# --- run --------------------------------------------------------------------------------------
+
+
+async def run(drone: DroneConfig, operation: Operation, out: TextIO) -> int:
+    """Runs the operation's agent steps directly (no schedule, no state file)."""
+    terminal = out.isatty()
+
+    async def show(event: AgentEvent) -> None:
+        if isinstance(event, Progress):
+            line = (
+                f"{event.nfiles} files, {format_mib(event.original_size)} read,"
+                f" {format_mib(event.deduplicated_size)} new"
+            )
+            print(
+                f"\r\033[K{line}" if terminal else line,
+                end="" if terminal else "\n",
+                file=out,
+                flush=True,
+            )
+        elif isinstance(event, LogLine):
+            print(
+                f"\n{event.level}: {event.message}"
+                if terminal
+                else f"{event.level}: {event.message}",
+                file=out,
+            )
+
+    for step in operation.agent_operations():
+        print(f"{drone.name}: {step} ...", file=out)
+        try:
+            job = build_job(drone, drone.settings, step)
+            result = await transport.run_agent(drone.ssh, step, job, show)
+        except (OperationFailed, SettingError) as error:
+            print(f"\n{drone.name}: {step} failed: {error}", file=out)
+            return EXIT_FAILED
+        print(("\n" if terminal else "") + _describe(step, result), file=out)
+    return EXIT_OK
+
+
+def _describe(step: str, result: Result) -> str:
+    data = result.data
+    warnings = f" with {result.warnings} warning(s)" if result.warnings else ""
+    if step == "create":
+        archive = data.get("archive") or {}
+        detail = (
+            f"archive {archive.get('name')}, {archive.get('nfiles')} files,"
+            f" {format_mib(archive.get('deduplicated_size'))} new"
+        )
+    elif step == "prune":
+        detail = f"kept {len(data.get('kept') or [])}, pruned {len(data.get('pruned') or [])}"
+    elif step == "stats":
+        size = format_mib(data.get("deduplicated_size"))
+        detail = f"{data.get('archive_count')} archives, {size} deduplicated"
+    else:
+        detail = json.dumps(dict(data))[:200]
+    return f"{step} done in {result.duration:.1f} s{warnings}: {detail}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
