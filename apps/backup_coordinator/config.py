@@ -468,7 +468,11 @@ def _parse_drones(
             drone = parse_drone(name, settings, defaults, base_dir)
             _check_archive_prefix_unique(drone, drones)
         except InvalidValue as error:
-            problems.append(ConfigProblem(str(name), error.key, _redact(error.message, secrets)))
+            problems.append(
+                ConfigProblem(
+                    *(_redact(text, secrets) for text in (str(name), error.key, error.message))
+                )
+            )
             continue
         drones.append(drone)
     return tuple(drones), tuple(problems)
@@ -675,13 +679,17 @@ def _prefixes_overlap(first: str, second: str) -> bool:
 # apps.yaml files (for the CLI)
 
 
-def load_config_file(path: Path, app_name: str | None = None) -> Config:
+def load_config_file(
+    path: Path, app_name: str | None = None, base_dir: Path | None = None
+) -> Config:
     """Read an apps.yaml like AppDaemon does and parse the coordinator's entry.
 
     ``!secret NAME`` comes from ``secrets.yaml`` beside the file (or in its parent directory,
-    AppDaemon's config dir); ``!env_var NAME`` from the environment. Relative paths are taken
-    relative to the file's directory. With no ``app_name``, the single app whose module is
-    ``backup_coordinator.app`` (or whose class is ``BackupCoordinator``) is used.
+    AppDaemon's config dir); ``!env_var NAME`` from the environment. With no ``app_name``, the
+    single app whose module is ``backup_coordinator.app`` (or whose class is
+    ``BackupCoordinator``) is used. Relative paths are taken relative to ``base_dir``, by
+    default AppDaemon's config dir (the nearest directory above holding ``appdaemon.yaml``,
+    which is what the app itself uses), else the file's own directory.
     """
     apps = _read_yaml(path, _secrets_for(path))
     if not isinstance(apps, Mapping):
@@ -692,7 +700,16 @@ def load_config_file(path: Path, app_name: str | None = None) -> Config:
     args = apps[name]
     if not isinstance(args, Mapping):
         raise ConfigError(f"{path}: app {name!r} must be a mapping of keys to values")
-    return parse_config(args, path.parent)
+    return parse_config(args, base_dir if base_dir is not None else appdaemon_config_dir(path))
+
+
+def appdaemon_config_dir(apps_file: Path) -> Path:
+    """The AppDaemon config dir an apps.yaml belongs to, so the CLI resolves relative paths
+    exactly like the running app; the file's directory when there is no appdaemon.yaml."""
+    for directory in apps_file.absolute().parents:
+        if (directory / "appdaemon.yaml").is_file():
+            return directory
+    return apps_file.parent
 
 
 def _find_app(apps: Mapping[Any, Any], path: Path) -> str:
