@@ -366,14 +366,14 @@ def parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
     try:
         return _parse_config(args, base_dir)
     except InvalidValue as error:
-        raise ConfigError(str(error)) from None
+        raise ConfigError(_redact(str(error), _passphrases_in(args))) from None
 
 
 def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
     _reject_unknown_keys("", args, TOP_LEVEL_KEYS, ignored=APPDAEMON_KEYS)
     ssh_block = _parse_ssh_block(args.get("ssh", {}), base_dir)
     defaults = _parse_defaults(args.get("defaults", {}), ssh_block, base_dir)
-    drones, problems = _parse_drones(args.get("drones"), defaults, base_dir)
+    drones, problems = _parse_drones(args.get("drones"), defaults, base_dir, _passphrases_in(args))
     return Config(
         entity_prefix=_matching(
             "entity_prefix",
@@ -452,7 +452,7 @@ def _parse_defaults(value: object, ssh_block: Mapping[str, Any], base_dir: Path)
 
 
 def _parse_drones(
-    value: object, defaults: Mapping[str, Any], base_dir: Path
+    value: object, defaults: Mapping[str, Any], base_dir: Path, secrets: tuple[str, ...]
 ) -> tuple[tuple[DroneConfig, ...], tuple[ConfigProblem, ...]]:
     if value is None:
         raise InvalidValue("drones", "required: a mapping of drone names to their settings")
@@ -463,7 +463,6 @@ def _parse_drones(
     problems: list[ConfigProblem] = []
     for name in sorted(drones_section, key=str):
         settings = drones_section[name]
-        secrets = _secrets_of(defaults, settings)
         try:
             drone = parse_drone(name, settings, defaults, base_dir)
             _check_archive_prefix_unique(drone, drones)
@@ -484,14 +483,18 @@ def _mapping_any_keys(key: str, value: object) -> Mapping[Any, Any]:
     return value
 
 
-def _secrets_of(*sections: object) -> tuple[str, ...]:
-    return tuple(
+def _passphrases_in(args: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every passphrase anywhere in the args, to be kept out of every message."""
+    drones = args.get("drones")
+    sections = [args.get("defaults"), *(drones.values() if isinstance(drones, Mapping) else ())]
+    found = {
         section["passphrase"]
         for section in sections
         if isinstance(section, Mapping)
         and isinstance(section.get("passphrase"), str)
         and section["passphrase"]
-    )
+    }
+    return tuple(sorted(found, key=len, reverse=True))  # longest first: no partial leftovers
 
 
 def _redact(message: str, secrets: Iterable[str]) -> str:

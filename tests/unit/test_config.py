@@ -752,3 +752,18 @@ def test_relative_paths_resolve_against_appdaemons_config_dir_like_the_app(
     assert config.state_file == tmp_path / "backup_coordinator_state.json"
     elsewhere = load_config_file(path, base_dir=Path("/elsewhere"))
     assert elsewhere.state_file == Path("/elsewhere/backup_coordinator_state.json")
+
+
+def test_another_drones_passphrase_is_redacted_too() -> None:
+    drones = {"a": minimal_drone(passphrase=SECRET), "nas": minimal_drone(host=SECRET)}
+    problem = only_problem(parse_config(app_args(drones=drones), BASE))
+    assert problem.drone == "nas"
+    assert SECRET not in str(problem)
+
+
+def test_a_top_level_error_never_shows_a_passphrase() -> None:
+    args = app_args(defaults={"compression": SECRET, "passphrase": SECRET})
+    with pytest.raises(ConfigError) as raised:
+        parse_config(args, BASE)
+    assert "key 'defaults.compression'" in str(raised.value)
+    assert SECRET not in str(raised.value)
