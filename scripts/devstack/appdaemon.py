@@ -1,0 +1,237 @@
+"""A real AppDaemon connected to a devstack Home Assistant, running apps from a copied folder.
+
+The app package is copied, not linked: AppDaemon walks every file of its apps dir, so tests and
+tooling must stay outside it. The HA token travels in the process environment (`!env_var`),
+never in a file. Logs are files with `filter_threshold: 0` (otherwise repeated identical lines
+are collapsed) and no rotation, so byte offsets into them stay valid for `wait_for_log`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from devstack.homeassistant import environment_writing_bytecode, stop_process_group, tail
+from devstack.waiting import free_port, wait_until
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+APPS_READY_MARK = "App initialization complete"
+FAILURE_MARKS = ("Failed to authenticate", "Traceback", "failed to start")
+NO_ROTATION_BYTES = 1_000_000_000
+
+APPDAEMON_YAML_TEMPLATE = """\
+appdaemon:
+  latitude: 52.37
+  longitude: 4.89
+  elevation: 0
+  time_zone: {time_zone}
+  plugins:
+    HASS:
+      type: hass
+      ha_url: {ha_url}
+      token: !env_var HA_TOKEN
+http:
+  url: http://127.0.0.1:{port}
+api:
+logs:
+  main_log:
+    filename: {main_log}
+    filter_threshold: 0
+    log_size: {log_size}
+  error_log:
+    filename: {error_log}
+    filter_threshold: 0
+    log_size: {log_size}
+"""
+
+
+class AppDaemonError(RuntimeError):
+    """AppDaemon did not start its apps, or an expected log line did not come."""
+
+
+class AppDaemon:
+    """One AppDaemon process with its own config dir, apps dir and HTTP port."""
+
+    def __init__(
+        self,
+        config_dir: Path,
+        appdaemon_bin: Path,
+        ha_url: str,
+        token: str,
+        apps_source: Path | None = None,
+        apps_yaml: str = "",
+        port: int | None = None,
+        time_zone: str = "UTC",
+        secrets: str = "",
+    ) -> None:
+        self.config_dir = config_dir
+        self.appdaemon_bin = appdaemon_bin
+        self.ha_url = ha_url
+        self.port = port if port is not None else free_port()
+        self.time_zone = time_zone
+        self._token = token
+        self._process: subprocess.Popen[bytes] | None = None
+        # Mark 0 is "from the very beginning"; see log_mark().
+        self._marks: list[tuple[int, int]] = [(0, 0)]
+        self._write_config(apps_source, apps_yaml, secrets)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def apps_dir(self) -> Path:
+        return self.config_dir / "apps"
+
+    @property
+    def main_log_path(self) -> Path:
+        return self.config_dir / "main.log"
+
+    @property
+    def error_log_path(self) -> Path:
+        return self.config_dir / "error.log"
+
+    @property
+    def console_log_path(self) -> Path:
+        return self.config_dir / "appdaemon-console.log"
+
+    def _write_config(self, apps_source: Path | None, apps_yaml: str, secrets: str) -> None:
+        self.apps_dir.mkdir(parents=True, exist_ok=True)
+        (self.config_dir / "appdaemon.yaml").write_text(
+            APPDAEMON_YAML_TEMPLATE.format(
+                time_zone=self.time_zone,
+                ha_url=self.ha_url,
+                port=self.port,
+                main_log=self.main_log_path,
+                error_log=self.error_log_path,
+                log_size=NO_ROTATION_BYTES,
+            )
+        )
+        if secrets:
+            (self.config_dir / "secrets.yaml").write_text(secrets)
+        if apps_source is not None:
+            copy_app_package(apps_source, self.apps_dir / apps_source.name)
+        self.update_apps_yaml(apps_yaml)
+
+    def update_apps_yaml(self, text: str) -> None:
+        """Replaces apps.yaml; a running AppDaemon notices and reloads the apps by itself."""
+        target = self.apps_dir / "apps.yaml"
+        staging = self.apps_dir / ".apps.yaml.new"
+        staging.write_text(text)
+        staging.replace(target)
+
+    def start(self) -> None:
+        """Launches AppDaemon and waits until it reports its apps initialised."""
+        if self._process is not None and self._process.poll() is None:
+            raise AppDaemonError(f"AppDaemon already runs as PID {self._process.pid}")
+        mark = self.log_mark()
+        with self.console_log_path.open("ab") as console:
+            self._process = subprocess.Popen(
+                [str(self.appdaemon_bin), "-c", str(self.config_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                env=environment_writing_bytecode({"HA_TOKEN": self._token}),
+                start_new_session=True,
+            )
+        self.wait_for_log(APPS_READY_MARK, timeout=START_TIMEOUT, after=mark)
+        self._raise_on_failure_marks(mark)
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then SIGKILL the process group; safe to call twice."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        stop_process_group(process, STOP_TIMEOUT)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def main_log(self) -> str:
+        return read_text(self.main_log_path)
+
+    def error_log(self) -> str:
+        return read_text(self.error_log_path)
+
+    def log_mark(self) -> int:
+        """An opaque mark of "now" in both logs, for `wait_for_log(..., after=mark)`."""
+        self._marks.append((file_size(self.main_log_path), file_size(self.error_log_path)))
+        return len(self._marks) - 1
+
+    def wait_for_log(self, text: str, timeout: float, after: int = 0) -> None:
+        """Waits until `text` shows in the main or error log past the mark `after`."""
+
+        def seen() -> bool:
+            self._raise_if_exited(after)
+            main, errors = self._logs_since(after)
+            return text in main or text in errors
+
+        try:
+            wait_until(seen, f"{text!r} in AppDaemon's log", timeout=timeout, interval=0.05)
+        except TimeoutError as error:
+            raise AppDaemonError(f"{error}\n{self._log_tails(after)}") from None
+
+    def _logs_since(self, mark: int) -> tuple[str, str]:
+        main_offset, error_offset = self._marks[mark]
+        return read_from(self.main_log_path, main_offset), read_from(
+            self.error_log_path, error_offset
+        )
+
+    def _raise_on_failure_marks(self, mark: int) -> None:
+        main, errors = self._logs_since(mark)
+        for failure in FAILURE_MARKS:
+            if failure in main or failure in errors:
+                raise AppDaemonError(
+                    f"AppDaemon logged {failure!r} while starting\n{self._log_tails(mark)}"
+                )
+
+    def _raise_if_exited(self, mark: int) -> None:
+        process = self._process
+        if process is None:
+            raise AppDaemonError("AppDaemon is not running")
+        if process.poll() is not None:
+            raise AppDaemonError(
+                f"appdaemon exited with {process.returncode}\n{self._log_tails(mark)}"
+            )
+        main, errors = self._logs_since(mark)
+        if "Failed to authenticate" in main or "Failed to authenticate" in errors:
+            # AppDaemon retries a rejected token every 5 s forever: fail now instead.
+            raise AppDaemonError(f"AppDaemon's HA token was rejected\n{self._log_tails(mark)}")
+
+    def _log_tails(self, mark: int) -> str:
+        main, errors = self._logs_since(mark)
+        console = read_text(self.console_log_path)
+        return (
+            f"--- main log ---\n{tail(main)}\n--- error log ---\n{tail(errors)}\n"
+            f"--- console ---\n{tail(console)}"
+        )
+
+
+def copy_app_package(source: Path, destination: Path) -> None:
+    """Copies an app package, leaving out bytecode caches."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def read_text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def read_from(path: Path, offset: int) -> str:
+    if not path.exists():
+        return ""
+    with path.open("rb") as file:
+        file.seek(offset)
+        return file.read().decode(errors="replace")
