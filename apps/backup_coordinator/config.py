@@ -500,7 +500,10 @@ def _passphrases_in(args: Mapping[str, Any]) -> tuple[str, ...]:
 def _redact(message: str, secrets: Iterable[str]) -> str:
     """Belt and braces: no message may carry a passphrase, even one pasted under a wrong key."""
     for secret in secrets:
-        message = message.replace(secret, "***")
+        # Also as repr() shows it (escaped), since messages quote values with repr.
+        for form in (secret, repr(secret)[1:-1], repr(secret + "'")[1:-2]):
+            if form:
+                message = message.replace(form, "***")
     return message
 
 
