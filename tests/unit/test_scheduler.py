@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from backup_coordinator.model import Mode, Operation
 from backup_coordinator.scheduler import (
     Decision,
@@ -16,8 +19,6 @@ from backup_coordinator.scheduler import (
     is_overdue,
     next_due,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

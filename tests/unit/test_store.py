@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
 from backup_coordinator.store import (
     STATE_VERSION,
     DroneRecord,
