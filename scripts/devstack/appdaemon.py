@@ -4,10 +4,13 @@ The app package is copied, not linked: AppDaemon walks every file of its apps di
 tooling must stay outside it. The HA token travels in the process environment (`!env_var`),
 never in a file. Logs are files with `filter_threshold: 0` (otherwise repeated identical lines
 are collapsed) and no rotation, so byte offsets into them stay valid for `wait_for_log`.
+AppDaemon retries a lost HA connection every second (default 5 s) so HA restarts in tests are
+followed quickly. The blocking methods have `async_` twins for async tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,6 +35,7 @@ appdaemon:
       type: hass
       ha_url: {ha_url}
       token: !env_var HA_TOKEN
+      retry_secs: 1
 http:
   url: http://127.0.0.1:{port}
 api:
@@ -153,6 +157,12 @@ class AppDaemon:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    async def async_restart(self) -> None:
+        await asyncio.to_thread(self.restart)
+
+    async def async_stop(self) -> None:
+        await asyncio.to_thread(self.stop)
 
     def main_log(self) -> str:
         return read_text(self.main_log_path)

@@ -169,6 +169,14 @@ class HomeAssistant:
         self.stop()
         self.start()
 
+    # From async tests use these: a blocked event loop cannot answer HA's websocket close
+    # handshake, and HA then waits ~10 s for every such connection before it exits.
+    async def async_restart(self) -> None:
+        await asyncio.to_thread(self.restart)
+
+    async def async_stop(self) -> None:
+        await asyncio.to_thread(self.stop)
+
     def log_text(self) -> str:
         """Everything hass printed (all starts of this config dir)."""
         if not self.console_log.exists():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
 from devstack.appdaemon import AppDaemon
 from devstack.haclient import HaClient
 from devstack.homeassistant import HomeAssistant

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
 from devstack.appdaemon import AppDaemonError
 from devstack.haclient import HaClient, HaCommandError
 from devstack.homeassistant import HomeAssistant, HomeAssistantError
-from devstack.waiting import wait_until
-
+from devstack.waiting import async_wait_until
 from tests.e2e.stack_support import (
     AppDaemonFactory,
     appdaemon_factory_fixture,  # noqa: F401
@@ -79,9 +80,13 @@ def state_is(value: str) -> Any:
     return lambda state: state["state"] == value
 
 
-def helper_persisted(home_assistant: HomeAssistant) -> bool:
+def helper_persisted(home_assistant: HomeAssistant) -> Callable[[], Awaitable[bool]]:
     store = home_assistant.config_dir / ".storage" / "input_number"
-    return store.exists() and "harness_level" in store.read_text()
+
+    async def persisted() -> bool:
+        return store.exists() and "harness_level" in store.read_text()
+
+    return persisted
 
 
 async def test_ha_serves_rest_and_websocket_with_the_token(
@@ -149,10 +154,10 @@ async def test_ha_restart_keeps_token_and_helper_and_reruns_appdaemon_apps(
     await pings.next(15)
     # HA writes .storage ~10 s after a change; a graceful stop would flush it too, but the
     # point here is that the helper is really on disk before HA goes away.
-    wait_until(lambda: helper_persisted(home_assistant), "input_number in .storage", 30)
+    await async_wait_until(helper_persisted(home_assistant), "input_number in .storage", 30)
 
     mark = appdaemon.log_mark()
-    home_assistant.restart()
+    await home_assistant.async_restart()
 
     assert home_assistant.token_file.read_text() == token_before
     assert home_assistant.ensure_token() == json.loads(token_before)["token"]
