@@ -185,7 +185,7 @@ class Config:
     max_concurrent: int = 1
     progress_interval: float = 5.0
     overdue_factor: float = 2.0
-    max_runtime_minutes: int = 720
+    max_runtime_minutes: float = 720  # whole minutes from apps.yaml
     notify: str | None = None
     drones: tuple[DroneConfig, ...] = ()
     problems: tuple[ConfigProblem, ...] = ()

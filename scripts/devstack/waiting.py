@@ -21,7 +21,7 @@ def free_port() -> int:
 def wait_until(
     condition: Callable[[], T | None], what: str, timeout: float = 30.0, interval: float = 0.05
 ) -> T:
-    """Polls ``condition`` until it returns something truthy; raises TimeoutError naming ``what``."""
+    """Polls ``condition`` until it returns something truthy; else TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
