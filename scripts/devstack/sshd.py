@@ -25,7 +25,6 @@ from pathlib import Path
 from types import TracebackType
 
 from backup_coordinator.model import SshTarget
-
 from devstack.waiting import free_port, port_open, wait_until
 
 SSHD = "/usr/sbin/sshd"

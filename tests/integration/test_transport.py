@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,6 +27,7 @@ from tests.integration.transport_support import (
     ARCHIVE_PREFIX,
     PASSPHRASE,
     DroneHost,
+    session_processes,
     started_drone_host,
     write_random_data,
 )
@@ -132,6 +136,35 @@ async def test_cancelling_mid_create_stops_borg_and_releases_the_lock(host: Dron
     result = await run_agent(host.sshd.target(), "create", host.job())
     assert result.rc == 0
     assert result.data["archive"]["name"] in host.archives()
+
+
+async def test_a_silent_connection_is_lost_by_keepalive_and_borg_stops(host: DroneHost) -> None:
+    write_random_data(host.data, megabytes=16)
+    slow_job = host.job(compression="lzma,9")
+    recorder = Recorder()
+    target = host.sshd.target(keepalive_interval=0.3)
+    task = asyncio.create_task(run_agent(target, "create", slow_job, recorder))
+    await asyncio.wait_for(recorder.progressed.wait(), 30)
+    assert host.sshd.pid is not None
+    frozen = session_processes(host.sshd.pid)
+    assert frozen, "the session's sshd processes should exist"
+    # A frozen sshd session answers no keepalives, like a host that fell off the network.
+    signal_all(frozen, signal.SIGSTOP)
+    try:
+        with pytest.raises(OperationFailed) as caught:
+            await asyncio.wait_for(task, 15)
+    finally:
+        signal_all(frozen, signal.SIGCONT)
+    assert caught.value.kind is FailureKind.UNREACHABLE
+    assert "connection lost during create" in caught.value.message
+    wait_until(lambda: not host.borg_processes(), "borg to stop on the drone", timeout=15)
+    wait_until(host.lock_is_free, "the repository lock to be released", timeout=15)
+
+
+def signal_all(pids: list[int], signum: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 async def test_probe_passes_on_a_good_drone(host: DroneHost) -> None:

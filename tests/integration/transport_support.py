@@ -68,6 +68,30 @@ class DroneHost:
         ]
 
 
+def session_processes(listener_pid: int) -> list[int]:
+    """The sshd processes serving the sessions of the listener ``listener_pid``."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        name, _, rest = stat.partition("(")[2].rpartition(")")
+        parents[int(proc.name)] = int(rest.split()[1])
+        names[int(proc.name)] = name
+    found: list[int] = []
+    frontier = [listener_pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found.extend(pid for pid in children if names[pid] == "sshd")
+        frontier.extend(pid for pid in children if names[pid] == "sshd")
+    return found
+
+
 def processes_mentioning(text: str, program: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():

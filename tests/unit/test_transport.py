@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncssh
 import pytest
+
 from backup_coordinator.model import SshTarget
 from backup_coordinator.protocol import (
     AgentEvent,
