@@ -14,7 +14,6 @@ import pytest
 
 from backup_coordinator.config import Config, parse_config
 from backup_coordinator.coordinator import Coordinator
-from backup_coordinator.entities import Publication
 from backup_coordinator.model import DroneState, Operation, SshTarget
 from backup_coordinator.protocol import (
     AgentEvent,
@@ -23,37 +22,9 @@ from backup_coordinator.protocol import (
     Progress,
     Result,
 )
+from tests.memory_port import MemoryPort
 
 START = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-class MemoryPort:
-    def __init__(self) -> None:
-        self.states: dict[str, Publication] = {}
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.notifications: dict[str, str] = {}
-        self.lines: list[str] = []
-
-    async def publish(self, publication: Publication) -> None:
-        self.states[publication.entity_id] = publication
-
-    async def fire_event(self, event_type: str, data: Mapping[str, Any]) -> None:
-        self.events.append((event_type, dict(data)))
-
-    async def notify(self, notification_id: str, title: str, message: str) -> None:
-        self.notifications[notification_id] = message
-
-    async def dismiss(self, notification_id: str) -> None:
-        self.notifications.pop(notification_id, None)
-
-    def log(self, message: str, level: str = "INFO") -> None:
-        self.lines.append(f"{level} {message}")
-
-    def state(self, entity_id: str) -> str:
-        return self.states[entity_id].state
-
-    def of(self, event_type: str) -> list[dict[str, Any]]:
-        return [data for kind, data in self.events if kind == event_type]
 
 
 Behaviour = Callable[[str, Mapping[str, Any], Any], Awaitable[Result]]
