@@ -1,0 +1,1409 @@
+#!/usr/bin/env python3
+"""backup-drone: the only program that runs borg on this host.
+
+Installed as the forced command of one SSH key, it lets the coordinator ask for one of a few
+operations (hello, create, prune, stats, list, check) and nothing else. The job arrives as one
+JSON line on stdin, is validated completely (and checked against the host's policy file) before
+anything runs, and the agent answers with JSON lines on stdout (docs/protocol.md). Run by hand
+(`backup_drone.py create --job job.json`) it does the same and prints readable progress.
+
+Python standard library only; runs on Python 3.9 to 3.13 with borg 1.2 or 1.4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import posixpath
+import queue
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+AGENT_VERSION = "1.0.0"
+PROTOCOL_VERSION = 1
+OPERATIONS = ("hello", "create", "prune", "stats", "list", "check")
+RESERVED_OPERATIONS = ("offsite",)
+DEFAULT_POLICY_PATH = "/etc/backup-drone/policy.json"
+
+EXIT_OK = 0
+EXIT_WARNING = 1
+EXIT_FAILED = 2
+EXIT_REJECTED = 3
+
+JOB_LINE_LIMIT = 1024 * 1024
+JOB_READ_TIMEOUT = 30.0
+# After SIGINT borg writes a checkpoint and releases its lock; give it time, then escalate.
+SIGINT_GRACE = 30.0
+SIGTERM_GRACE = 10.0
+# How long to wait for borg's pipes to close after borg itself exited (an ssh child may hold them).
+PIPE_DRAIN_TIMEOUT = 5.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: the job, the operation and the policy. Nothing runs before all of it passed.
+# ---------------------------------------------------------------------------------------------
+
+
+class Rejected(Exception):
+    """A request the agent refuses to run. ``field`` names what was wrong; the message never
+    repeats the offending value (it may be a passphrase)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass(frozen=True)
+class KeepRules:
+    within: Optional[str] = None
+    counts: Tuple[Tuple[str, int], ...] = ()  # (rule, count) for non-zero counts, in borg order
+
+    def is_empty(self) -> bool:
+        return self.within is None and not self.counts
+
+
+@dataclass(frozen=True)
+class Job:
+    repository: str = ""
+    passphrase: Optional[str] = field(default=None, repr=False)
+    archive_prefix: str = ""
+    paths: Tuple[str, ...] = ()
+    exclude_patterns: Tuple[str, ...] = ()
+    exclude_if_present: Tuple[str, ...] = (".nobackup",)
+    one_file_system: bool = False
+    compression: str = ""
+    keep: KeepRules = KeepRules()
+    lock_wait: int = 60
+    borg_rsh: str = ""
+    borg_remote_path: str = ""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A borg repository location reduced to what policy matching compares."""
+
+    authority: str  # "" for a local path, else "user@host" or "user@host:port"
+    absolute: bool
+    components: Tuple[str, ...]
+
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+ARCHIVE_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KEEP_WITHIN = re.compile(r"^[1-9][0-9]{0,5}[Hdwmy]$")
+KEEP_COUNT_RULES = ("hourly", "daily", "weekly", "monthly", "yearly")
+KEEP_COUNT_MAX = 1000000
+COMPRESSION = re.compile(
+    r"^(auto,)?(none|lz4|zstd(,([1-9]|1[0-9]|2[0-2]))?|zlib(,[0-9])?|lzma(,[0-9])?)$"
+)
+REMOTE_PATH = re.compile(r"^[A-Za-z0-9_./+][A-Za-z0-9_./+-]*$")
+_USER = r"(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)"
+_HOST = r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])"
+SSH_URL = re.compile(r"^ssh://" + _USER + "@" + _HOST + r"(:(?P<port>[0-9]{1,5}))?(?P<path>/.*)$")
+IPV6_HOST = re.compile(r"@\[[0-9A-Fa-f:.]+\]")
+SCP_STYLE = re.compile(r"^" + _USER + "@" + _HOST + r":(?P<path>.+)$")
+# BORG_RSH is a command borg executes: allow ssh with harmless options only, so a job cannot
+# turn it (or ssh's ProxyCommand/LocalCommand) into a way to run arbitrary programs.
+RSH_FLAGS = {"-4", "-6", "-A", "-a", "-C", "-q", "-T", "-x"}
+RSH_OPTIONS_WITH_VALUE = {"-i", "-p", "-o"}
+RSH_SAFE_SSH_OPTIONS = {
+    "batchmode",
+    "compression",
+    "connectionattempts",
+    "connecttimeout",
+    "hostkeyalias",
+    "identitiesonly",
+    "identityfile",
+    "loglevel",
+    "port",
+    "serveralivecountmax",
+    "serveraliveinterval",
+    "stricthostkeychecking",
+    "userknownhostsfile",
+}
+
+
+def require_text(value: object, name: str, max_length: int = 4096) -> str:
+    if not isinstance(value, str):
+        raise Rejected(name, "must be a string")
+    if not value:
+        raise Rejected(name, "must not be empty")
+    if len(value) > max_length:
+        raise Rejected(name, f"must be at most {max_length} characters")
+    if CONTROL_CHARACTERS.search(value):
+        raise Rejected(name, "must not contain control characters")
+    if not is_encodable(value):
+        raise Rejected(name, "must be valid text")
+    return value
+
+
+def is_encodable(value: str) -> bool:
+    """Whether the string can become argv/env bytes (lone surrogates other than the
+    surrogateescape range cannot)."""
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def require_list(value: object, name: str, max_items: int) -> List[object]:
+    if not isinstance(value, list):
+        raise Rejected(name, "must be a list")
+    if len(value) > max_items:
+        raise Rejected(name, f"must have at most {max_items} entries")
+    return value
+
+
+def require_int(value: object, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Rejected(name, "must be an integer")
+    if not low <= value <= high:
+        raise Rejected(name, f"must be between {low} and {high}")
+    return value
+
+
+def require_match(value: object, name: str, pattern: re.Pattern[str], expected: str) -> str:
+    text = require_text(value, name, 256)
+    if not pattern.match(text):
+        raise Rejected(name, f"must be {expected}")
+    return text
+
+
+def path_components(path: str) -> Tuple[str, ...]:
+    return tuple(part for part in path.split("/") if part not in ("", "."))
+
+
+def require_absolute_path(value: object, name: str) -> str:
+    path = require_text(value, name)
+    if not path.startswith("/"):
+        raise Rejected(name, "must be an absolute path")
+    if ".." in path_components(path):
+        raise Rejected(name, "must not contain '..'")
+    return path
+
+
+def parse_location(text: str) -> Optional[Location]:
+    if text.startswith("/"):
+        return Location("", True, path_components(text))
+    for pattern in (SSH_URL, SCP_STYLE):
+        match = pattern.match(text)
+        if match:
+            port = match.groupdict().get("port")
+            authority = f"{match['user']}@{match['host']}" + (f":{port}" if port else "")
+            path = match["path"]
+            return Location(authority, path.startswith("/"), path_components(path))
+    return None
+
+
+def validate_repository(value: object, name: str) -> str:
+    text = require_text(value, name)
+    if text.startswith("-"):
+        raise Rejected(name, "must not start with '-'")
+    if "::" in IPV6_HOST.sub("", text):  # "::" separates borg's archive name
+        raise Rejected(name, "must not contain '::'")
+    location = parse_location(text)
+    if location is None:
+        raise Rejected(
+            name, "must be an absolute path, ssh://user@host[:port]/path or user@host:path"
+        )
+    if ".." in location.components:
+        raise Rejected(name, "must not contain '..'")
+    return text
+
+
+def validate_passphrase(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise Rejected(name, "must be a string")
+    if len(value) > 4096 or "\x00" in value or not is_encodable(value):
+        raise Rejected(name, "must be text of at most 4096 characters without NUL")
+    return value
+
+
+def validate_paths(value: object, name: str) -> Tuple[str, ...]:
+    items = require_list(value, name, 1000)
+    if not items:
+        raise Rejected(name, "must not be empty")
+    return tuple(require_absolute_path(item, f"{name}[{i}]") for i, item in enumerate(items))
+
+
+def validate_exclude_patterns(value: object, name: str) -> Tuple[str, ...]:
+    items = require_list(value, name, 1000)
+    return tuple(require_text(item, f"{name}[{i}]") for i, item in enumerate(items))
+
+
+def validate_exclude_if_present(value: object, name: str) -> Tuple[str, ...]:
+    items = require_list(value, name, 100)
+    names = tuple(require_text(item, f"{name}[{i}]", 255) for i, item in enumerate(items))
+    for i, file_name in enumerate(names):
+        if "/" in file_name or file_name in (".", ".."):
+            raise Rejected(f"{name}[{i}]", "must be a plain file name")
+    return names
+
+
+def validate_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise Rejected(name, "must be true or false")
+    return value
+
+
+def validate_keep(value: object, name: str) -> KeepRules:
+    if not isinstance(value, dict):
+        raise Rejected(name, "must be an object")
+    for key in value:
+        if key != "within" and key not in KEEP_COUNT_RULES:
+            raise Rejected(f"{name}.{key[:64]}", "unknown keep rule")
+    within = None
+    if "within" in value:
+        within = require_match(
+            value["within"], f"{name}.within", KEEP_WITHIN, "a number and a unit H, d, w, m or y"
+        )
+    counts = tuple(
+        (rule, require_int(value[rule], f"{name}.{rule}", 0, KEEP_COUNT_MAX))
+        for rule in KEEP_COUNT_RULES
+        if rule in value
+    )
+    return KeepRules(within, tuple((rule, count) for rule, count in counts if count))
+
+
+def validate_borg_rsh(value: object, name: str) -> str:
+    text = require_text(value, name, 1024)
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        raise Rejected(name, "is not a valid command line") from None
+    if not words or posixpath.basename(words[0]) != "ssh" or words[0].startswith("-"):
+        raise Rejected(name, "must run ssh")
+    check_rsh_options(words[1:], name)
+    return text
+
+
+def check_rsh_options(words: Sequence[str], name: str) -> None:
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word in RSH_FLAGS:
+            index += 1
+            continue
+        if word not in RSH_OPTIONS_WITH_VALUE or index + 1 >= len(words):
+            raise Rejected(name, "may only use the ssh options -i, -p, -o and simple flags")
+        argument = words[index + 1]
+        if argument.startswith("-"):
+            raise Rejected(name, "option values must not start with '-'")
+        if word == "-o" and argument.split("=", 1)[0].strip().lower() not in RSH_SAFE_SSH_OPTIONS:
+            raise Rejected(name, "uses an ssh -o option that is not allowed")
+        index += 2
+
+
+def validate_remote_path(value: object, name: str) -> str:
+    return require_match(value, name, REMOTE_PATH, "a plain command or path (no spaces)")
+
+
+def validate_protocol(value: object, name: str) -> int:
+    if isinstance(value, bool) or value != PROTOCOL_VERSION:
+        raise Rejected(name, f"unsupported protocol version, this agent speaks {PROTOCOL_VERSION}")
+    return PROTOCOL_VERSION
+
+
+FIELD_VALIDATORS: Dict[str, Callable[[object, str], Any]] = {
+    "protocol": validate_protocol,
+    "repository": validate_repository,
+    "passphrase": validate_passphrase,
+    "archive_prefix": lambda v, n: require_match(v, n, ARCHIVE_PREFIX, "letters, digits, . _ -"),
+    "paths": validate_paths,
+    "exclude_patterns": validate_exclude_patterns,
+    "exclude_if_present": validate_exclude_if_present,
+    "one_file_system": validate_bool,
+    "compression": lambda v, n: require_match(v, n, COMPRESSION, "a borg compression spec"),
+    "keep": validate_keep,
+    "lock_wait": lambda v, n: require_int(v, n, 0, 86400),
+    "borg_rsh": validate_borg_rsh,
+    "borg_remote_path": validate_remote_path,
+}
+
+
+def validate_job(operation: str, raw: object) -> Job:
+    """The job object of one request -> a Job; raises Rejected naming the first bad field."""
+    if not isinstance(raw, dict):
+        raise Rejected("job", "must be a JSON object")
+    unknown = sorted(key for key in raw if key not in FIELD_VALIDATORS)
+    if unknown:
+        raise Rejected(unknown[0][:64] or "job", "unknown field")
+    if "protocol" not in raw:
+        raise Rejected("protocol", "is required")
+    values = {
+        name: check(raw[name], name) for name, check in FIELD_VALIDATORS.items() if name in raw
+    }
+    values.pop("protocol")
+    job = Job(**values)
+    check_required_fields(operation, job)
+    return job
+
+
+def check_required_fields(operation: str, job: Job) -> None:
+    if operation != "hello" and not job.repository:
+        raise Rejected("repository", f"is required for {operation}")
+    if operation in ("create", "prune") and not job.archive_prefix:
+        raise Rejected("archive_prefix", f"is required for {operation}")
+    if operation == "create" and not job.paths:
+        raise Rejected("paths", "is required for create")
+    if operation == "prune" and job.keep.is_empty():
+        raise Rejected("keep", "prune needs at least one keep rule")
+
+
+def validate_operation(from_ssh: Optional[str], from_argv: Optional[str]) -> str:
+    """SSH_ORIGINAL_COMMAND (when sshd set it) must be exactly one allowed word."""
+    if from_ssh is not None and from_argv is not None and from_ssh != from_argv:
+        raise Rejected("operation", "the SSH command and the configured operation differ")
+    word = from_ssh if from_ssh is not None else from_argv
+    if word is None:
+        raise Rejected("operation", "no operation given")
+    if word in RESERVED_OPERATIONS:
+        raise Rejected("operation", f"{word} is not supported by this agent version")
+    if word not in OPERATIONS:
+        raise Rejected("operation", "must be exactly one of " + ", ".join(OPERATIONS))
+    return word
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the host admin allows; None means "no restriction" (no policy file)."""
+
+    repositories: Optional[Tuple[Location, ...]] = None
+    paths: Optional[Tuple[Tuple[str, ...], ...]] = None
+    operations: Optional[Tuple[str, ...]] = None
+    borg: Optional[str] = None
+
+
+POLICY_KEYS = ("repositories", "paths", "operations", "borg")
+
+
+def load_policy(explicit_path: Optional[str]) -> Policy:
+    path = explicit_path
+    if path is None and os.path.exists(DEFAULT_POLICY_PATH):
+        path = DEFAULT_POLICY_PATH
+    if path is None:
+        return Policy()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise Rejected("policy", f"cannot read the policy file {path}: {error}") from None
+    try:
+        return parse_policy(raw)
+    except Rejected as error:
+        raise Rejected("policy", f"malformed policy file {path}: {error}") from None
+
+
+def parse_policy(raw: object) -> Policy:
+    if not isinstance(raw, dict) or any(key not in POLICY_KEYS for key in raw):
+        raise Rejected("policy", f"must be an object with the keys {', '.join(POLICY_KEYS)}")
+    for key in ("repositories", "paths"):
+        if key not in raw:
+            raise Rejected(key, "is required")
+    repositories = tuple(
+        policy_location(item, f"repositories[{i}]")
+        for i, item in enumerate(require_list(raw["repositories"], "repositories", 10000))
+    )
+    paths = tuple(
+        path_components(require_absolute_path(item, f"paths[{i}]"))
+        for i, item in enumerate(require_list(raw["paths"], "paths", 10000))
+    )
+    operations = None
+    if "operations" in raw:
+        items = require_list(raw["operations"], "operations", len(OPERATIONS))
+        if any(item not in OPERATIONS for item in items):
+            raise Rejected("operations", "must list operations of " + ", ".join(OPERATIONS))
+        operations = tuple(str(item) for item in items)
+    borg = None
+    if "borg" in raw:
+        borg = require_absolute_path(raw["borg"], "borg")
+    return Policy(repositories, paths, operations, borg)
+
+
+def policy_location(value: object, name: str) -> Location:
+    location = parse_location(validate_repository(value, name))
+    assert location is not None  # validate_repository accepts only parseable locations
+    return location
+
+
+def is_under(components: Tuple[str, ...], prefix: Tuple[str, ...]) -> bool:
+    return components[: len(prefix)] == prefix
+
+
+def location_allowed(location: Location, allowed: Tuple[Location, ...]) -> bool:
+    return any(
+        location.authority == prefix.authority
+        and location.absolute == prefix.absolute
+        and is_under(location.components, prefix.components)
+        for prefix in allowed
+    )
+
+
+def check_policy(policy: Policy, operation: str, job: Job) -> None:
+    if (
+        policy.operations is not None
+        and operation != "hello"
+        and operation not in policy.operations
+    ):
+        raise Rejected("operation", "not allowed by this host's policy")
+    if job.repository and policy.repositories is not None:
+        location = parse_location(job.repository)
+        if location is None or not location_allowed(location, policy.repositories):
+            raise Rejected("repository", "not allowed by this host's policy")
+    if policy.paths is not None:
+        for i, path in enumerate(job.paths):
+            components = path_components(path)
+            if not any(is_under(components, prefix) for prefix in policy.paths):
+                raise Rejected(f"paths[{i}]", "not allowed by this host's policy")
+
+
+def parse_job_line(line: bytes) -> object:
+    if len(line) > JOB_LINE_LIMIT:
+        raise Rejected("job", f"the job line is longer than {JOB_LINE_LIMIT} bytes")
+    if not line.strip():
+        raise Rejected("job", "no job received")
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise Rejected("job", "the job line is not valid JSON") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Building borg's command lines and environment (pure functions)
+# ---------------------------------------------------------------------------------------------
+
+
+def archive_name(prefix: str, now: datetime) -> str:
+    return f"{prefix}-{now.astimezone(timezone.utc).strftime('%Y-%m-%dT%H:%M:%S')}"
+
+
+def archive_glob(prefix: str) -> str:
+    """Matches this prefix's archives (and their checkpoints) but not those of a longer prefix
+    (``web`` must not match ``web-db-2024-...``), which a plain ``PREFIX-*`` would."""
+    digits = "[0-9]"
+    date = f"{digits * 4}-{digits * 2}-{digits * 2}T{digits * 2}:{digits * 2}:{digits * 2}"
+    return f"{prefix}-{date}*"
+
+
+def common_options(job: Job) -> List[str]:
+    options = ["--log-json", f"--lock-wait={job.lock_wait}"]
+    if job.borg_remote_path:
+        options.append(f"--remote-path={job.borg_remote_path}")
+    return options
+
+
+def archive_filter(job: Job) -> List[str]:
+    return [f"--glob-archives={archive_glob(job.archive_prefix)}"] if job.archive_prefix else []
+
+
+def create_argv(borg: str, job: Job, name: str) -> List[str]:
+    argv = [borg, "create", "--progress", "--json", *common_options(job)]
+    if job.compression:
+        argv.append(f"--compression={job.compression}")
+    if job.one_file_system:
+        argv.append("--one-file-system")
+    argv += [f"--exclude={pattern}" for pattern in job.exclude_patterns]
+    argv += [f"--exclude-if-present={marker}" for marker in job.exclude_if_present]
+    return [*argv, "--", f"{job.repository}::{name}", *job.paths]
+
+
+def prune_argv(borg: str, job: Job) -> List[str]:
+    argv = [borg, "prune", "--list", *common_options(job), *archive_filter(job)]
+    if job.keep.within:
+        argv.append(f"--keep-within={job.keep.within}")
+    argv += [f"--keep-{rule}={count}" for rule, count in job.keep.counts]
+    return [*argv, "--", job.repository]
+
+
+def compact_argv(borg: str, job: Job) -> List[str]:
+    # --info: borg reports what compaction freed only at info level.
+    return [borg, "compact", "--info", *common_options(job), "--", job.repository]
+
+
+def info_argv(borg: str, job: Job) -> List[str]:
+    return [borg, "info", "--json", *common_options(job), "--", job.repository]
+
+
+def list_argv(borg: str, job: Job) -> List[str]:
+    return [
+        borg,
+        "list",
+        "--json",
+        *common_options(job),
+        *archive_filter(job),
+        "--",
+        job.repository,
+    ]
+
+
+def check_argv(borg: str, job: Job) -> List[str]:
+    return [borg, "check", *common_options(job), "--", job.repository]
+
+
+BORG_SAFE_ENVIRONMENT = {
+    "BORG_RELOCATED_REPO_ACCESS_IS_OK": "no",
+    "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "no",
+    "BORG_DISPLAY_PASSPHRASE": "no",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+}
+
+
+def borg_environment(base: Dict[str, str], job: Job) -> Dict[str, str]:
+    """The agent's environment (BORG_BASE_DIR etc. from the host) plus safe defaults; the
+    passphrase goes here and never into argv."""
+    env = {**base, **BORG_SAFE_ENVIRONMENT}
+    if job.passphrase is not None:
+        for name in ("BORG_PASSCOMMAND", "BORG_PASSPHRASE_FD"):
+            env.pop(name, None)
+        env["BORG_PASSPHRASE"] = job.passphrase
+    if job.borg_rsh:
+        env["BORG_RSH"] = job.borg_rsh
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading borg's output (pure functions)
+# ---------------------------------------------------------------------------------------------
+
+WARNING_LEVELS = ("WARNING", "ERROR", "CRITICAL")
+ERROR_LEVELS = ("ERROR", "CRITICAL")
+PRUNE_LINE = re.compile(
+    r"^(?P<label>Keeping archive \(rule: [^)]*\):|Keeping checkpoint archive:"
+    r"|Pruning archive \(\d+/\d+\):|Would prune:)\s+(?P<name>.+?)\s+"
+    r"[A-Z][a-z]{2}, \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}( [+-]\d{4})? \[[0-9a-f]+\]\s*$"
+)
+FREED_LINE = re.compile(r"freed about (?P<number>[0-9.]+) (?P<unit>[A-Za-z]+) repository space")
+SIZE_UNITS = {
+    "B": 1,
+    **{unit + "B": 1000 ** (i + 1) for i, unit in enumerate("kMGTPEZY")},
+    **{unit + "iB": 1024 ** (i + 1) for i, unit in enumerate("KMGTPEZY")},
+}
+
+
+def parse_borg_line(text: str) -> Optional[Dict[str, Any]]:
+    """One stderr line -> a borg JSON record, or a ``text`` record for anything else. A prompt
+    borg printed without a newline may precede a JSON record on the same line: the text part
+    is then returned and the JSON part is kept under ``embedded``."""
+    text = text.rstrip("\r\n")
+    if not text.strip():
+        return None
+    record = json_object(text)
+    if record is not None:
+        return record
+    start = text.find('{"')
+    embedded = json_object(text[start:]) if start > 0 else None
+    result: Dict[str, Any] = {"type": "text", "message": text[:start] if embedded else text}
+    if embedded is not None:
+        result["embedded"] = embedded
+    return result
+
+
+def json_object(text: str) -> Optional[Dict[str, Any]]:
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def progress_event(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """An unfinished ``archive_progress`` record -> a protocol progress event."""
+    if record.get("type") != "archive_progress" or record.get("finished") or "nfiles" not in record:
+        return None
+    return {
+        "type": "progress",
+        "operation": "create",
+        "time": record.get("time", time.time()),
+        "nfiles": record.get("nfiles", 0),
+        "original_size": record.get("original_size", 0),
+        "compressed_size": record.get("compressed_size", 0),
+        "deduplicated_size": record.get("deduplicated_size", 0),
+        "path": record.get("path", ""),
+    }
+
+
+def log_event(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A warning-or-worse ``log_message`` record, or a text line, -> a protocol log event."""
+    if record.get("type") == "text":
+        level = "WARNING"
+    elif record.get("type") == "log_message" and record.get("levelname") in WARNING_LEVELS:
+        level = record["levelname"]
+    else:
+        return None
+    return {
+        "type": "log",
+        "level": level.lower(),
+        "msgid": str(record.get("msgid") or ""),
+        "message": str(record.get("message", "")),
+        "time": record.get("time", time.time()),
+    }
+
+
+def parse_prune_line(message: str) -> Optional[Tuple[str, str]]:
+    """A prune --list line (borg 1.2 or 1.4 wording) -> ("kept" | "pruned", archive name)."""
+    match = PRUNE_LINE.match(message)
+    if not match:
+        return None
+    kept = match["label"].startswith("Keeping")
+    return ("kept" if kept else "pruned", match["name"])
+
+
+def parse_freed_bytes(message: str) -> Optional[int]:
+    match = FREED_LINE.search(message)
+    if not match or match["unit"] not in SIZE_UNITS:
+        return None
+    try:
+        return int(float(match["number"]) * SIZE_UNITS[match["unit"]])
+    except ValueError:
+        return None
+
+
+def create_data(final: Dict[str, Any]) -> Dict[str, Any]:
+    archive = final.get("archive") or {}
+    stats = archive.get("stats") or {}
+    cache = (final.get("cache") or {}).get("stats") or {}
+    return {
+        "archive": {
+            "name": archive.get("name"),
+            "id": archive.get("id"),
+            "start": archive.get("start"),
+            "end": archive.get("end"),
+            "duration": archive.get("duration"),
+            "nfiles": stats.get("nfiles"),
+            "original_size": stats.get("original_size"),
+            "compressed_size": stats.get("compressed_size"),
+            "deduplicated_size": stats.get("deduplicated_size"),
+        },
+        "repository": repository_totals(cache),
+    }
+
+
+def repository_totals(cache_stats: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "total_size": cache_stats.get("total_size"),
+        "compressed_size": cache_stats.get("total_csize"),
+        "deduplicated_size": cache_stats.get("unique_csize"),
+        "total_chunks": cache_stats.get("total_chunks"),
+        "unique_chunks": cache_stats.get("total_unique_chunks"),
+    }
+
+
+def archive_summaries(listing: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return [
+        {"name": item.get("name"), "id": item.get("id"), "time": item.get("time")}
+        for item in listing.get("archives") or []
+        if isinstance(item, dict)
+    ]
+
+
+def stats_data(info: Dict[str, Any], listing: Dict[str, Any]) -> Dict[str, Any]:
+    totals = repository_totals((info.get("cache") or {}).get("stats") or {})
+    archives = archive_summaries(listing)
+    last = archives[-1] if archives else None
+    return {
+        "total_size": totals["total_size"],
+        "compressed_size": totals["compressed_size"],
+        "deduplicated_size": totals["deduplicated_size"],
+        "archive_count": len(archives),
+        "last_archive": {"name": last["name"], "time": last["time"]} if last else None,
+    }
+
+
+def prune_data(
+    prune_records: List[Dict[str, Any]], compact_records: List[Dict[str, Any]]
+) -> Dict[str, Any]:
+    decided: Dict[str, List[str]] = {"kept": [], "pruned": []}
+    for record in prune_records:
+        parsed = parse_prune_line(str(record.get("message", "")))
+        if parsed:
+            decided[parsed[0]].append(parsed[1])
+    freed = None
+    for record in compact_records:
+        freed = parse_freed_bytes(str(record.get("message", ""))) or freed
+    return {"kept": decided["kept"], "pruned": decided["pruned"], "compact": {"freed_bytes": freed}}
+
+
+def borg_error(records: List[Dict[str, Any]], rc: int) -> Dict[str, str]:
+    """The error borg reported (the last error with a msgid wins), for a result's ``error``."""
+    errors = [
+        r for r in records if r.get("type") == "log_message" and r.get("levelname") in ERROR_LEVELS
+    ]
+    chosen = [r for r in errors if r.get("msgid")] or errors
+    if not chosen:
+        return {"msgid": "BorgError", "message": f"borg exited with return code {rc}"}
+    last = chosen[-1]
+    return {"msgid": str(last.get("msgid") or "BorgError"), "message": str(last.get("message", ""))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running borg
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BorgRun:
+    rc: int
+    stdout: bytes
+    records: List[Dict[str, Any]]  # every log_message and text record, in order
+
+
+class Session:
+    """State of one request: where events go, whether to stop, what borg said."""
+
+    def __init__(self, operation: str, output: Output) -> None:
+        self.operation = operation
+        self.output = output
+        self.stop_reason: Optional[Dict[str, str]] = None
+        self.interrupted = False  # a borg run was stopped because of stop_reason
+        self.warnings = 0
+        self.borg_rc: Optional[int] = None
+
+    def request_stop(self, msgid: str, message: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = {"msgid": msgid, "message": message}
+
+    def emit(self, event: Dict[str, Any]) -> None:
+        if not self.output.write(event):
+            self.request_stop("CoordinatorGone", "the agent's output was closed")
+
+    def handle_record(self, record: Dict[str, Any]) -> None:
+        progress = progress_event(record) if self.operation == "create" else None
+        if progress:
+            self.emit(progress)
+        log = log_event(record)
+        if log:
+            self.warnings += log["level"] == "warning"
+            self.emit(log)
+
+
+def run_borg(session: Session, argv: List[str], env: Dict[str, str]) -> BorgRun:
+    """Runs one borg command, streaming its stderr as events; stops it when asked to."""
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # no terminal: borg can never prompt, and Ctrl-C is ours
+        )
+    except OSError as error:
+        message = f"cannot start borg: {error.strerror}"
+        return BorgRun(EXIT_FAILED, b"", [log_record("ERROR", "BorgNotStarted", message)])
+    events: queue.Queue[Tuple[str, bytes]] = queue.Queue()
+    start_thread(pump_lines, process.stderr, events)
+    start_thread(pump_all, process.stdout, events)
+    run = BorgRun(0, b"", [])
+    collect_output(session, process, events, run)
+    run.rc = exit_status(process.wait())
+    session.borg_rc = max(session.borg_rc or 0, run.rc)
+    return run
+
+
+def log_record(level: str, msgid: str, message: str) -> Dict[str, Any]:
+    return {
+        "type": "log_message",
+        "levelname": level,
+        "msgid": msgid,
+        "message": message,
+        "time": time.time(),
+    }
+
+
+def start_thread(target: Callable[..., None], *args: Any) -> None:
+    threading.Thread(target=target, args=args, daemon=True).start()
+
+
+def pump_lines(stream: IO[bytes], events: queue.Queue[Tuple[str, bytes]]) -> None:
+    for line in iter(stream.readline, b""):
+        events.put(("stderr", line))
+    events.put(("stderr_end", b""))
+
+
+def pump_all(stream: IO[bytes], events: queue.Queue[Tuple[str, bytes]]) -> None:
+    events.put(("stdout_end", stream.read()))
+
+
+def collect_output(
+    session: Session,
+    process: subprocess.Popen[bytes],
+    events: queue.Queue[Tuple[str, bytes]],
+    run: BorgRun,
+) -> None:
+    open_streams = {"stderr", "stdout"}
+    stopped = False
+    exited_at: Optional[float] = None
+    while open_streams:
+        if session.stop_reason and not stopped:
+            stopped = True
+            session.interrupted = True
+            stop_process(process, SIGINT_GRACE, SIGTERM_GRACE)
+        try:
+            kind, payload = events.get(timeout=0.1)
+        except queue.Empty:
+            if process.poll() is not None:
+                exited_at = exited_at or time.monotonic()
+                if time.monotonic() - exited_at > PIPE_DRAIN_TIMEOUT:
+                    return
+            continue
+        if kind == "stderr":
+            handle_stderr_line(session, payload, run)
+        else:
+            open_streams.discard(kind[: -len("_end")])
+            if kind == "stdout_end":
+                run.stdout = payload
+
+
+def handle_stderr_line(session: Session, line: bytes, run: BorgRun) -> None:
+    record = parse_borg_line(line.decode("utf-8", "surrogateescape"))
+    for item in (record, (record or {}).get("embedded")):
+        if item:
+            session.handle_record(item)
+            if item.get("type") in ("log_message", "text"):
+                run.records.append(item)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sigint_grace: float, sigterm_grace: float
+) -> None:
+    """SIGINT (borg checkpoints and releases its lock), then SIGTERM, then SIGKILL for the
+    whole process group (an ssh child must not keep the pipes open)."""
+    for signum, grace in ((signal.SIGINT, sigint_grace), (signal.SIGTERM, sigterm_grace)):
+        if process.poll() is not None:
+            return
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        process.kill()
+    process.wait()
+
+
+def exit_status(returncode: int) -> int:
+    """Popen's -N for "killed by signal N" -> the shell's 128+N, as borg documents it."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def find_borg(policy: Policy, env: Dict[str, str]) -> Optional[str]:
+    if policy.borg is not None:
+        return policy.borg if os.access(policy.borg, os.X_OK) else None
+    return shutil.which("borg", path=env.get("PATH", os.defpath))
+
+
+def borg_version(borg: Optional[str], env: Dict[str, str]) -> str:
+    if borg is None:
+        return ""
+    try:
+        completed = subprocess.run(
+            [borg, "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    words = completed.stdout.decode("utf-8", "replace").split()
+    return words[-1] if completed.returncode == 0 and words else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The operations: each runs borg and returns its result data (or an error)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    data: Dict[str, Any]
+    ok: bool = True
+    error: Optional[Dict[str, str]] = None
+
+
+def failed(run: BorgRun) -> Optional[Outcome]:
+    """An Outcome for a borg run that did not succeed (rc >= 2), else None."""
+    if run.rc < EXIT_FAILED:
+        return None
+    return Outcome({}, ok=False, error=borg_error(run.records, run.rc))
+
+
+def parse_stdout_json(run: BorgRun) -> Dict[str, Any]:
+    value = json_object(run.stdout.decode("utf-8", "surrogateescape").strip())
+    if value is None:
+        raise BorgOutputInvalid()
+    return value
+
+
+class BorgOutputInvalid(Exception):
+    """borg said it succeeded but its JSON output is missing or unreadable."""
+
+
+class Operations:
+    def __init__(self, session: Session, job: Job, borg: str, env: Dict[str, str]) -> None:
+        self.session = session
+        self.job = job
+        self.borg = borg
+        self.env = env
+
+    def run(self, argv: List[str]) -> BorgRun:
+        return run_borg(self.session, argv, self.env)
+
+    def hello(self) -> Outcome:
+        return Outcome(hello_data(borg_version(self.borg, self.env)))
+
+    def create(self) -> Outcome:
+        name = archive_name(self.job.archive_prefix, datetime.now(timezone.utc))
+        run = self.run(create_argv(self.borg, self.job, name))
+        return failed(run) or Outcome(create_data(parse_stdout_json(run)))
+
+    def stopped(self) -> Optional[Outcome]:
+        reason = self.session.stop_reason
+        return Outcome({}, ok=False, error=reason) if reason else None
+
+    def prune(self) -> Outcome:
+        pruning = self.run(prune_argv(self.borg, self.job))
+        if failed(pruning) or self.stopped():
+            return failed(pruning) or self.stopped() or Outcome({})
+        compacting = self.run(compact_argv(self.borg, self.job))
+        return failed(compacting) or Outcome(prune_data(pruning.records, compacting.records))
+
+    def stats(self) -> Outcome:
+        info = self.run(info_argv(self.borg, self.job))
+        if failed(info) or self.stopped():
+            return failed(info) or self.stopped() or Outcome({})
+        listing = self.run(list_argv(self.borg, self.job))
+        return failed(listing) or Outcome(
+            stats_data(parse_stdout_json(info), parse_stdout_json(listing))
+        )
+
+    def list(self) -> Outcome:
+        run = self.run(list_argv(self.borg, self.job))
+        return failed(run) or Outcome({"archives": archive_summaries(parse_stdout_json(run))})
+
+    def check(self) -> Outcome:
+        run = self.run(check_argv(self.borg, self.job))
+        findings = [str(event["message"]) for event in map(log_event, run.records) if event]
+        repository_ok = run.rc == EXIT_OK and not findings
+        error = None if repository_ok else borg_error(run.records, run.rc)
+        if error and run.rc < EXIT_FAILED:
+            error = {
+                "msgid": "CheckFoundProblems",
+                "message": "; ".join(findings[:5]) or error["message"],
+            }
+        return Outcome(
+            {"findings": findings, "repository_ok": repository_ok}, ok=repository_ok, error=error
+        )
+
+
+def hello_data(version: str) -> Dict[str, Any]:
+    return {
+        "agent_version": AGENT_VERSION,
+        "borg_version": version,
+        "python_version": platform.python_version(),
+        "hostname": socket.gethostname(),
+        "protocol": PROTOCOL_VERSION,
+    }
+
+
+def hello_event(operation: str, version: str) -> Dict[str, Any]:
+    return {"type": "hello", "operation": operation, **hello_data(version)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: JSON lines for the coordinator, or readable text for a person
+# ---------------------------------------------------------------------------------------------
+
+
+class Output:
+    """Where events go. ``write`` returns False once the reader is gone (broken pipe)."""
+
+    def write(self, event: Dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+
+class JsonLinesOutput(Output):
+    """One JSON object per line, written straight to the file descriptor (no buffering to
+    flush, and a broken pipe is noticed on the write that hits it)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.broken = False
+
+    def write(self, event: Dict[str, Any]) -> bool:
+        if self.broken:
+            return False
+        data = (json.dumps(event, ensure_ascii=True, default=str) + "\n").encode("ascii")
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            self.broken = True
+        return not self.broken
+
+
+class HumanOutput(Output):
+    """Progress as one updating line on a terminal (plain lines, at most one a second,
+    otherwise) and a readable summary at the end."""
+
+    def __init__(self, stream: IO[str], errors: IO[str]) -> None:
+        self.stream = stream
+        self.errors = errors
+        self.tty = stream.isatty()
+        self.progress_shown = False
+        self.last_plain_progress = 0.0
+
+    def write(self, event: Dict[str, Any]) -> bool:
+        try:
+            getattr(self, "show_" + event["type"])(event)
+            self.stream.flush()
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def show_hello(self, event: Dict[str, Any]) -> None:
+        version = event["borg_version"] or "not found"
+        python = event["python_version"]
+        self.line(
+            f"backup-drone {AGENT_VERSION} on {event['hostname']}: borg {version}, Python {python}"
+        )
+
+    def show_progress(self, event: Dict[str, Any]) -> None:
+        text = (
+            f"{event['nfiles']} files, {human_size(event['original_size'])} read, "
+            f"{human_size(event['deduplicated_size'])} new  {printable(event['path'])}"
+        )
+        if self.tty:
+            width = shutil.get_terminal_size().columns - 1
+            self.stream.write("\r\x1b[K" + text[:width])
+            self.progress_shown = True
+        elif time.monotonic() - self.last_plain_progress >= 1.0:
+            self.last_plain_progress = time.monotonic()
+            self.line(text)
+
+    def show_log(self, event: Dict[str, Any]) -> None:
+        self.end_progress()
+        msgid = f" [{event['msgid']}]" if event["msgid"] else ""
+        self.errors.write(f"{event['level']}{msgid}: {printable(event['message'])}\n")
+        self.errors.flush()
+
+    def show_result(self, event: Dict[str, Any]) -> None:
+        self.end_progress()
+        for text in summary_lines(event):
+            self.line(text)
+
+    def end_progress(self) -> None:
+        if self.progress_shown:
+            self.stream.write("\n")
+            self.progress_shown = False
+
+    def line(self, text: str) -> None:
+        self.end_progress()
+        self.stream.write(text + "\n")
+
+
+def printable(text: object) -> str:
+    """Text safe for a terminal: undecodable bytes and control characters shown escaped."""
+    raw = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return CONTROL_CHARACTERS.sub(lambda m: repr(m.group())[1:-1], raw)
+
+
+def human_size(value: object) -> str:
+    size = float(value) if isinstance(value, (int, float)) else 0.0
+    if size < 1000:
+        return f"{size:.0f} B"
+    exponent = 0
+    while size >= 1000 and exponent < 4:
+        size /= 1000
+        exponent += 1
+    return f"{size:.2f} {' kMGT'[exponent]}B"
+
+
+def summary_lines(result: Dict[str, Any]) -> List[str]:
+    data = result.get("data") or {}
+    operation = result["operation"]
+    lines = SUMMARIES[operation](data) if result["ok"] and operation in SUMMARIES else []
+    if result.get("warnings"):
+        lines.append(f"{result['warnings']} warning(s), see above")
+    if not result["ok"]:
+        error = result.get("error") or {}
+        where = f" ({error['field']})" if error.get("field") else ""
+        lines.append(
+            f"FAILED: {error.get('msgid', '')}{where}: {printable(error.get('message', ''))}"
+        )
+    lines.append(
+        f"{operation or 'request'} finished in {result['duration']:.1f} s, exit code {result['rc']}"
+    )
+    return lines
+
+
+def create_summary(data: Dict[str, Any]) -> List[str]:
+    archive, repository = data["archive"], data["repository"]
+    sizes = [
+        human_size(archive[key])
+        for key in ("original_size", "compressed_size", "deduplicated_size")
+    ]
+    return [
+        f"archive {archive['name']}: {archive['nfiles']} files, {sizes[0]} original, "
+        f"{sizes[1]} compressed, {sizes[2]} new",
+        f"repository: {human_size(repository['deduplicated_size'])} stored for "
+        f"{human_size(repository['total_size'])} of archives",
+    ]
+
+
+def prune_summary(data: Dict[str, Any]) -> List[str]:
+    freed = data["compact"]["freed_bytes"]
+    return [
+        *[f"kept    {name}" for name in data["kept"]],
+        *[f"pruned  {name}" for name in data["pruned"]],
+        "compact freed " + (human_size(freed) if freed is not None else "an unknown amount"),
+    ]
+
+
+def stats_summary(data: Dict[str, Any]) -> List[str]:
+    last = data["last_archive"]
+    return [
+        f"{data['archive_count']} archives, {human_size(data['total_size'])} original, "
+        f"{human_size(data['compressed_size'])} compressed, "
+        f"{human_size(data['deduplicated_size'])} stored",
+        f"last archive: {last['name']} ({last['time']})" if last else "no archives yet",
+    ]
+
+
+SUMMARIES: Dict[str, Callable[[Dict[str, Any]], List[str]]] = {
+    "hello": lambda d: [f"agent {d['agent_version']}, protocol {d['protocol']}"],
+    "create": create_summary,
+    "prune": prune_summary,
+    "stats": stats_summary,
+    "list": lambda d: [f"{a['name']}  {a['time']}" for a in d["archives"]] or ["no archives"],
+    "check": lambda d: ["repository OK"],
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The request: validate, say hello, run, report
+# ---------------------------------------------------------------------------------------------
+
+
+class Request:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.started = time.monotonic()
+
+    def result(self, outcome: Outcome, field_name: str = "") -> int:
+        """Writes the final ``result`` line; returns the exit code."""
+        session = self.session
+        code = exit_code(outcome, session.borg_rc, rejected=bool(field_name))
+        event: Dict[str, Any] = {
+            "type": "result",
+            "operation": session.operation,
+            "ok": outcome.ok,
+            "rc": code,
+            "borg_rc": session.borg_rc,
+            "duration": round(time.monotonic() - self.started, 3),
+            "warnings": session.warnings,
+            "data": outcome.data,
+        }
+        if not outcome.ok:
+            event["error"] = dict(
+                outcome.error or {"msgid": "Failed", "message": "the operation failed"}
+            )
+            if field_name:
+                event["error"]["field"] = field_name
+        session.output.write(event)
+        return code
+
+    def reject(self, rejection: Rejected) -> int:
+        self.session.emit(hello_event(self.session.operation, ""))
+        error = {"msgid": "JobRejected", "message": rejection.message}
+        return self.result(Outcome({}, ok=False, error=error), field_name=rejection.field)
+
+
+def exit_code(outcome: Outcome, borg_rc: Optional[int], rejected: bool) -> int:
+    if rejected:
+        return EXIT_REJECTED
+    if not outcome.ok:
+        return EXIT_FAILED
+    return EXIT_WARNING if borg_rc == EXIT_WARNING else EXIT_OK
+
+
+def execute(request: Request, job: Job, policy: Policy) -> int:
+    """Runs a validated job: hello first, then the operation, then the result."""
+    session = request.session
+    env = borg_environment(dict(os.environ), job)
+    borg = find_borg(policy, env)
+    version = borg_version(borg, env)
+    session.emit(hello_event(session.operation, version))
+    if borg is None or not version:
+        error = {
+            "msgid": "BorgNotFound",
+            "message": "borg is not installed or does not run on this host",
+        }
+        return request.result(Outcome({}, ok=False, error=error))
+    operations = Operations(session, job, borg, env)
+    if session.operation != "hello" and operations.stopped():
+        return request.result(operations.stopped() or Outcome({}))
+    try:
+        outcome: Outcome = getattr(operations, session.operation)()
+    except BorgOutputInvalid:
+        error = {
+            "msgid": "BorgOutputInvalid",
+            "message": "borg's JSON output is missing or unreadable",
+        }
+        outcome = Outcome({}, ok=False, error=error)
+    if session.interrupted:
+        outcome = Outcome(outcome.data, ok=False, error=session.stop_reason)
+    return request.result(outcome)
+
+
+def install_stop_signals(session: Session) -> None:
+    def stop(signum: int, _frame: object) -> None:
+        session.request_stop("Interrupted", f"the agent received {signal.Signals(signum).name}")
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+
+class StdinWatcher:
+    """Reads the job line from stdin, then keeps reading: EOF or an error means the
+    coordinator is gone."""
+
+    def __init__(self, fd: int, session: Session) -> None:
+        self.fd = fd
+        self.session = session
+        self.first_line: queue.Queue[bytes] = queue.Queue()
+
+    def start(self) -> None:
+        start_thread(self.watch)
+
+    def watch(self) -> None:
+        buffer = bytearray()
+        try:
+            while b"\n" not in buffer and len(buffer) <= JOB_LINE_LIMIT:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
+                buffer += chunk
+            self.first_line.put(bytes(buffer.split(b"\n", 1)[0]))
+            while os.read(self.fd, 65536):
+                pass
+        except OSError:
+            self.first_line.put(b"")
+        self.session.request_stop("CoordinatorGone", "the coordinator closed the connection")
+
+    def job_line(self, timeout: float) -> bytes:
+        try:
+            return self.first_line.get(timeout=timeout)
+        except queue.Empty:
+            raise Rejected("job", f"no job line within {timeout:.0f} s") from None
+
+
+def serve(operation_argument: Optional[str], policy_path: Optional[str]) -> int:
+    session = Session("", JsonLinesOutput(sys.stdout.fileno()))
+    request = Request(session)
+    install_stop_signals(session)
+    try:
+        session.operation = validate_operation(
+            os.environ.get("SSH_ORIGINAL_COMMAND"), operation_argument
+        )
+        policy = load_policy(policy_path)
+        watcher = StdinWatcher(sys.stdin.fileno(), session)
+        watcher.start()
+        job = validate_job(session.operation, parse_job_line(watcher.job_line(JOB_READ_TIMEOUT)))
+        check_policy(policy, session.operation, job)
+    except Rejected as rejection:
+        return request.reject(rejection)
+    return execute(request, job, policy)
+
+
+def run_by_hand(
+    operation: str, job_path: Optional[str], policy_path: Optional[str], as_json: bool
+) -> int:
+    output: Output = (
+        JsonLinesOutput(sys.stdout.fileno()) if as_json else HumanOutput(sys.stdout, sys.stderr)
+    )
+    session = Session(operation, output)
+    request = Request(session)
+    install_stop_signals(session)
+    try:
+        policy = load_policy(policy_path)
+        job = validate_job(operation, read_job_file(job_path, operation))
+        check_policy(policy, operation, job)
+    except Rejected as rejection:
+        return request.reject(rejection)
+    return execute(request, job, policy)
+
+
+def read_job_file(path: Optional[str], operation: str) -> object:
+    if path is None:
+        if operation == "hello":
+            return {"protocol": PROTOCOL_VERSION}
+        raise Rejected("job", "--job FILE is required")
+    try:
+        with open(path, "rb") as handle:
+            return parse_job_line(handle.read(JOB_LINE_LIMIT + 1).replace(b"\n", b" "))
+    except OSError as error:
+        raise Rejected("job", f"cannot read {path}: {error.strerror}") from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit 3 like every other rejected request
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_REJECTED, f"{self.prog}: error: {message}\n")
+
+
+def argument_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="backup_drone.py",
+        description="Runs borg for the backup coordinator (serve) or by hand on this host.",
+        epilog="Exit codes: 0 ok, 1 finished with warnings, 2 failed, 3 rejected (nothing ran).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    serve_parser = commands.add_parser(
+        "serve", help="speak the JSON-lines protocol (SSH forced command)"
+    )
+    serve_parser.add_argument(
+        "operation", nargs="?", help="used when SSH_ORIGINAL_COMMAND is not set"
+    )
+    serve_parser.add_argument(
+        "--policy", metavar="FILE", help=f"policy file (default {DEFAULT_POLICY_PATH})"
+    )
+    for operation in OPERATIONS:
+        command = commands.add_parser(operation, help=f"run {operation} by hand with a job file")
+        command.add_argument("--job", metavar="FILE", help="the job as a JSON file")
+        command.add_argument(
+            "--policy", metavar="FILE", help=f"policy file (default {DEFAULT_POLICY_PATH})"
+        )
+        command.add_argument("--json", action="store_true", help="print the protocol's JSON lines")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = argument_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args.operation, args.policy)
+    return run_by_hand(args.command, args.job, args.policy, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The borg command lines and environment the agent builds for each operation."""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from tests.integration.agent_support import load_agent
+
+agent = load_agent()
+
+BORG = "/usr/bin/borg"
+SECRET = "pass-phrase-that-must-stay-out-of-argv"
+
+
+def job(**fields: Any) -> Any:
+    raw = {
+        "protocol": 1,
+        "repository": "/srv/repo",
+        "archive_prefix": "web",
+        "paths": ["/var/www", "/etc"],
+        "passphrase": SECRET,
+        "keep": {"daily": 7, "weekly": 4, "within": "2d"},
+    }
+    raw.update(fields)
+    return agent.validate_job("create", {k: v for k, v in raw.items() if v is not None})
+
+
+def all_argvs(validated: Any) -> list[list[str]]:
+    return [
+        agent.create_argv(BORG, validated, "web-2025-01-01T00:00:00"),
+        agent.prune_argv(BORG, validated),
+        agent.compact_argv(BORG, validated),
+        agent.info_argv(BORG, validated),
+        agent.list_argv(BORG, validated),
+        agent.check_argv(BORG, validated),
+    ]
+
+
+def test_create_argv_with_defaults() -> None:
+    assert agent.create_argv(BORG, job(), "web-2025-01-01T00:00:00") == [
+        BORG,
+        "create",
+        "--progress",
+        "--json",
+        "--log-json",
+        "--lock-wait=60",
+        "--exclude-if-present=.nobackup",
+        "--",
+        "/srv/repo::web-2025-01-01T00:00:00",
+        "/var/www",
+        "/etc",
+    ]
+
+
+def test_create_argv_with_every_option() -> None:
+    validated = job(
+        compression="zstd,3",
+        one_file_system=True,
+        exclude_patterns=["*.tmp", "-looks-like-an-option"],
+        exclude_if_present=["CACHEDIR.TAG"],
+        lock_wait=5,
+        borg_remote_path="borg1",
+    )
+    argv = agent.create_argv(BORG, validated, "web-x")
+    assert argv[:7] == [
+        BORG,
+        "create",
+        "--progress",
+        "--json",
+        "--log-json",
+        "--lock-wait=5",
+        "--remote-path=borg1",
+    ]
+    assert argv[7:] == [
+        "--compression=zstd,3",
+        "--one-file-system",
+        "--exclude=*.tmp",
+        "--exclude=-looks-like-an-option",  # joined with "=": never read as an option
+        "--exclude-if-present=CACHEDIR.TAG",
+        "--",
+        "/srv/repo::web-x",
+        "/var/www",
+        "/etc",
+    ]
+
+
+def test_prune_argv() -> None:
+    assert agent.prune_argv(BORG, job()) == [
+        BORG,
+        "prune",
+        "--list",
+        "--log-json",
+        "--lock-wait=60",
+        "--glob-archives=web-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]*",
+        "--keep-within=2d",
+        "--keep-daily=7",
+        "--keep-weekly=4",
+        "--",
+        "/srv/repo",
+    ]
+
+
+def test_the_archive_glob_matches_only_this_prefix() -> None:
+    pattern = agent.archive_glob("web")
+    assert fnmatch.fnmatchcase("web-2025-01-31T23:59:59", pattern)
+    assert fnmatch.fnmatchcase("web-2025-01-31T23:59:59.checkpoint", pattern)
+    assert not fnmatch.fnmatchcase("web-db-2025-01-31T23:59:59", pattern)
+    assert not fnmatch.fnmatchcase("webx-2025-01-31T23:59:59", pattern)
+    assert not fnmatch.fnmatchcase("other-2025-01-31T23:59:59", pattern)
+
+
+def test_compact_info_list_check_argv() -> None:
+    validated = job()
+    assert agent.compact_argv(BORG, validated) == [
+        BORG, "compact", "--info", "--log-json", "--lock-wait=60", "--", "/srv/repo"
+    ]  # fmt: skip
+    assert agent.info_argv(BORG, validated) == [
+        BORG, "info", "--json", "--log-json", "--lock-wait=60", "--", "/srv/repo"
+    ]  # fmt: skip
+    assert agent.check_argv(BORG, validated) == [
+        BORG, "check", "--log-json", "--lock-wait=60", "--", "/srv/repo"
+    ]  # fmt: skip
+    list_argv = agent.list_argv(BORG, validated)
+    assert list_argv[:5] == [BORG, "list", "--json", "--log-json", "--lock-wait=60"]
+    assert list_argv[5].startswith("--glob-archives=web-")
+    assert list_argv[6:] == ["--", "/srv/repo"]
+
+
+def test_list_without_prefix_lists_everything() -> None:
+    validated = agent.validate_job("list", {"protocol": 1, "repository": "/srv/repo"})
+    assert agent.list_argv(BORG, validated) == [
+        BORG, "list", "--json", "--log-json", "--lock-wait=60", "--", "/srv/repo"
+    ]  # fmt: skip
+
+
+def test_the_passphrase_is_in_no_argv() -> None:
+    for argv in all_argvs(job()):
+        assert not any(SECRET in word for word in argv)
+
+
+def test_the_passphrase_goes_to_the_environment_only() -> None:
+    host = {"PATH": "/usr/bin", "BORG_PASSCOMMAND": "cat /root/pass", "BORG_BASE_DIR": "/var/borg"}
+    env = agent.borg_environment(host, job())
+    assert env["BORG_PASSPHRASE"] == SECRET
+    assert "BORG_PASSCOMMAND" not in env  # the job's passphrase wins over the host's command
+    assert env["BORG_BASE_DIR"] == "/var/borg"
+    assert env["BORG_RELOCATED_REPO_ACCESS_IS_OK"] == "no"
+    assert env["BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK"] == "no"
+    assert env["BORG_DISPLAY_PASSPHRASE"] == "no"
+    assert env["LANG"] == env["LC_ALL"] == "C.UTF-8"
+
+
+def test_without_a_job_passphrase_the_hosts_own_is_kept() -> None:
+    host = {"BORG_PASSCOMMAND": "cat /root/pass", "BORG_PASSPHRASE": "host-secret"}
+    env = agent.borg_environment(host, job(passphrase=None))
+    assert env["BORG_PASSCOMMAND"] == "cat /root/pass"
+    assert env["BORG_PASSPHRASE"] == "host-secret"
+
+
+def test_borg_rsh_goes_to_the_environment() -> None:
+    env = agent.borg_environment({}, job(borg_rsh="ssh -i /root/.ssh/backup"))
+    assert env["BORG_RSH"] == "ssh -i /root/.ssh/backup"
+    assert "BORG_RSH" not in agent.borg_environment({}, job())
+
+
+@pytest.mark.parametrize(
+    ("now", "name"),
+    [
+        (datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC), "web-2025-03-04T05:06:07"),
+        (datetime.fromisoformat("2025-03-04T07:06:07+02:00"), "web-2025-03-04T05:06:07"),
+    ],
+)
+def test_archive_names_are_utc(now: datetime, name: str) -> None:
+    assert agent.archive_name("web", now) == name
+
+
+@pytest.mark.parametrize(
+    ("returncode", "status"), [(0, 0), (1, 1), (2, 2), (-2, 130), (-9, 137), (-15, 143)]
+)
+def test_exit_status_of_a_signalled_borg(returncode: int, status: int) -> None:
+    assert agent.exit_status(returncode) == status

@@ -1,0 +1,299 @@
+"""Reading borg's output: JSON log lines, non-JSON lines, prune and compact wording, final JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.integration.agent_support import load_agent
+
+agent = load_agent()
+
+PROGRESS = {
+    "original_size": 1200,
+    "compressed_size": 800,
+    "deduplicated_size": 400,
+    "nfiles": 12,
+    "path": "home/zoe/file",
+    "time": 1795671281.65,
+    "type": "archive_progress",
+    "finished": False,
+}
+ARCHIVE_ID = "946abf5b13bb792cc7bfd999b82c86363e23bde8d9b369773ed4d1c353d331bb"
+
+
+def log_message(level: str, message: str, msgid: str | None = None) -> dict[str, Any]:
+    record = {
+        "type": "log_message",
+        "time": 1.5,
+        "message": message,
+        "levelname": level,
+        "name": "borg",
+    }
+    if msgid:
+        record["msgid"] = msgid
+    return record
+
+
+def test_archive_progress_becomes_a_progress_event() -> None:
+    record = agent.parse_borg_line(json.dumps(PROGRESS) + "\n")
+    assert agent.progress_event(record) == {
+        "type": "progress",
+        "operation": "create",
+        "time": 1795671281.65,
+        "nfiles": 12,
+        "original_size": 1200,
+        "compressed_size": 800,
+        "deduplicated_size": 400,
+        "path": "home/zoe/file",
+    }
+
+
+def test_the_finished_progress_record_is_not_passed_on() -> None:
+    finished = {"time": 1795671281.66, "type": "archive_progress", "finished": True}
+    assert agent.progress_event(finished) is None
+
+
+def test_other_records_are_not_progress() -> None:
+    message = {"message": "Saving files cache", "type": "progress_message", "finished": False}
+    assert agent.progress_event(message) is None
+    assert agent.log_event(message) is None
+
+
+@pytest.mark.parametrize("level", ["WARNING", "ERROR", "CRITICAL"])
+def test_warnings_and_worse_become_log_events(level: str) -> None:
+    record = log_message(level, "/srv/x: [Errno 13] Permission denied", "BackupPermissionError")
+    assert agent.log_event(record) == {
+        "type": "log",
+        "level": level.lower(),
+        "msgid": "BackupPermissionError",
+        "message": "/srv/x: [Errno 13] Permission denied",
+        "time": 1.5,
+    }
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO"])
+def test_quieter_log_messages_are_dropped(level: str) -> None:
+    assert agent.log_event(log_message(level, "Keeping archive ...")) is None
+
+
+def test_non_json_lines_are_warnings_without_msgid() -> None:
+    record = agent.parse_borg_line("Warning: Password input may be echoed.\n")
+    event = agent.log_event(record)
+    assert event["level"] == "warning"
+    assert event["msgid"] == ""
+    assert event["message"] == "Warning: Password input may be echoed."
+
+
+def test_a_prompt_followed_by_json_on_the_same_line_is_split() -> None:
+    error = log_message("ERROR", "can not acquire a passphrase", "NoPassphraseFailure")
+    record = agent.parse_borg_line("Enter passphrase for key /srv/repo: " + json.dumps(error))
+    assert record["message"] == "Enter passphrase for key /srv/repo: "
+    assert record["embedded"]["msgid"] == "NoPassphraseFailure"
+
+
+@pytest.mark.parametrize("line", ["", "\n", "   \r\n"])
+def test_blank_lines_are_ignored(line: str) -> None:
+    assert agent.parse_borg_line(line) is None
+
+
+def test_json_that_is_not_an_object_is_text() -> None:
+    assert agent.parse_borg_line("[1, 2]")["type"] == "text"
+
+
+def test_paths_with_newlines_and_undecodable_bytes_keep_the_framing() -> None:
+    raw = b'{"type": "archive_progress", "nfiles": 1, "path": "a\\nb/caf\\udce9", "time": 1}'
+    record = agent.parse_borg_line(raw.decode("utf-8", "surrogateescape"))
+    event = agent.progress_event(record)
+    line = json.dumps(event, ensure_ascii=True)
+    assert "\n" not in line
+    assert json.loads(line)["path"] == "a\nb/caf\udce9"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_stderr_bytes_parse_without_crashing(raw: bytes) -> None:
+    record = agent.parse_borg_line(raw.decode("utf-8", "surrogateescape"))
+    if record is not None:
+        for item in (record, record.get("embedded")):
+            if item:
+                agent.progress_event(item)
+                agent.log_event(item)
+
+
+# -- prune and compact -------------------------------------------------------------------------
+
+BORG_12_PRUNE = [
+    "Keeping archive (rule: daily #1):        web-2025-01-10T12:00:00              "
+    f"Fri, 2025-01-10 12:00:00 [{ARCHIVE_ID}]",
+    "Keeping archive (rule: weekly[oldest] #1): web-2025-01-01T12:00:00            "
+    f"Wed, 2025-01-01 12:00:00 [{ARCHIVE_ID}]",
+    "Keeping checkpoint archive:              web-2025-01-11T12:00:00.checkpoint   "
+    f"Sat, 2025-01-11 12:00:00 [{ARCHIVE_ID}]",
+    "Pruning archive (1/2):                   web-2025-01-09T12:00:00              "
+    f"Thu, 2025-01-09 12:00:00 [{ARCHIVE_ID}]",
+    "Would prune:                             web-2025-01-08T12:00:00              "
+    f"Wed, 2025-01-08 12:00:00 [{ARCHIVE_ID}]",
+]
+# borg 1.4 pads the label to 44 columns and may print the time with its UTC offset.
+BORG_14_PRUNE = [
+    "Keeping archive (rule: daily #1):            web-2025-01-10T12:00:00              "
+    f"Fri, 2025-01-10 12:00:00 +0000 [{ARCHIVE_ID}]",
+    "Pruning archive (2/2):                       web-2025-01-07T12:00:00              "
+    f"Tue, 2025-01-07 12:00:00 +0100 [{ARCHIVE_ID}]",
+]
+
+
+def test_prune_lines_of_borg_12() -> None:
+    assert [agent.parse_prune_line(line) for line in BORG_12_PRUNE] == [
+        ("kept", "web-2025-01-10T12:00:00"),
+        ("kept", "web-2025-01-01T12:00:00"),
+        ("kept", "web-2025-01-11T12:00:00.checkpoint"),
+        ("pruned", "web-2025-01-09T12:00:00"),
+        ("pruned", "web-2025-01-08T12:00:00"),
+    ]
+
+
+def test_prune_lines_of_borg_14() -> None:
+    assert [agent.parse_prune_line(line) for line in BORG_14_PRUNE] == [
+        ("kept", "web-2025-01-10T12:00:00"),
+        ("pruned", "web-2025-01-07T12:00:00"),
+    ]
+
+
+def test_archive_names_with_spaces_are_kept_whole() -> None:
+    line = f"Would prune:   my archive  name   Thu, 2025-01-09 12:00:00 [{ARCHIVE_ID}]"
+    assert agent.parse_prune_line(line) == ("pruned", "my archive  name")
+
+
+@pytest.mark.parametrize("line", ["Pruning archives  50%", "compaction freed about 1 B", ""])
+def test_other_prune_output_is_not_an_archive(line: str) -> None:
+    assert agent.parse_prune_line(line) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "freed"),
+    [
+        ("compaction freed about 633 B repository space.", 633),
+        ("compaction freed about 4.68 kB repository space.", 4680),
+        ("compaction freed about 1.50 GB repository space.", 1_500_000_000),
+        ("compaction freed about 2.00 MiB repository space.", 2 * 1024 * 1024),
+        ("compaction freed about 3 XB repository space.", None),
+        ("Finished compaction", None),
+    ],
+)
+def test_freed_bytes_of_compact(message: str, freed: int | None) -> None:
+    assert agent.parse_freed_bytes(message) == freed
+
+
+def test_prune_data_collects_kept_pruned_and_freed() -> None:
+    prune_records = [log_message("INFO", line) for line in BORG_12_PRUNE[:2] + BORG_12_PRUNE[3:4]]
+    compact_records = [log_message("INFO", "compaction freed about 4.68 kB repository space.")]
+    assert agent.prune_data(prune_records, compact_records) == {
+        "kept": ["web-2025-01-10T12:00:00", "web-2025-01-01T12:00:00"],
+        "pruned": ["web-2025-01-09T12:00:00"],
+        "compact": {"freed_bytes": 4680},
+    }
+
+
+def test_prune_data_without_a_freed_line() -> None:
+    assert agent.prune_data([], [])["compact"] == {"freed_bytes": None}
+
+
+# -- final JSON documents ------------------------------------------------------------------------
+
+CREATE_OUTPUT = {
+    "archive": {
+        "command_line": ["borg", "create"],
+        "duration": 0.006628,
+        "end": "2026-11-26T05:34:41.000000",
+        "id": ARCHIVE_ID,
+        "name": "web-2026-11-26T05:34:41",
+        "start": "2026-11-26T05:34:40.000000",
+        "stats": {
+            "compressed_size": 615,
+            "deduplicated_size": 600,
+            "nfiles": 2,
+            "original_size": 507,
+        },
+    },
+    "cache": {
+        "path": "/root/.cache/borg/x",
+        "stats": {
+            "total_chunks": 4,
+            "total_csize": 92,
+            "total_size": 60,
+            "total_unique_chunks": 3,
+            "unique_csize": 870,
+            "unique_size": 889,
+        },
+    },
+}
+
+
+def test_create_data() -> None:
+    assert agent.create_data(CREATE_OUTPUT) == {
+        "archive": {
+            "name": "web-2026-11-26T05:34:41",
+            "id": ARCHIVE_ID,
+            "start": "2026-11-26T05:34:40.000000",
+            "end": "2026-11-26T05:34:41.000000",
+            "duration": 0.006628,
+            "nfiles": 2,
+            "original_size": 507,
+            "compressed_size": 615,
+            "deduplicated_size": 600,
+        },
+        "repository": {
+            "total_size": 60,
+            "compressed_size": 92,
+            "deduplicated_size": 870,
+            "total_chunks": 4,
+            "unique_chunks": 3,
+        },
+    }
+
+
+def test_stats_data_counts_the_listed_archives() -> None:
+    listing = {
+        "archives": [
+            {"name": "web-1", "id": "a", "time": "2025-01-01T00:00:00.000000"},
+            {"name": "web-2", "id": "b", "time": "2025-01-02T00:00:00.000000"},
+        ]
+    }
+    assert agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, listing) == {
+        "total_size": 60,
+        "compressed_size": 92,
+        "deduplicated_size": 870,
+        "archive_count": 2,
+        "last_archive": {"name": "web-2", "time": "2025-01-02T00:00:00.000000"},
+    }
+
+
+def test_stats_data_of_an_empty_repository() -> None:
+    stats = agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, {"archives": []})
+    assert stats["archive_count"] == 0
+    assert stats["last_archive"] is None
+
+
+def test_borg_error_prefers_the_last_error_with_a_msgid() -> None:
+    records = [
+        log_message("ERROR", "first", "Repository.DoesNotExist"),
+        log_message("ERROR", "the lock timed out", "LockTimeout"),
+        log_message("ERROR", "no msgid here"),
+        log_message("WARNING", "only a warning", "Warn"),
+    ]
+    assert agent.borg_error(records, 2) == {"msgid": "LockTimeout", "message": "the lock timed out"}
+
+
+def test_borg_error_without_any_error_line() -> None:
+    assert agent.borg_error([], 2) == {
+        "msgid": "BorgError",
+        "message": "borg exited with return code 2",
+    }
+    only_text = [log_message("ERROR", "Traceback ...")]
+    assert agent.borg_error(only_text, 2) == {"msgid": "BorgError", "message": "Traceback ..."}
