@@ -67,7 +67,7 @@ class EventSubscription:
         self._queue.put_nowait(_DISCONNECTED)
 
     # A timeout parameter (not asyncio.timeout) so the error can name what was awaited.
-    async def next(self, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+    async def next(self, timeout: float) -> dict[str, Any]:
         """The next event not returned yet; reconnects (and resubscribes) if HA went away."""
         deadline = time.monotonic() + timeout
         while True:
@@ -86,7 +86,7 @@ class EventSubscription:
     async def wait_for(
         self,
         predicate: EventPredicate,
-        timeout: float,  # noqa: ASYNC109
+        timeout: float,
     ) -> dict[str, Any]:
         """Skips events until one matches `predicate`; returns it."""
         deadline = time.monotonic() + timeout
@@ -182,20 +182,25 @@ class HaClient:
         self,
         entity_id: str,
         predicate: StatePredicate,
-        timeout: float,  # noqa: ASYNC109
+        timeout: float,
     ) -> dict[str, Any]:
         """Polls the entity until `predicate(state)` holds; HA being down counts as not yet."""
+        last_seen: list[dict[str, Any] | None] = [None]
 
         async def matching_state() -> dict[str, Any] | None:
             try:
                 state = await self.get_state(entity_id)
             except (aiohttp.ClientError, OSError, TimeoutError):
                 return None
+            last_seen[0] = state
             return state if state is not None and predicate(state) else None
 
-        return await async_wait_until(
-            matching_state, f"{entity_id} to reach the expected state", timeout=timeout
-        )
+        try:
+            return await async_wait_until(
+                matching_state, f"{entity_id} to reach the expected state", timeout=timeout
+            )
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; last seen: {last_seen[0]}") from None
 
     # --- websocket --------------------------------------------------------------------------
 
@@ -209,6 +214,8 @@ class HaClient:
                 answer = await asyncio.wait_for(reply, COMMAND_TIMEOUT)
             finally:
                 self._pending.pop(message_id, None)
+        if answer.get("type") == "pong":
+            return None
         if not answer.get("success", False):
             error = answer.get("error", {})
             raise HaCommandError(type_, error.get("code", "?"), error.get("message", str(answer)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -105,6 +106,14 @@ async def test_ws_command_raises_with_has_error(ha_client: HaClient) -> None:
         await ha_client.ws_command("devstack/no_such_command")
 
 
+async def test_many_concurrent_commands_complete_with_a_bounded_window(
+    ha_client: HaClient,
+) -> None:
+    replies = await asyncio.gather(*(ha_client.ws_command("ping") for _ in range(1000)))
+    assert replies == [None] * 1000
+    assert (await ha_client.ws_command("get_config"))["state"] == "RUNNING"
+
+
 async def test_helpers_are_created_and_set_through_the_client(ha_client: HaClient) -> None:
     await ha_client.ws_command("input_number/create", name="Client Probe", min=0, max=10)
     helpers = await ha_client.ws_command("input_number/list")
@@ -177,6 +186,16 @@ async def test_ha_restart_keeps_token_and_helper_and_reruns_appdaemon_apps(
 def test_appdaemon_fails_fast_on_a_rejected_token(appdaemon_factory: AppDaemonFactory) -> None:
     with pytest.raises(AppDaemonError, match="token was rejected"):
         appdaemon_factory(token="not-a-token", apps_yaml="")
+
+
+def test_appdaemon_start_fails_when_an_app_fails(
+    appdaemon_factory: AppDaemonFactory, probe_package: Path
+) -> None:
+    (probe_package / "probe.py").write_text(
+        PROBE_APP.replace("await self.ensure_helper()", "raise RuntimeError('probe broke')")
+    )
+    with pytest.raises(AppDaemonError, match="probe broke"):
+        appdaemon_factory(apps_source=probe_package, apps_yaml=probe_yaml())
 
 
 def test_broken_configuration_raises_with_the_log_tail(tmp_path: Path) -> None:
