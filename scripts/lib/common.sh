@@ -75,10 +75,10 @@ ensure_home_assistant() {
     log "installing Home Assistant $HA_VERSION (one time, ~1 min)"
     rm -rf "$venv"
     uv venv -q --python "$py" "$venv"
-    uv pip install -q --python "$venv/bin/python" "homeassistant==$HA_VERSION"
+    uv pip install -q --compile-bytecode --python "$venv/bin/python" "homeassistant==$HA_VERSION"
     local constraints
     constraints=$("$venv/bin/python" -c 'import homeassistant, os; print(os.path.join(os.path.dirname(homeassistant.__file__), "package_constraints.txt"))')
-    uv pip install -q --python "$venv/bin/python" -c "$constraints" \
+    uv pip install -q --compile-bytecode --python "$venv/bin/python" -c "$constraints" \
       "homeassistant==$HA_VERSION" "home-assistant-frontend==$HA_FRONTEND_VERSION" \
       pyotp==2.8.0 PyQRCode==1.2.1 'pycares<5'
     touch "$venv/.installed"
