@@ -351,9 +351,12 @@ class Coordinator:
                 await self._relay_progress(tracker.update(event, self.monotonic()))
 
         max_runtime = self.config.max_runtime_minutes * 60
+        finished = False
         try:
             async with asyncio.timeout(max_runtime):
-                return await self.runner(drone.config.ssh, agent_operation, job, on_event)
+                result = await self.runner(drone.config.ssh, agent_operation, job, on_event)
+            finished = True
+            return result
         except TimeoutError:
             raise OperationFailed(
                 FailureKind.TIMEOUT,
@@ -362,7 +365,7 @@ class Coordinator:
                 "raise max_runtime_minutes if the backup is legitimately this slow",
             ) from None
         finally:
-            await self._relay_progress(tracker.final(self.monotonic()))
+            await self._relay_progress(tracker.final(self.monotonic(), finished))
 
     async def _relay_progress(self, snapshot: ProgressSnapshot | None) -> None:
         if snapshot is None:

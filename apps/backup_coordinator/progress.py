@@ -32,13 +32,19 @@ class ProgressTracker:
         self._last_sent = now
         return self._snapshot(progress, now, final=False)
 
-    def final(self, now: float) -> ProgressSnapshot | None:
-        """The closing update (always sent), or None when there never was progress."""
+    def final(self, now: float, finished: bool = True) -> ProgressSnapshot | None:
+        """The closing update (always sent), or None when there never was progress.
+
+        Only a ``finished`` operation reaches 100 %; one that failed or was stopped keeps
+        its last estimate.
+        """
         if self._latest is None:
             return None
-        return self._snapshot(self._latest, now, final=True)
+        return self._snapshot(self._latest, now, final=True, finished=finished)
 
-    def _snapshot(self, progress: Progress, now: float, final: bool) -> ProgressSnapshot:
+    def _snapshot(
+        self, progress: Progress, now: float, final: bool, finished: bool = False
+    ) -> ProgressSnapshot:
         elapsed = max(now - self.started, 1e-6)
         speed = progress.original_size / elapsed if progress.original_size else None
         return ProgressSnapshot(
@@ -49,11 +55,11 @@ class ProgressTracker:
             compressed_size=progress.compressed_size,
             deduplicated_size=progress.deduplicated_size,
             percent=100.0
-            if final
+            if finished
             else estimate_percent(progress.original_size, self.expected_size),
             speed=speed,
             eta_seconds=0.0
-            if final
+            if finished
             else estimate_eta(progress.original_size, self.expected_size, speed),
             final=final,
         )

@@ -95,6 +95,8 @@ async def test_three_due_drones_are_backed_up_one_at_a_time_in_round_robin(
         assert runner.calls == [(name, step) for name in names for step in SCHEDULED_STEPS]
         assert all(outcome == "ok" for *_, outcome in runner.outcomes)
         assert runner.max_active == 1
+        closing = [e for e in port.of(EVENT_PROGRESS) if e["final"]]
+        assert [(e["drone"], e["percent"]) for e in closing] == [(name, 100.0) for name in names]
         finished = port.of(EVENT_FINISHED)
         assert [(e["drone"], e["operation"], e["ok"]) for e in finished] == [
             (name, "scheduled", True) for name in names
@@ -261,7 +263,12 @@ async def test_a_connection_dropped_mid_create_fails_borg_stops_and_the_next_run
         assert "connection lost during create" in str(error["message"])
         assert port.state("sensor.backup_nas_state") == "unreachable"
         assert port.state("binary_sensor.backup_nas_problem") == "on"
-        assert port.of(EVENT_PROGRESS)[-1]["final"] is True
+        closing = port.of(EVENT_PROGRESS)[-1]
+        assert closing["final"] is True
+        # It did not finish: no 100 % (and no previous archive to estimate a percentage from).
+        assert closing["percent"] is None
+        assert closing["eta_seconds"] is None
+        assert port.state("sensor.backup_progress") == "unknown"
         assert coordinator.drones["nas"].record.last_backup is None
 
         await eventually(lambda: processes_gone(killed), "the killed sessions to be gone")
