@@ -7,7 +7,6 @@ implements the core's Home Assistant port (sensors, events, notifications, log).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from .transport import run_agent
 
 HELPER_DOMAINS = ("input_number", "input_select", "input_text", "input_button")
 NOT_A_VALUE = ("unknown", "unavailable", "", None)
-HELPER_APPEAR_TIMEOUT = 10.0
 
 
 class BackupCoordinator(hass.Hass):  # type: ignore[misc]
@@ -106,15 +104,8 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             )
         self.log(f"created {helper.entity_id}")
         if helper.first_value is not None:
-            await self._wait_for_entity(helper.entity_id)
+            # HA has added the entity by the time `create` answers: set the first value now.
             await self._set_helper_value(helper, helper.first_value)
-
-    async def _wait_for_entity(self, entity_id: str) -> None:
-        deadline = asyncio.get_running_loop().time() + HELPER_APPEAR_TIMEOUT
-        while await self.get_state(entity_id) is None:
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"{entity_id} did not appear in Home Assistant")
-            await asyncio.sleep(0.05)
 
     async def _set_helper_value(self, helper: HelperSpec, value: str | float) -> None:
         if helper.domain == "input_select":

@@ -268,7 +268,8 @@ class Coordinator:
                 start.operation.value, self.clock(), start.requested
             )
             drone.task = asyncio.create_task(
-                self._run(drone, start.operation), name=f"backup {drone.name} {start.operation}"
+                self._run(drone, start.operation, start.requested),
+                name=f"backup {drone.name} {start.operation}",
             )
 
     def _view(self, drone: Drone) -> scheduler.DroneView:
@@ -286,12 +287,13 @@ class Coordinator:
 
     # --- running one operation ----------------------------------------------------------------
 
-    async def _run(self, drone: Drone, operation: Operation) -> None:
+    async def _run(self, drone: Drone, operation: Operation, requested: bool) -> None:
         started = self.monotonic()
         drone.record.last_attempt = self.clock()
         await self._save()
         await self.port.fire_event(
-            EVENT_STARTED, {"drone": drone.name, "operation": operation.value}
+            EVENT_STARTED,
+            {"drone": drone.name, "operation": operation.value, "requested": requested},
         )
         self.port.log(f"{drone.name}: {operation.value} started")
         try:
@@ -351,11 +353,10 @@ class Coordinator:
                 await self._relay_progress(tracker.update(event, self.monotonic()))
 
         max_runtime = self.config.max_runtime_minutes * 60
-        finished = False
+        result: Result | None = None
         try:
             async with asyncio.timeout(max_runtime):
                 result = await self.runner(drone.config.ssh, agent_operation, job, on_event)
-            finished = True
             return result
         except TimeoutError:
             raise OperationFailed(
@@ -365,7 +366,8 @@ class Coordinator:
                 "raise max_runtime_minutes if the backup is legitimately this slow",
             ) from None
         finally:
-            await self._relay_progress(tracker.final(self.monotonic(), finished))
+            archive = result.data.get("archive") if result is not None else None
+            await self._relay_progress(tracker.final(self.monotonic(), result is not None, archive))
 
     async def _relay_progress(self, snapshot: ProgressSnapshot | None) -> None:
         if snapshot is None:

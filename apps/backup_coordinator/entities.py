@@ -33,12 +33,13 @@ KEEP_NUMBERS = (
     ("keep_yearly", "keep yearly", "mdi:calendar-star"),
 )
 
-# Buttons: (object suffix, label, icon, operation).
+# Buttons: (object suffix, icon, operation). The label is the suffix in words, because HA
+# derives a helper's entity id from its name.
 BUTTONS = (
-    ("create", "create backup", "mdi:backup-restore", Operation.CREATE),
-    ("prune", "prune backups", "mdi:content-cut", Operation.PRUNE),
-    ("update_stats", "update stats", "mdi:chart-box-outline", Operation.STATS),
-    ("scheduled_backup", "scheduled backup", "mdi:calendar-sync", Operation.SCHEDULED),
+    ("create", "mdi:backup-restore", Operation.CREATE),
+    ("prune", "mdi:content-cut", Operation.PRUNE),
+    ("update_stats", "mdi:chart-box-outline", Operation.STATS),
+    ("scheduled_backup", "mdi:calendar-sync", Operation.SCHEDULED),
 )
 
 SIZES = (
@@ -148,8 +149,10 @@ def drone_helpers(prefix: str, drone: str, settings: DroneSettings) -> list[Help
                 setting=setting,
             )
         )
-    for suffix, label, icon, operation in BUTTONS:
-        helpers.append(spec("input_button", suffix, label, icon, operation=operation))
+    for suffix, icon, operation in BUTTONS:
+        helpers.append(
+            spec("input_button", suffix, suffix.replace("_", " "), icon, operation=operation)
+        )
     return helpers
 
 

@@ -6,7 +6,9 @@ original size of the drone's previous archive (the best guess of this one's size
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .entities import ProgressSnapshot
 from .protocol import Progress
@@ -32,15 +34,27 @@ class ProgressTracker:
         self._last_sent = now
         return self._snapshot(progress, now, final=False)
 
-    def final(self, now: float, finished: bool = True) -> ProgressSnapshot | None:
+    def final(
+        self, now: float, finished: bool = True, archive: Mapping[str, Any] | None = None
+    ) -> ProgressSnapshot | None:
         """The closing update (always sent), or None when there never was progress.
 
         Only a ``finished`` operation reaches 100 %; one that failed or was stopped keeps
-        its last estimate.
+        its last estimate. The finished archive's own totals, when given, replace borg's last
+        progress line (which lags behind the end).
         """
         if self._latest is None:
             return None
-        return self._snapshot(self._latest, now, final=True, finished=finished)
+        latest = self._latest
+        if archive is not None:
+            latest = replace(
+                latest,
+                nfiles=_count(archive, "nfiles", latest.nfiles),
+                original_size=_count(archive, "original_size", latest.original_size),
+                compressed_size=_count(archive, "compressed_size", latest.compressed_size),
+                deduplicated_size=_count(archive, "deduplicated_size", latest.deduplicated_size),
+            )
+        return self._snapshot(latest, now, final=True, finished=finished)
 
     def _snapshot(
         self, progress: Progress, now: float, final: bool, finished: bool = False
@@ -75,3 +89,8 @@ def estimate_eta(done: int, expected: int | None, speed: float | None) -> float 
     if not expected or not speed:
         return None
     return max(0.0, (expected - done) / speed)
+
+
+def _count(values: Mapping[str, Any], key: str, fallback: int) -> int:
+    value = values.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else fallback

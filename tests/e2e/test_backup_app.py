@@ -1,0 +1,433 @@
+"""The app for real: Home Assistant, AppDaemon running apps/backup_coordinator, two loopback
+drones (sshd forcing the agent) with borg repositories. Everything is observed through HA's REST
+API and websocket, and in the repositories with borg itself.
+
+The tests of this module share one HA and the two drones, and run in order: later ones build on
+the archives and helper values of earlier ones, as a person's session would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.appdaemon import AppDaemon
+from devstack.borg import run_borg
+from devstack.drones import LocalDrone, app_config, make_local_drone
+from devstack.haclient import HaClient
+from devstack.homeassistant import HomeAssistant
+from devstack.waiting import wait_until
+from tests.e2e.stack_support import (
+    PROJECT_ROOT,
+    AppDaemonFactory,
+    appdaemon_factory_fixture,  # noqa: F401
+    ha_client_fixture,  # noqa: F401
+    ha_token_fixture,  # noqa: F401
+    home_assistant_fixture,  # noqa: F401
+)
+
+pytestmark = pytest.mark.e2e
+
+APP_SOURCE = PROJECT_ROOT / "apps" / "backup_coordinator"
+TIMEOUT = 60.0
+DRONE_SUFFIXES = {
+    "input_number": ("frequency", "keep_weekly", "keep_monthly", "keep_yearly"),
+    "input_button": ("create", "prune", "update_stats", "scheduled_backup"),
+    "input_select": ("mode",),
+    "input_text": ("keep_within",),
+    "sensor": (
+        "state",
+        "last_backup",
+        "last_prune",
+        "next_backup",
+        "total_size",
+        "compressed_size",
+        "deduplicated_size",
+        "last_error",
+    ),
+    "binary_sensor": ("problem",),
+}
+
+
+class Stack:
+    def __init__(self, root: Path, drones: dict[str, LocalDrone]) -> None:
+        self.root = root
+        self.drones = drones
+        self.apps_yaml, self.secrets = app_config(
+            list(drones.values()),
+            root / "state.json",
+            tick_seconds=1,
+            progress_interval=0.5,
+            drone_settings={
+                "alpha": {"mode": "manual", "keep": {"daily": 0, "weekly": 4, "yearly": 0}},
+                "beta": {"mode": "manual", "frequency": 60, "keep": {"yearly": 0}},
+            },
+        )
+
+    def start_app(self, factory: AppDaemonFactory) -> AppDaemon:
+        return factory(apps_source=APP_SOURCE, apps_yaml=self.apps_yaml, secrets=self.secrets)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("drones")
+    drones: dict[str, LocalDrone] = {}
+    try:
+        drones["alpha"] = make_local_drone(root, "alpha", data_bytes=24 * 1024 * 1024)
+        drones["beta"] = make_local_drone(root, "beta")
+        yield Stack(root, drones)
+    finally:
+        for drone in drones.values():
+            drone.stop()
+
+
+@pytest.fixture
+def app(stack: Stack, appdaemon_factory: AppDaemonFactory) -> AppDaemon:
+    appdaemon = stack.start_app(appdaemon_factory)
+    appdaemon.wait_for_log("watching 2 drone(s)", TIMEOUT)
+    return appdaemon
+
+
+async def state_of(client: HaClient, entity_id: str) -> dict[str, Any]:
+    state = await client.get_state(entity_id)
+    assert state is not None, f"{entity_id} does not exist"
+    return state
+
+
+async def press(client: HaClient, drone: str, button: str) -> None:
+    await client.call_service(
+        "input_button", "press", {"entity_id": f"input_button.backup_{drone}_{button}"}
+    )
+
+
+async def set_number(client: HaClient, entity_id: str, value: float) -> None:
+    await client.call_service("input_number", "set_value", {"entity_id": entity_id, "value": value})
+    await client.wait_for_state(entity_id, lambda s: float(s["state"]) == value, TIMEOUT)
+
+
+async def set_text(client: HaClient, entity_id: str, value: str) -> None:
+    await client.call_service("input_text", "set_value", {"entity_id": entity_id, "value": value})
+
+
+async def select(client: HaClient, drone: str, mode: str) -> None:
+    entity_id = f"input_select.backup_{drone}_mode"
+    await client.call_service(
+        "input_select", "select_option", {"entity_id": entity_id, "option": mode}
+    )
+    await client.wait_for_state(entity_id, lambda s: s["state"] == mode, TIMEOUT)
+
+
+def wait_for_next_second(previous: str) -> None:
+    """Archive names carry the second: the next create must not land in the same one."""
+    wait_until(
+        lambda: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) > previous, "the next second", 5
+    )
+
+
+async def test_entities_of_both_drones_exist_with_their_looks(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    for drone in stack.drones:
+        for domain, suffixes in DRONE_SUFFIXES.items():
+            for suffix in suffixes:
+                await state_of(ha_client, f"{domain}.backup_{drone}_{suffix}")
+    frequency = await state_of(ha_client, "input_number.backup_beta_frequency")
+    assert float(frequency["state"]) == 60
+    assert frequency["attributes"]["unit_of_measurement"] == "min"
+    mode = await state_of(ha_client, "input_select.backup_alpha_mode")
+    assert mode["state"] == "manual"
+    assert mode["attributes"]["options"] == ["scheduled", "manual", "disabled"]
+    # A zero keep rule is a real zero in HA, not a missing value.
+    assert float((await state_of(ha_client, "input_number.backup_beta_keep_yearly"))["state"]) == 0
+    last_backup = await state_of(ha_client, "sensor.backup_alpha_last_backup")
+    assert last_backup["attributes"]["device_class"] == "timestamp"
+    total = await state_of(ha_client, "sensor.backup_alpha_total_size")
+    assert total["attributes"]["device_class"] == "data_size"
+    assert total["attributes"]["unit_of_measurement"] == "MiB"
+    problem = await state_of(ha_client, "binary_sensor.backup_alpha_problem")
+    assert problem["state"] == "off"
+    assert problem["attributes"]["device_class"] == "problem"
+    # AppDaemon drops attributes equal to 0 unless the app works around it.
+    assert problem["attributes"]["consecutive_failures"] == "0"
+    assert (await state_of(ha_client, "sensor.backup_alpha_state"))["state"] == "idle"
+    assert (await state_of(ha_client, "input_select.backup_coordinator_mode"))["state"] == "running"
+    assert (await state_of(ha_client, "sensor.backup_progress"))["attributes"][
+        "unit_of_measurement"
+    ] == "%"
+
+
+async def test_create_button_makes_an_archive_with_progress_and_events(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    progress = await ha_client.subscribe_events("backup_coordinator_progress")
+    started = await ha_client.subscribe_events("backup_coordinator_started")
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    await press(ha_client, "alpha", "create")
+    start = await started.wait_for(lambda e: e["data"]["drone"] == "alpha", TIMEOUT)
+    assert start["data"] == {"drone": "alpha", "operation": "create", "requested": True}
+    done = await finished.wait_for(lambda e: e["data"]["drone"] == "alpha", TIMEOUT)
+    assert done["data"]["ok"] is True, done["data"]
+    archive = done["data"]["results"]["create"]["archive"]
+    assert archive["name"] in stack.drones["alpha"].archives()
+    assert archive["nfiles"] == 6  # the .tmp file is excluded
+
+    updates = [e["data"] for e in progress.events if e["data"]["drone"] == "alpha"]
+    assert len(updates) >= 2
+    assert updates[-1]["final"] is True
+    sizes = [u["original_size"] for u in updates]
+    assert sizes == sorted(sizes)
+    assert sizes[-1] >= 24 * 1024 * 1024
+
+    last_backup = await ha_client.wait_for_state(
+        "sensor.backup_alpha_last_backup", lambda s: s["state"] != "unknown", TIMEOUT
+    )
+    assert last_backup["state"].endswith("+00:00")
+    assert last_backup["attributes"]["archive"] == archive["name"]
+    total = await state_of(ha_client, "sensor.backup_alpha_total_size")
+    assert int(total["attributes"]["bytes"]) >= 24 * 1024 * 1024
+    assert float(total["state"]) == pytest.approx(
+        int(total["attributes"]["bytes"]) / 2**20, abs=0.01
+    )
+    assert "passphrase" not in app.main_log().lower()
+    assert stack.drones["alpha"].passphrase not in app.main_log() + app.error_log()
+    assert "alpha: create finished" in app.main_log()
+
+
+async def test_prune_removes_exactly_what_borgs_rules_remove(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    alpha = stack.drones["alpha"]
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    for _ in range(2):
+        wait_for_next_second(alpha.archives()[-1].removeprefix("alpha-"))
+        await press(ha_client, "alpha", "create")
+        await finished.wait_for(lambda e: e["data"]["operation"] == "create", TIMEOUT)
+        finished.events.clear()
+    before = alpha.archives()
+    assert len(before) == 3
+    # Keep rules set through HA's helpers; within empty: only "one per week" is left.
+    await set_number(ha_client, "input_number.backup_alpha_keep_weekly", 1)
+    await set_number(ha_client, "input_number.backup_alpha_keep_monthly", 0)
+    dry_run = run_borg(
+        [
+            "prune",
+            "--dry-run",
+            "--list",
+            "--glob-archives",
+            "alpha-*",
+            "--keep-weekly",
+            "1",
+            str(alpha.repository),
+        ],
+        alpha.passphrase,
+        alpha.borg_base_dir,
+    )
+    would_prune = {
+        line.split()[2] for line in dry_run.stderr.splitlines() if line.startswith("Would prune:")
+    }
+    assert would_prune == set(before[:-1])
+
+    await press(ha_client, "alpha", "prune")
+    done = await finished.wait_for(lambda e: e["data"]["operation"] == "prune", TIMEOUT)
+    assert done["data"]["ok"] is True, done["data"]
+    assert set(done["data"]["results"]["prune"]["pruned"]) == would_prune
+    assert alpha.archives() == [name for name in before if name not in would_prune]
+    await ha_client.wait_for_state(
+        "sensor.backup_alpha_last_prune", lambda s: s["state"] != "unknown", TIMEOUT
+    )
+
+
+async def test_garbage_keep_within_is_rejected_and_never_reaches_borg(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    started = await ha_client.subscribe_events("backup_coordinator_started")
+    problems = await ha_client.subscribe_events("backup_coordinator_problem")
+    archives = stack.drones["alpha"].archives()
+    await set_text(ha_client, "input_text.backup_alpha_keep_within", "7x")
+    problem = await ha_client.wait_for_state(
+        "binary_sensor.backup_alpha_problem", lambda s: s["state"] == "on", TIMEOUT
+    )
+    assert "keep within rejected" in problem["attributes"]["reason"]
+    assert "7x" in problem["attributes"]["reason"]
+    raised = await problems.wait_for(lambda e: e["data"]["drone"] == "alpha", TIMEOUT)
+    assert raised["data"]["raised"] is True
+    app.wait_for_log("alpha: keep_within value '7x' rejected", TIMEOUT)
+    await set_text(ha_client, "input_text.backup_alpha_keep_within", "")
+    await ha_client.wait_for_state(
+        "binary_sensor.backup_alpha_problem", lambda s: s["state"] == "off", TIMEOUT
+    )
+    cleared = await problems.wait_for(lambda e: e["data"]["raised"] is False, TIMEOUT)
+    assert cleared["data"]["drone"] == "alpha"
+    assert started.events == []
+    assert stack.drones["alpha"].archives() == archives
+
+
+async def test_disabled_drone_runs_nothing_and_raises_no_alarm(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    requests = await ha_client.subscribe_events("backup_coordinator_request")
+    await select(ha_client, "beta", "disabled")
+    await press(ha_client, "beta", "create")
+    refused = await requests.wait_for(lambda e: e["data"]["drone"] == "beta", TIMEOUT)
+    assert refused["data"]["outcome"].startswith("rejected")
+    assert stack.drones["beta"].archives() == []
+    assert (await state_of(ha_client, "binary_sensor.backup_beta_problem"))["state"] == "off"
+    await select(ha_client, "beta", "manual")
+
+
+async def test_tick_backs_up_scheduled_drones_round_robin_and_never_a_manual_one(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    started = await ha_client.subscribe_events("backup_coordinator_started")
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    # beta was never backed up: due at once when scheduled. alpha stays manual although its
+    # last backup is older than its (lowered) frequency.
+    await set_number(ha_client, "input_number.backup_alpha_frequency", 1)
+    await select(ha_client, "beta", "scheduled")
+    first = await started.wait_for(lambda e: True, TIMEOUT)
+    assert first["data"] == {"drone": "beta", "operation": "scheduled", "requested": False}
+    done = await finished.wait_for(lambda e: e["data"]["drone"] == "beta", TIMEOUT)
+    assert done["data"]["ok"] is True, done["data"]
+    assert len(stack.drones["beta"].archives()) == 1
+    # Now both scheduled with a one-minute frequency: alpha (overdue) goes first, beta follows
+    # when its minute is up; the tick serves them in turn.
+    await select(ha_client, "alpha", "scheduled")
+    await set_number(ha_client, "input_number.backup_beta_frequency", 1)
+    started.events.clear()
+    await started.wait_for(lambda e: e["data"]["drone"] == "alpha", TIMEOUT)
+    await started.wait_for(lambda e: e["data"]["drone"] == "beta", 2 * TIMEOUT)
+    order = [(e["data"]["drone"], e["data"]["requested"]) for e in started.events]
+    assert order[:2] == [("alpha", False), ("beta", False)]
+    assert any(
+        e["data"]["drone"] == "alpha" and e["data"]["operation"] == "scheduled"
+        for e in started.events
+    )
+    for drone in ("alpha", "beta"):
+        await select(ha_client, drone, "manual")
+    await app_idle(ha_client)
+
+
+async def app_idle(client: HaClient) -> None:
+    await client.wait_for_state("sensor.backup_active", lambda s: s["state"] == "idle", 2 * TIMEOUT)
+
+
+async def test_unreachable_drone_raises_a_problem_cleared_after_recovery(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    beta = stack.drones["beta"]
+    problems = await ha_client.subscribe_events("backup_coordinator_problem")
+    beta.sshd.stop()
+    try:
+        await press(ha_client, "beta", "create")
+        await ha_client.wait_for_state(
+            "sensor.backup_beta_state", lambda s: s["state"] == "unreachable", TIMEOUT
+        )
+        problem = await ha_client.wait_for_state(
+            "binary_sensor.backup_beta_problem", lambda s: s["state"] == "on", TIMEOUT
+        )
+        assert (
+            "unreachable" in problem["attributes"]["reason"]
+            or "sshd" in problem["attributes"]["reason"]
+        )
+        raised = await problems.wait_for(lambda e: e["data"]["drone"] == "beta", TIMEOUT)
+        assert raised["data"]["raised"] is True
+        error = await state_of(ha_client, "sensor.backup_beta_last_error")
+        assert error["attributes"]["kind"] == "unreachable"
+    finally:
+        beta.sshd.start()
+    await press(ha_client, "beta", "create")
+    await ha_client.wait_for_state(
+        "binary_sensor.backup_beta_problem", lambda s: s["state"] == "off", TIMEOUT
+    )
+    cleared = await problems.wait_for(lambda e: e["data"]["raised"] is False, TIMEOUT)
+    assert cleared["data"]["drone"] == "beta"
+    assert (await state_of(ha_client, "sensor.backup_beta_state"))["state"] == "idle"
+
+
+async def test_home_assistant_restart_keeps_helpers_and_brings_sensors_back(
+    stack: Stack, app: AppDaemon, home_assistant: HomeAssistant, ha_client: HaClient
+) -> None:
+    last_backup = (await state_of(ha_client, "sensor.backup_alpha_last_backup"))["state"]
+    # HA writes helper storage a few seconds after a change: wait for it, not a fixed time.
+    storage = home_assistant.config_dir / ".storage" / "input_number"
+    wait_until(
+        lambda: '"backup_alpha_keep_weekly"' in storage.read_text() if storage.exists() else False,
+        "helper storage",
+        TIMEOUT,
+    )
+    mark = app.log_mark()
+    await home_assistant.async_restart()
+    await asyncio.to_thread(app.wait_for_log, "watching 2 drone(s)", 2 * TIMEOUT, mark)
+    restored = await ha_client.wait_for_state(
+        "sensor.backup_alpha_last_backup",
+        lambda s: s["state"] not in ("unknown", "unavailable"),
+        TIMEOUT,
+    )
+    assert restored["state"] == last_backup
+    assert float((await state_of(ha_client, "input_number.backup_alpha_keep_weekly"))["state"]) == 1
+    ids = [item["id"] for item in await ha_client.ws_command("input_number/list")]
+    assert len(ids) == len(set(ids))
+    assert not [i for i in ids if i.endswith("_2")]
+    assert sorted(i for i in ids if i.startswith("backup_alpha_")) == [
+        "backup_alpha_frequency",
+        "backup_alpha_keep_monthly",
+        "backup_alpha_keep_weekly",
+        "backup_alpha_keep_yearly",
+    ]
+
+
+async def test_appdaemon_restart_restores_last_backup_and_sizes(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    before = {
+        entity: (await state_of(ha_client, entity))["state"]
+        for entity in (
+            "sensor.backup_alpha_last_backup",
+            "sensor.backup_alpha_total_size",
+            "sensor.backup_beta_last_prune",
+        )
+    }
+    await app.async_stop()
+    mark = app.log_mark()
+    await asyncio.to_thread(app.start)
+    await asyncio.to_thread(app.wait_for_log, "watching 2 drone(s)", TIMEOUT, mark)
+    for entity, state in before.items():
+        assert (await state_of(ha_client, entity))["state"] == state, entity
+
+
+async def test_appdaemon_restart_mid_backup_retries_it_and_leaves_no_lock(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    alpha = stack.drones["alpha"]
+    (alpha.data_dir / "photos" / "more.raw").write_bytes(os.urandom(48 * 1024 * 1024))
+    progress = await ha_client.subscribe_events("backup_coordinator_progress")
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    before = alpha.archives()
+    await press(ha_client, "alpha", "create")
+    await progress.wait_for(
+        lambda e: e["data"]["drone"] == "alpha" and not e["data"]["final"], TIMEOUT
+    )
+    mark = app.log_mark()
+    await app.async_stop()
+    assert "cancelled by shutdown" in app.main_log()
+    await asyncio.to_thread(app.start)
+    await asyncio.to_thread(
+        app.wait_for_log, "alpha: create was interrupted; it will run again", TIMEOUT, mark
+    )
+    done = await finished.wait_for(
+        lambda e: e["data"]["drone"] == "alpha" and e["data"]["ok"], 2 * TIMEOUT
+    )
+    assert done["data"]["operation"] == "create"
+    after = alpha.archives()
+    assert len([a for a in after if a not in before]) == 1
+    run_borg(
+        ["with-lock", "--lock-wait", "1", str(alpha.repository), "true"],
+        alpha.passphrase,
+        alpha.borg_base_dir,
+    )
