@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -91,6 +92,8 @@ def make_repo(root: Path) -> Repo:
     (data / "sub").mkdir(parents=True)
     (data / "a.txt").write_text("alpha\n" * 100)
     (data / "sub" / "b.bin").write_bytes(bytes(range(256)) * 16)
+    # Incompressible content that outweighs borg's per-archive metadata, so dedup shows.
+    (data / "sub" / "random.bin").write_bytes(random.Random(7).randbytes(128 * 1024))
     repo = Repo(root / "repo", base_dir, data)
     init_repository(repo.path, repo.passphrase, base_dir)
     return repo

@@ -1,0 +1,241 @@
+"""How the agent fails: borg errors and warnings, a vanished coordinator, secrets kept hidden."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from devstack.borg import AGENT_PATH, list_archives, run_borg
+from devstack.waiting import wait_until
+from tests.integration.agent_support import (
+    SYSTEM_PYTHON,
+    AgentProcess,
+    Repo,
+    agent_python,
+    assert_framing,
+    make_repo,
+    process_gone,
+    repo,
+    run_agent,
+    wait_for_next_second,
+    world_readable_dir,
+    write_policy,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["agent_python", "repo", "world_readable_dir"]  # fixtures, used by name
+
+# Incompressible data and a slow compressor: borg runs for a few seconds, long enough to watch.
+# Many files, not one: borg acts on SIGINT between files.
+SLOW_DATA_FILES = 32
+SLOW_FILE_BYTES = 256 * 1024
+SLOW_COMPRESSION = "lzma,6"
+
+
+@pytest.fixture(scope="module")
+def slow_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("slow-data")
+    generator = random.Random(11)
+    for index in range(SLOW_DATA_FILES):
+        (path / f"random-{index:02d}.bin").write_bytes(generator.randbytes(SLOW_FILE_BYTES))
+    return path
+
+
+def slow_create(python: str, repo: Repo, slow_data: Path) -> AgentProcess:
+    job = repo.job(paths=[str(slow_data)], compression=SLOW_COMPRESSION)
+    agent = AgentProcess(python, job, repo.env(), ssh_command="create")
+    agent.wait_for_event("progress")
+    return agent
+
+
+def borg_pid_of(agent: AgentProcess) -> int:
+    return wait_until(lambda: next(iter(agent.borg_children()), None), "borg to start", 10)
+
+
+def lock_is_free(repo: Repo) -> bool:
+    probe = run_borg(
+        ["with-lock", "--lock-wait=1", str(repo.path), "true"],
+        repo.passphrase,
+        repo.base_dir,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def test_wrong_passphrase(agent_python: str, repo: Repo) -> None:
+    result = run_agent(agent_python, "list", repo.job(passphrase="not the passphrase"), repo.env())
+    assert_framing(result)
+    assert result.exit_code == 2
+    assert result.result["ok"] is False
+    assert result.error["msgid"] == "PassphraseWrong"
+
+
+def test_missing_repository(agent_python: str, repo: Repo) -> None:
+    job = repo.job(repository=str(repo.path.with_name("no-such-repo")))
+    result = run_agent(agent_python, "create", job, repo.env())
+    assert_framing(result)
+    assert result.exit_code == 2
+    assert result.error["msgid"] == "Repository.DoesNotExist"
+
+
+def test_hosts_own_passphrase_is_used_when_the_job_has_none(agent_python: str, repo: Repo) -> None:
+    result = run_agent(
+        agent_python, "list", repo.job(passphrase=None), repo.env(passphrase=repo.passphrase)
+    )
+    assert result.exit_code == 0, result.events
+    without = run_agent(agent_python, "list", repo.job(passphrase=None), repo.env())
+    assert without.exit_code == 2
+    assert without.error["msgid"] == "NoPassphraseFailure"
+
+
+def test_missing_borg(agent_python: str, repo: Repo, tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path / "policy.json", repositories=["/"], paths=["/"], borg="/nonexistent/borg"
+    )
+    result = run_agent(
+        agent_python, "list", repo.job(), repo.env(), args=("serve", "--policy", str(policy))
+    )
+    assert_framing(result)
+    assert result.exit_code == 2
+    assert result.events[0]["borg_version"] == ""
+    assert result.error["msgid"] == "BorgNotFound"
+
+
+def test_missing_source_path_is_a_warning(agent_python: str, repo: Repo) -> None:
+    job = repo.job(paths=[str(repo.data), str(repo.data / "not-there")])
+    result = run_agent(agent_python, "create", job, repo.env())
+    assert_framing(result)
+    assert result.exit_code == 1
+    assert result.result["ok"] is True
+    assert result.result["warnings"] >= 1
+    assert any("not-there" in log["message"] for log in result.of_type("log"))
+    assert result.result["data"]["archive"]["nfiles"] >= 2
+
+
+@pytest.fixture
+def repo_for_nobody(world_readable_dir: Path) -> Repo:
+    """A repository nobody can write to, and data with one file only root can read."""
+    repo = make_repo(world_readable_dir)
+    secret = repo.data / "root-only.txt"
+    secret.write_text("not for nobody\n")
+    secret.chmod(0o600)
+    for path in (repo.path, repo.base_dir):
+        shutil.chown(path, "nobody")
+        for child in path.rglob("*"):
+            shutil.chown(child, "nobody")
+    return repo
+
+
+def test_unreadable_file_is_a_warning(repo_for_nobody: Repo) -> None:
+    repo = repo_for_nobody
+    result = run_agent(SYSTEM_PYTHON, "create", repo.job(), repo.env(), user="nobody")
+    assert_framing(result)
+    assert result.exit_code == 1, result.events
+    assert result.result["ok"] is True
+    assert result.result["warnings"] >= 1
+    assert any(
+        "root-only.txt" in log["message"] and "ermission" in log["message"]
+        for log in result.of_type("log")
+    )
+    assert list_archives(repo.path, repo.passphrase, repo.base_dir) == [
+        result.result["data"]["archive"]["name"]
+    ]
+
+
+def test_locked_repository(agent_python: str, repo: Repo) -> None:
+    holder = subprocess.Popen(
+        ["borg", "with-lock", str(repo.path), "cat"],  # holds the lock until its stdin closes
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=repo.env(passphrase=repo.passphrase),
+    )
+    try:
+        wait_until(lambda: (repo.path / "lock.exclusive").exists(), "the lock to be taken", 30)
+        result = run_agent(agent_python, "create", repo.job(lock_wait=1), repo.env())
+        assert_framing(result)
+        assert result.exit_code == 2
+        assert result.error["msgid"] == "LockTimeout"
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+        assert lock_is_free(repo)
+    finally:
+        if holder.poll() is None:
+            os.kill(holder.pid, 9)
+            holder.wait()
+
+
+def test_coordinator_gone_mid_create_stops_borg(
+    agent_python: str, repo: Repo, slow_data: Path
+) -> None:
+    agent = slow_create(agent_python, repo, slow_data)
+    try:
+        borg_pid = borg_pid_of(agent)
+        agent.close_stdin()  # what sshd does when the coordinator's connection ends
+        started = time.monotonic()
+        exit_code = agent.process.wait(timeout=60)
+        stopped_after = time.monotonic() - started
+    finally:
+        agent.kill()
+    assert exit_code == 2
+    assert stopped_after < 5, "borg is stopped at once, not left to finish"
+    assert process_gone(borg_pid)
+    events = agent.events()
+    assert events[-1]["type"] == "result"
+    assert events[-1]["error"]["msgid"] == "CoordinatorGone"
+    assert lock_is_free(repo)
+    wait_for_next_second()
+    again = run_agent(agent_python, "create", repo.job(), repo.env())
+    assert again.exit_code == 0, again.events
+
+
+def test_broken_stdout_stops_borg(agent_python: str, repo: Repo, slow_data: Path) -> None:
+    read_end, write_end = os.pipe()
+    env = {**repo.env(), "SSH_ORIGINAL_COMMAND": "create"}
+    process = subprocess.Popen(
+        [agent_python, str(AGENT_PATH), "serve"], stdin=subprocess.PIPE, stdout=write_end, env=env
+    )
+    os.close(write_end)
+    try:
+        assert process.stdin is not None
+        job = repo.job(paths=[str(slow_data)], compression=SLOW_COMPRESSION)
+        process.stdin.write(json.dumps(job).encode() + b"\n")
+        process.stdin.flush()
+        with os.fdopen(read_end, "rb") as output:
+            assert json.loads(output.readline())["type"] == "hello"
+            assert json.loads(output.readline())["type"] == "progress"
+        # Our end is closed: the agent's next write fails, and it must stop borg and exit.
+        assert process.wait(timeout=60) == 2
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert lock_is_free(repo)
+
+
+def test_passphrase_stays_out_of_output_and_borgs_cmdline(
+    agent_python: str, repo: Repo, slow_data: Path
+) -> None:
+    agent = slow_create(agent_python, repo, slow_data)
+    try:
+        borg_pid = borg_pid_of(agent)
+        cmdline = Path(f"/proc/{borg_pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{borg_pid}/environ").read_bytes()
+        agent.close_stdin()  # seen enough: stop borg early
+        result = agent.finish()
+    finally:
+        agent.kill()
+    assert b"borg" in cmdline
+    assert b"create" in cmdline
+    assert repo.passphrase.encode() not in cmdline
+    assert b"BORG_PASSPHRASE=" + repo.passphrase.encode() in environ.split(b"\0")
+    assert_framing(result)
+    assert repo.passphrase.encode() not in result.stdout
+    assert repo.passphrase.encode() not in result.stderr

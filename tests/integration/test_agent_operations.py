@@ -1,0 +1,291 @@
+"""The agent's operations against real borg, started the way sshd starts a forced command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.borg import AGENT_PATH, borg_json, create_archive, list_archives, run_borg
+from devstack.waiting import wait_until
+from tests.integration.agent_support import (
+    Repo,
+    agent_python,
+    assert_framing,
+    repo,
+    run_agent,
+    wait_for_next_second,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["agent_python", "repo"]  # fixtures, used by name
+
+
+def make_archive(repo: Repo, name: str, timestamp: str = "") -> None:
+    create_archive(repo.path, name, [repo.data], repo.passphrase, repo.base_dir, timestamp)
+
+
+def borg_info(repo: Repo, target: str) -> dict[str, Any]:
+    return borg_json(["info", "--json", target], repo.passphrase, repo.base_dir)
+
+
+def borg_would_prune(repo: Repo, *options: str) -> set[str]:
+    """The archives borg itself would prune (a dry run changes nothing)."""
+    args = ["prune", "--dry-run", "--list", *options, str(repo.path)]
+    output = run_borg(args, repo.passphrase, repo.base_dir).stderr
+    return {line.split()[2] for line in output.splitlines() if line.startswith("Would prune:")}
+
+
+def run_by_hand(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(AGENT_PATH), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_hello(agent_python: str, repo: Repo) -> None:
+    result = run_agent(agent_python, "hello", {"protocol": 1}, repo.env())
+    assert_framing(result)
+    assert result.exit_code == 0
+    hello = result.events[0]
+    assert hello["protocol"] == 1
+    assert hello["operation"] == "hello"
+    assert hello["borg_version"] == "1.2.4"
+    assert hello["agent_version"] == "1.0.0"
+    data = result.result["data"]
+    assert set(data) == {"agent_version", "borg_version", "python_version", "hostname", "protocol"}
+    assert data["python_version"] == hello["python_version"]
+    assert result.result["ok"] is True
+
+
+def test_create_makes_an_archive_matching_borg_info(agent_python: str, repo: Repo) -> None:
+    result = run_agent(agent_python, "create", repo.job(), repo.env())
+    assert_framing(result)
+    assert result.exit_code == 0, result.events
+    outcome = result.result
+    assert (outcome["ok"], outcome["rc"], outcome["borg_rc"], outcome["warnings"]) == (
+        True,
+        0,
+        0,
+        0,
+    )
+    archive = outcome["data"]["archive"]
+    assert archive["name"].startswith("drone-")
+    assert list_archives(repo.path, repo.passphrase, repo.base_dir) == [archive["name"]]
+
+    info = borg_info(repo, f"{repo.path}::{archive['name']}")["archives"][0]
+    assert (archive["id"], archive["nfiles"]) == (info["id"], info["stats"]["nfiles"])
+    # borg create's own figures count the archive's metadata stream too; borg info's do not.
+    metadata = archive["original_size"] - info["stats"]["original_size"]
+    assert 0 <= metadata < 4096
+    cache = borg_info(repo, str(repo.path))["cache"]["stats"]
+    assert outcome["data"]["repository"] == {
+        "total_size": cache["total_size"],
+        "compressed_size": cache["total_csize"],
+        "deduplicated_size": cache["unique_csize"],
+        "total_chunks": cache["total_chunks"],
+        "unique_chunks": cache["total_unique_chunks"],
+    }
+    assert result.of_type("progress"), "create reports progress"
+
+
+def test_a_second_create_deduplicates(agent_python: str, repo: Repo) -> None:
+    first = run_agent(agent_python, "create", repo.job(), repo.env()).result["data"]["archive"]
+    wait_for_next_second()
+    second = run_agent(agent_python, "create", repo.job(), repo.env()).result["data"]["archive"]
+    assert second["name"] != first["name"]
+    assert second["original_size"] == first["original_size"]
+    assert second["deduplicated_size"] < first["deduplicated_size"] / 20
+
+
+def test_a_name_taken_in_the_same_second_fails_cleanly(agent_python: str, repo: Repo) -> None:
+    # Take the names of the next few seconds, so the agent's create collides whenever it runs.
+    now = int(time.time())
+    for second in range(now + 1, now + 6):
+        stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        make_archive(repo, f"drone-{stamp}")
+    wait_until(lambda: int(time.time()) >= now + 1, "the first taken second", 5, 0.02)
+    assert int(time.time()) < now + 5, "making the blocking archives took too long"
+    result = run_agent(agent_python, "create", repo.job(), repo.env())
+    assert_framing(result)
+    assert result.exit_code == 2
+    assert result.error["msgid"] == "Archive.AlreadyExists"
+    assert result.result["data"] == {}
+
+
+def test_odd_file_names_are_backed_up_and_listed(
+    agent_python: str, repo: Repo, tmp_path: Path
+) -> None:
+    odd = repo.data / "odd"
+    odd.mkdir()
+    names = [b"with space", b"new\nline", b"caf\xe9 latin-1", b"-leading-dash", b"quote'\"$(id)"]
+    for name in names:
+        with open(os.fsencode(odd) + b"/" + name, "wb") as handle:
+            handle.write(name)
+    result = run_agent(agent_python, "create", repo.job(paths=[str(odd)]), repo.env())
+    assert_framing(result)
+    assert result.exit_code == 0, result.events
+    assert result.result["data"]["archive"]["nfiles"] == len(names)
+    archive = f"{repo.path}::{result.result['data']['archive']['name']}"
+
+    listing = run_borg(["list", "--json-lines", archive], repo.passphrase, repo.base_dir).stdout
+    listed = {json.loads(line)["path"].rsplit("/", 1)[1] for line in listing.splitlines()}
+    # borg 1.2 lists an undecodable byte as "?"; the exact bytes are checked by extracting.
+    assert listed == {
+        "odd",
+        "with space",
+        "new\nline",
+        "caf? latin-1",
+        "-leading-dash",
+        "quote'\"$(id)",
+    }
+    restore = tmp_path / "restore"
+    restore.mkdir()
+    subprocess.run(
+        ["borg", "extract", archive],
+        cwd=restore,
+        env=repo.env(passphrase=repo.passphrase),
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    restored = os.fsencode(restore) + b"/" + os.fsencode(odd).lstrip(b"/")
+    assert sorted(os.listdir(restored)) == sorted(names)
+    for name in names:
+        with open(restored + b"/" + name, "rb") as handle:
+            assert handle.read() == name
+
+
+def test_stats_counts_only_the_prefix(agent_python: str, repo: Repo) -> None:
+    for name in ("drone-2024-01-01T00:00:00", "drone-2024-01-02T00:00:00", "other-2024-01-03"):
+        make_archive(repo, name, timestamp=name.split("-", 1)[1][:10] + "T00:00:00")
+    result = run_agent(agent_python, "stats", repo.job(), repo.env())
+    assert result.exit_code == 0, result.events
+    data = result.result["data"]
+    assert data["archive_count"] == 2
+    last = {"name": "drone-2024-01-02T00:00:00", "time": "2024-01-02T00:00:00.000000"}
+    assert data["last_archive"] == last
+    cache = borg_info(repo, str(repo.path))["cache"]["stats"]
+    totals = (cache["total_size"], cache["total_csize"], cache["unique_csize"])
+    assert (data["total_size"], data["compressed_size"], data["deduplicated_size"]) == totals
+    everything = run_agent(agent_python, "stats", repo.job(archive_prefix=None), repo.env())
+    assert everything.result["data"]["archive_count"] == 3
+    assert everything.result["data"]["last_archive"]["name"] == "other-2024-01-03"
+
+
+def test_stats_of_an_empty_repository(agent_python: str, repo: Repo) -> None:
+    data = run_agent(agent_python, "stats", repo.job(), repo.env()).result["data"]
+    assert data["archive_count"] == 0
+    assert data["last_archive"] is None
+
+
+def test_list(agent_python: str, repo: Repo) -> None:
+    for name in ("drone-2024-01-01T00:00:00", "drone-db-2024-01-01T00:00:00", "other-2024"):
+        make_archive(repo, name, timestamp="2024-01-01T00:00:00")
+    result = run_agent(agent_python, "list", repo.job(), repo.env())
+    assert result.exit_code == 0, result.events
+    archives = result.result["data"]["archives"]
+    assert [a["name"] for a in archives] == ["drone-2024-01-01T00:00:00"]
+    assert set(archives[0]) == {"name", "id", "time"}
+    everything = run_agent(agent_python, "list", repo.job(archive_prefix=None), repo.env())
+    assert len(everything.result["data"]["archives"]) == 3
+
+
+def test_prune_follows_borgs_rules_and_spares_others(agent_python: str, repo: Repo) -> None:
+    # One archive a day at noon from Mon 2024-01-01 to Wed 01-10, and a later one on 01-10.
+    ours = [f"2024-01-{day:02d}T12:00:00" for day in range(1, 11)] + ["2024-01-10T13:00:00"]
+    for stamp in ours:
+        make_archive(repo, f"drone-{stamp}", timestamp=stamp)
+    # Another drone's archives, one of them under a longer prefix that "drone-*" would match.
+    others = ["drone-db-2024-01-02T12:00:00", "other-2024-01-03T12:00:00"]
+    for name in others:
+        make_archive(repo, name, timestamp="2024-01-02T12:00:00")
+    would_prune = borg_would_prune(
+        repo, "--glob-archives=drone-2024-*", "--keep-daily=3", "--keep-weekly=1"
+    )
+
+    result = run_agent(agent_python, "prune", repo.job(keep={"daily": 3, "weekly": 1}), repo.env())
+    assert_framing(result)
+    assert result.exit_code == 0, result.events
+    data = result.result["data"]
+    # Daily: the newest of 01-10, 01-09 and 01-08; weekly: the newest of the week before (01-07).
+    kept = [f"drone-2024-01-{day}" for day in ("10T13", "09T12", "08T12", "07T12")]
+    kept = [f"{name}:00:00" for name in kept]
+    assert data["kept"] == kept
+    assert set(data["pruned"]) == {f"drone-{stamp}" for stamp in ours} - set(kept)
+    assert set(data["pruned"]) == would_prune
+    assert isinstance(data["compact"]["freed_bytes"], int)
+    remaining = list_archives(repo.path, repo.passphrase, repo.base_dir)
+    assert sorted(remaining) == sorted(kept + others)
+
+
+def test_check_of_a_healthy_repository(agent_python: str, repo: Repo) -> None:
+    run_agent(agent_python, "create", repo.job(), repo.env())
+    result = run_agent(agent_python, "check", repo.job(), repo.env())
+    assert result.exit_code == 0, result.events
+    assert result.result["data"] == {"findings": [], "repository_ok": True}
+
+
+def test_check_reports_a_damaged_repository(agent_python: str, repo: Repo) -> None:
+    run_agent(agent_python, "create", repo.job(), repo.env())
+    biggest = max((repo.path / "data" / "0").iterdir(), key=lambda p: p.stat().st_size)
+    damaged = bytearray(biggest.read_bytes())
+    damaged[60:80] = bytes(b ^ 0xFF for b in damaged[60:80])
+    biggest.write_bytes(bytes(damaged))
+    result = run_agent(agent_python, "check", repo.job(), repo.env())
+    assert_framing(result)
+    assert result.exit_code == 2
+    assert result.result["ok"] is False
+    data = result.result["data"]
+    assert data["repository_ok"] is False
+    assert any("integrity" in finding or "mismatch" in finding for finding in data["findings"])
+    assert result.error["msgid"] == "CheckFoundProblems"
+
+
+def test_human_mode_prints_a_readable_summary(repo: Repo, tmp_path: Path) -> None:
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(repo.job(), indent=2))
+    completed = run_by_hand("create", "--job", str(job_file), env=repo.env())
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0].startswith("backup-drone 1.0.0 on ")
+    assert any(line.startswith("archive drone-") and " files, " in line for line in lines)
+    assert lines[-1].startswith("create finished in ")
+    assert repo.passphrase not in completed.stdout + completed.stderr
+
+
+def test_human_mode_with_the_hosts_passphrase_and_json(repo: Repo, tmp_path: Path) -> None:
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(repo.job(passphrase=None)))
+    env = repo.env(passphrase=repo.passphrase)
+    completed = run_by_hand("list", "--job", str(job_file), "--json", env=env)
+    assert completed.returncode == 0, completed.stderr
+    events = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert [e["type"] for e in events] == ["hello", "result"]
+    assert events[-1]["data"] == {"archives": []}
+
+
+def test_human_mode_rejects_a_bad_job_file(repo: Repo, tmp_path: Path) -> None:
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(repo.job(paths=["relative"])))
+    completed = run_by_hand("create", "--job", str(job_file), env=repo.env())
+    assert completed.returncode == 3
+    assert "FAILED: JobRejected (paths[0]): must be an absolute path" in completed.stdout
+
+
+def test_help() -> None:
+    completed = run_by_hand("--help", env={})
+    assert completed.returncode == 0
+    assert "serve" in completed.stdout
+    assert "Exit codes" in completed.stdout

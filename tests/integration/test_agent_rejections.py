@@ -1,0 +1,253 @@
+"""Requests the agent refuses: exit 3, a result naming what was wrong, and nothing run at all.
+
+borg is a recording wrapper (named by the policy's ``"borg"``), so every test can show that a
+rejected request invoked no borg, not even ``borg --version``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.borg import list_archives
+from tests.integration.agent_support import (
+    AgentProcess,
+    AgentResult,
+    RecordingBorg,
+    Repo,
+    agent_python,
+    assert_framing,
+    make_recording_borg,
+    make_repo,
+    run_agent,
+    write_policy,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["agent_python"]  # a fixture, used by name
+
+
+@pytest.fixture(scope="module")
+def shared_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    """One repository for the whole module: no test here may change it."""
+    return make_repo(tmp_path_factory.mktemp("rejections"))
+
+
+@pytest.fixture
+def borg(tmp_path: Path) -> RecordingBorg:
+    return make_recording_borg(tmp_path)
+
+
+def serve(
+    python: str,
+    operation: str,
+    job: dict[str, Any] | bytes,
+    repo: Repo,
+    policy: Path,
+    argv_operation: str | None = None,
+) -> AgentResult:
+    args = ("serve", *([argv_operation] if argv_operation else []), "--policy", str(policy))
+    return run_agent(python, operation, job, repo.env(), args=args)
+
+
+def open_policy(directory: Path, borg: RecordingBorg, **overrides: Any) -> Path:
+    policy = {"repositories": ["/"], "paths": ["/"], "borg": str(borg.path), **overrides}
+    return write_policy(directory / "policy.json", **policy)
+
+
+def assert_rejected(result: AgentResult, field: str, borg: RecordingBorg) -> None:
+    assert_framing(result)
+    assert result.exit_code == 3, result.events
+    assert [event["type"] for event in result.events] == ["hello", "result"]
+    assert result.events[0]["borg_version"] == ""  # not even borg --version ran
+    assert result.result["ok"] is False
+    assert result.result["rc"] == 3
+    assert result.result["borg_rc"] is None
+    assert result.error["msgid"] == "JobRejected"
+    assert result.error["field"] == field
+    assert borg.invocations() == []
+
+
+@pytest.mark.parametrize(
+    "ssh_command",
+    [
+        "create; rm -rf /",
+        "create --foo",
+        "$(id)",
+        "`id`",
+        "create\nlist",
+        "create\n",
+        "",
+        " create",
+        "create ",
+        "'create'",
+        "backup",
+        "CREATE",
+    ],
+)
+def test_injection_in_the_ssh_command(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path, ssh_command: str
+) -> None:
+    policy = open_policy(tmp_path, borg)
+    result = serve(agent_python, ssh_command, shared_repo.job(), shared_repo, policy)
+    assert_rejected(result, "operation", borg)
+    assert result.result["operation"] == ""
+
+
+def test_offsite_is_not_supported_yet(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
+) -> None:
+    result = serve(
+        agent_python, "offsite", shared_repo.job(), shared_repo, open_policy(tmp_path, borg)
+    )
+    assert_rejected(result, "operation", borg)
+    assert "not supported by this agent version" in result.error["message"]
+
+
+def test_ssh_command_differing_from_the_configured_operation(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
+) -> None:
+    policy = open_policy(tmp_path, borg)
+    result = serve(
+        agent_python, "create", shared_repo.job(), shared_repo, policy, argv_operation="list"
+    )
+    assert_rejected(result, "operation", borg)
+
+
+INJECTIONS: list[tuple[str, Any, str]] = [
+    ("repository", "-x", "repository"),
+    ("repository", "--remote-path=sh", "repository"),
+    ("repository", "/srv/repo;rm -rf /", "repository"),  # a fine path, outside the policy
+    ("repository", "/srv/repo::evil", "repository"),
+    ("repository", "ssh://borg@host/x\nrm", "repository"),
+    ("paths", ["relative/path"], "paths[0]"),
+    ("paths", ["/ok", "/etc/../root"], "paths[1]"),
+    ("paths", ["/data\n--exclude=*"], "paths[0]"),
+    ("archive_prefix", "x; rm -rf /", "archive_prefix"),
+    ("archive_prefix", "--dry-run", "archive_prefix"),
+    ("exclude_patterns", ["ok", "bad\x00nul"], "exclude_patterns[1]"),
+    ("exclude_if_present", ["../../etc/passwd"], "exclude_if_present[0]"),
+    ("compression", "lz4 --remote-path=sh", "compression"),
+    ("keep", {"within": "1d; id"}, "keep.within"),
+    ("keep", {"daily": "7"}, "keep.daily"),
+    ("lock_wait", "60; id", "lock_wait"),
+    ("one_file_system", "yes", "one_file_system"),
+    ("borg_rsh", "sh -c 'id > /tmp/pwned'", "borg_rsh"),
+    ("borg_rsh", "ssh -o ProxyCommand='id > /tmp/pwned'", "borg_rsh"),
+    ("borg_remote_path", "borg; id", "borg_remote_path"),
+    ("borg_remote_path", "$(id)", "borg_remote_path"),
+    ("passphrase", ["not", "a", "string"], "passphrase"),
+    ("protocol", 2, "protocol"),
+    ("extra_field", "anything", "extra_field"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "named"), INJECTIONS)
+def test_injection_in_job_fields(
+    agent_python: str,
+    shared_repo: Repo,
+    borg: RecordingBorg,
+    tmp_path: Path,
+    field: str,
+    value: Any,
+    named: str,
+) -> None:
+    policy = open_policy(tmp_path, borg, repositories=[str(shared_repo.path)])
+    job = shared_repo.job(**{field: value})
+    result = serve(agent_python, "create", job, shared_repo, policy)
+    assert_rejected(result, named, borg)
+    assert shared_repo.passphrase.encode() not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("policy_overrides", "job_overrides", "field"),
+    [
+        ({"repositories": ["/srv/elsewhere"]}, {}, "repository"),
+        ({"paths": ["/srv/elsewhere"]}, {}, "paths[0]"),
+        ({"operations": ["list"]}, {}, "operation"),
+    ],
+)
+def test_policy_rejections(
+    agent_python: str,
+    shared_repo: Repo,
+    borg: RecordingBorg,
+    tmp_path: Path,
+    policy_overrides: dict[str, Any],
+    job_overrides: dict[str, Any],
+    field: str,
+) -> None:
+    policy = open_policy(tmp_path, borg, **policy_overrides)
+    result = serve(agent_python, "create", shared_repo.job(**job_overrides), shared_repo, policy)
+    assert_rejected(result, field, borg)
+    assert "policy" in result.error["message"]
+
+
+def test_a_prefix_does_not_allow_its_siblings(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
+) -> None:
+    sibling = shared_repo.path.with_name(shared_repo.path.name + "x")
+    policy = open_policy(tmp_path, borg, repositories=[str(shared_repo.path)])
+    result = serve(
+        agent_python, "list", shared_repo.job(repository=str(sibling)), shared_repo, policy
+    )
+    assert_rejected(result, "repository", borg)
+
+
+def test_malformed_policy(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        '{"repositories": ["/"], "paths": ["/"], "borg": ' + json.dumps(str(borg.path))
+    )
+    result = serve(agent_python, "list", shared_repo.job(), shared_repo, policy)
+    assert_rejected(result, "policy", borg)
+    assert "policy file" in result.error["message"]
+
+
+@pytest.mark.parametrize(
+    "first_line",
+    [
+        b"\n",
+        b"not json at all\n",
+        b'{"protocol": 1, "repository": \n',
+        b"[1, 2, 3]\n",
+        b"\xff\xfe\xfd\n",
+        b'{"protocol": 1, "padding": "' + b"x" * (1024 * 1024) + b'"}\n',
+    ],
+)
+def test_unusable_job_lines(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path, first_line: bytes
+) -> None:
+    result = serve(agent_python, "list", first_line, shared_repo, open_policy(tmp_path, borg))
+    assert_rejected(result, "job", borg)
+
+
+def test_stdin_closed_before_a_job_arrived(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
+) -> None:
+    args = ("serve", "--policy", str(open_policy(tmp_path, borg)))
+    agent = AgentProcess(agent_python, b"", shared_repo.env(), ssh_command="list", args=args)
+    agent.close_stdin()
+    assert_rejected(agent.finish(), "job", borg)
+
+
+def test_a_good_job_through_the_same_wrapper_runs_borg(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
+) -> None:
+    """The control for the tests above: the wrapper does record what the agent runs."""
+    result = serve(
+        agent_python, "list", shared_repo.job(), shared_repo, open_policy(tmp_path, borg)
+    )
+    assert result.exit_code == 0, result.events
+    assert borg.invocations()[0] == ["--version"]
+    assert [argv[0] for argv in borg.operations()] == ["list"]
+    assert all(shared_repo.passphrase not in word for argv in borg.invocations() for word in argv)
+
+
+def test_nothing_was_written_to_the_repository(shared_repo: Repo) -> None:
+    assert list_archives(shared_repo.path, shared_repo.passphrase, shared_repo.base_dir) == []
+    assert not (shared_repo.path / "lock.exclusive").exists()
