@@ -7,6 +7,7 @@ implements the core's Home Assistant port (sensors, events, notifications, log).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from .entities import HelperSpec, Publication
 from .transport import run_agent
 
 HELPER_DOMAINS = ("input_number", "input_select", "input_text", "input_button")
-NOT_A_VALUE = ("unknown", "unavailable", "", None)
+NOT_A_VALUE = ("unknown", "unavailable", None)  # "" is a value: an empty keep within
 
 
 class BackupCoordinator(hass.Hass):  # type: ignore[misc]
@@ -149,14 +150,19 @@ class HomeAssistantAdapter:
     def __init__(self, app: BackupCoordinator, notify_service: str | None) -> None:
         self.app = app
         self.notify_service = notify_service
+        # AppDaemon 4.5.13 mixes up concurrent set_state replies (HA then stores last_changed
+        # etc. as attributes): one at a time, and attributes replaced, never merged.
+        self._publishing = asyncio.Lock()
 
     async def publish(self, publication: Publication) -> None:
-        await self.app.set_state(
-            publication.entity_id,
-            state=publication.state,
-            attributes=_survives_appdaemon(publication.attributes),
-            check_existence=False,
-        )
+        async with self._publishing:
+            await self.app.set_state(
+                publication.entity_id,
+                state=publication.state,
+                attributes=_survives_appdaemon(publication.attributes),
+                replace=True,
+                check_existence=False,
+            )
 
     async def fire_event(self, event_type: str, data: Mapping[str, Any]) -> None:
         await self.app.fire_event(event_type, **data)
