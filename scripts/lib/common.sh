@@ -85,3 +85,13 @@ ensure_home_assistant() {
   fi
   HA_BIN="$venv/bin/hass"
 }
+
+# Everything the tests and the demo run on: Debian packages, the project venv (with AppDaemon),
+# Home Assistant. Exports the binaries' paths for the Python side.
+ensure_stack() {
+  ensure_apt_packages borgbackup openssh-server rsync rclone
+  ensure_project_venv
+  ensure_home_assistant
+  export BACKUP_COORDINATOR_HASS="$HA_BIN"
+  export BACKUP_COORDINATOR_APPDAEMON="$PROJECT_ROOT/.venv/bin/appdaemon"
+}
