@@ -66,6 +66,7 @@ class RecordingRunner:
 
     calls: list[tuple[str, str]] = field(default_factory=list)  # (drone, agent operation)
     outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (drone, op, ok/error)
+    errors: list[str] = field(default_factory=list)  # every failure in full, for messages
     active: int = 0
     max_active: int = 0
     progressed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -92,6 +93,7 @@ class RecordingRunner:
             result = await run_agent(target, operation, job, relay)
         except BaseException as error:
             self.outcomes.append((drone, operation, type(error).__name__))
+            self.errors.append(f"{drone} {operation}: {error!s}")
             raise
         finally:
             self.active -= 1

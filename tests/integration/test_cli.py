@@ -193,8 +193,10 @@ async def test_status_shows_what_a_coordinator_run_recorded(setup: CliSetup) -> 
     await coordinator.tick()
     await settle(coordinator)
     await coordinator.stop()
-    assert runner.outcomes[0] == ("broken", "create", "OperationFailed")
-    assert runner.outcomes[1:] == [("good", op, "ok") for op in ("create", "prune", "stats")]
+    assert runner.outcomes[0] == ("broken", "create", "OperationFailed"), runner.errors
+    assert runner.outcomes[1:] == [("good", op, "ok") for op in ("create", "prune", "stats")], (
+        runner.errors
+    )
     saved = saved_state(config)["drones"]
 
     done = cli(setup, "status")

@@ -93,7 +93,7 @@ async def test_three_due_drones_are_backed_up_one_at_a_time_in_round_robin(
 
         # Each finished operation asks for a new decision: the next drone in name order.
         assert runner.calls == [(name, step) for name in names for step in SCHEDULED_STEPS]
-        assert all(outcome == "ok" for *_, outcome in runner.outcomes)
+        assert all(outcome == "ok" for *_, outcome in runner.outcomes), runner.errors
         assert runner.max_active == 1
         closing = [e for e in port.of(EVENT_PROGRESS) if e["final"]]
         assert [(e["drone"], e["percent"]) for e in closing] == [(name, 100.0) for name in names]
@@ -280,7 +280,9 @@ async def test_a_connection_dropped_mid_create_fails_borg_stops_and_the_next_run
         clock.advance(record.backoff_until - clock() + timedelta(seconds=1))
         await coordinator.tick()
         await settle(coordinator)
-        assert runner.outcomes[1:] == [("nas", step, "ok") for step in SCHEDULED_STEPS]
+        assert runner.outcomes[1:] == [("nas", step, "ok") for step in SCHEDULED_STEPS], (
+            runner.errors
+        )
         archives = host.archives()
         assert len(archives) == 1
         assert coordinator.drones["nas"].record.last_archive is not None
@@ -335,7 +337,7 @@ async def test_a_restart_mid_create_stops_borg_restores_state_and_runs_it_again(
 
         await restarted.tick()
         await settle(restarted)
-        assert runner2.outcomes == [("nas", step, "ok") for step in SCHEDULED_STEPS]
+        assert runner2.outcomes == [("nas", step, "ok") for step in SCHEDULED_STEPS], runner2.errors
         assert len(host.archives()) == 2
         assert sensor_time(port2, "sensor.backup_nas_last_backup") > datetime.fromisoformat(
             first_backup
