@@ -410,9 +410,12 @@ async def test_appdaemon_restart_mid_backup_retries_it_and_leaves_no_lock(
     finished = await ha_client.subscribe_events("backup_coordinator_finished")
     before = alpha.archives()
     await press(ha_client, "alpha", "create")
-    await progress.wait_for(
-        lambda e: e["data"]["drone"] == "alpha" and not e["data"]["final"], TIMEOUT
-    )
+    try:
+        await progress.wait_for(
+            lambda e: e["data"]["drone"] == "alpha" and not e["data"]["final"], TIMEOUT
+        )
+    except TimeoutError as error:
+        raise AssertionError(f"{error}\n{app.main_log()[-3000:]}") from None
     mark = app.log_mark()
     await app.async_stop()
     assert "cancelled by shutdown" in app.main_log()
