@@ -114,9 +114,9 @@ async def _doctor_drone(drone: DroneConfig, out: TextIO) -> int:
 
 
 def _check_line(out: TextIO, drone: str, check: str, ok: bool, detail: str, fix: str) -> None:
-    line = f"{drone:<16} {'ok' if ok else 'FAIL':<5} {check:<12} {detail}"
+    line = f"{drone:<16} {'ok' if ok else 'FAIL':<5} {check:<28} {detail}"
     if fix and not ok:
-        line += f"\n{'':<35}fix: {fix}"
+        line += f"\n{'':<23}fix: {fix}"
     print(line, file=out)
 
 
