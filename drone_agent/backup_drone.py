@@ -852,7 +852,7 @@ def collect_output(
     while open_streams:
         if session.stop_reason and not stopped:
             stopped = True
-            session.interrupted = True
+            session.interrupted = process.poll() is None
             stop_process(process, SIGINT_GRACE, SIGTERM_GRACE)
         try:
             kind, payload = events.get(timeout=0.1)
@@ -941,6 +941,10 @@ class Outcome:
     error: Optional[Dict[str, str]] = None
 
 
+def failure(msgid: str, message: str) -> Outcome:
+    return Outcome({}, ok=False, error={"msgid": msgid, "message": message})
+
+
 def failed(run: BorgRun) -> Optional[Outcome]:
     """An Outcome for a borg run that did not succeed (rc >= 2), else None."""
     if run.rc < EXIT_FAILED:
@@ -960,6 +964,8 @@ class BorgOutputInvalid(Exception):
 
 
 class Operations:
+    """One method per operation; each returns the Outcome that becomes the result line."""
+
     def __init__(self, session: Session, job: Job, borg: str, env: Dict[str, str]) -> None:
         self.session = session
         self.job = job
@@ -969,29 +975,29 @@ class Operations:
     def run(self, argv: List[str]) -> BorgRun:
         return run_borg(self.session, argv, self.env)
 
-    def hello(self) -> Outcome:
-        return Outcome(hello_data(borg_version(self.borg, self.env)))
+    def halted(self, run: BorgRun) -> Optional[Outcome]:
+        """Why not to go on after this run: borg failed, or the request is being stopped."""
+        reason = self.session.stop_reason
+        return failed(run) or (Outcome({}, ok=False, error=reason) if reason else None)
 
     def create(self) -> Outcome:
         name = archive_name(self.job.archive_prefix, datetime.now(timezone.utc))
         run = self.run(create_argv(self.borg, self.job, name))
         return failed(run) or Outcome(create_data(parse_stdout_json(run)))
 
-    def stopped(self) -> Optional[Outcome]:
-        reason = self.session.stop_reason
-        return Outcome({}, ok=False, error=reason) if reason else None
-
     def prune(self) -> Outcome:
         pruning = self.run(prune_argv(self.borg, self.job))
-        if failed(pruning) or self.stopped():
-            return failed(pruning) or self.stopped() or Outcome({})
+        halted = self.halted(pruning)
+        if halted:
+            return halted
         compacting = self.run(compact_argv(self.borg, self.job))
         return failed(compacting) or Outcome(prune_data(pruning.records, compacting.records))
 
     def stats(self) -> Outcome:
         info = self.run(info_argv(self.borg, self.job))
-        if failed(info) or self.stopped():
-            return failed(info) or self.stopped() or Outcome({})
+        halted = self.halted(info)
+        if halted:
+            return halted
         listing = self.run(list_argv(self.borg, self.job))
         return failed(listing) or Outcome(
             stats_data(parse_stdout_json(info), parse_stdout_json(listing))
@@ -1077,16 +1083,15 @@ class HumanOutput(Output):
         try:
             getattr(self, "show_" + event["type"])(event)
             self.stream.flush()
-        except (BrokenPipeError, OSError):
+        except OSError:  # a broken pipe: the reader is gone
             return False
         return True
 
     def show_hello(self, event: Dict[str, Any]) -> None:
-        version = event["borg_version"] or "not found"
+        # No borg version: borg is missing (the summary says so) or the request was rejected.
+        borg = f"borg {event['borg_version']}, " if event["borg_version"] else ""
         python = event["python_version"]
-        self.line(
-            f"backup-drone {AGENT_VERSION} on {event['hostname']}: borg {version}, Python {python}"
-        )
+        self.line(f"backup-drone {AGENT_VERSION} on {event['hostname']}: {borg}Python {python}")
 
     def show_progress(self, event: Dict[str, Any]) -> None:
         text = (
@@ -1225,9 +1230,7 @@ class Request:
             "data": outcome.data,
         }
         if not outcome.ok:
-            event["error"] = dict(
-                outcome.error or {"msgid": "Failed", "message": "the operation failed"}
-            )
+            event["error"] = dict(outcome.error or {})
             if field_name:
                 event["error"]["field"] = field_name
         session.output.write(event)
@@ -1255,22 +1258,15 @@ def execute(request: Request, job: Job, policy: Policy) -> int:
     version = borg_version(borg, env)
     session.emit(hello_event(session.operation, version))
     if borg is None or not version:
-        error = {
-            "msgid": "BorgNotFound",
-            "message": "borg is not installed or does not run on this host",
-        }
-        return request.result(Outcome({}, ok=False, error=error))
-    operations = Operations(session, job, borg, env)
-    if session.operation != "hello" and operations.stopped():
-        return request.result(operations.stopped() or Outcome({}))
+        return request.result(failure("BorgNotFound", "borg is not installed or does not run"))
+    if session.operation == "hello":
+        return request.result(Outcome(hello_data(version)))
+    if session.stop_reason:
+        return request.result(Outcome({}, ok=False, error=session.stop_reason))
     try:
-        outcome: Outcome = getattr(operations, session.operation)()
+        outcome: Outcome = getattr(Operations(session, job, borg, env), session.operation)()
     except BorgOutputInvalid:
-        error = {
-            "msgid": "BorgOutputInvalid",
-            "message": "borg's JSON output is missing or unreadable",
-        }
-        outcome = Outcome({}, ok=False, error=error)
+        outcome = failure("BorgOutputInvalid", "borg's JSON output is missing or unreadable")
     if session.interrupted:
         outcome = Outcome(outcome.data, ok=False, error=session.stop_reason)
     return request.result(outcome)

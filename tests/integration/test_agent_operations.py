@@ -203,8 +203,8 @@ def test_list(agent_python: str, repo: Repo) -> None:
 
 
 def test_prune_follows_borgs_rules_and_spares_others(agent_python: str, repo: Repo) -> None:
-    # One archive a day at noon from Mon 2024-01-01 to Wed 01-10, and a later one on 01-10.
-    ours = [f"2024-01-{day:02d}T12:00:00" for day in range(1, 11)] + ["2024-01-10T13:00:00"]
+    # One archive a day at noon from Fri 2024-01-05 to Wed 01-10, and a later one on 01-10.
+    ours = [f"2024-01-{day:02d}T12:00:00" for day in range(5, 11)] + ["2024-01-10T13:00:00"]
     for stamp in ours:
         make_archive(repo, f"drone-{stamp}", timestamp=stamp)
     # Another drone's archives, one of them under a longer prefix that "drone-*" would match.
@@ -219,7 +219,8 @@ def test_prune_follows_borgs_rules_and_spares_others(agent_python: str, repo: Re
     assert_framing(result)
     assert result.exit_code == 0, result.events
     data = result.result["data"]
-    # Daily: the newest of 01-10, 01-09 and 01-08; weekly: the newest of the week before (01-07).
+    # Daily: the newest of 01-10, 01-09 and 01-08; weekly: the newest of the week before (Sun
+    # 01-07). Pruned: 01-10 at noon, 01-06 and 01-05.
     kept = [f"drone-2024-01-{day}" for day in ("10T13", "09T12", "08T12", "07T12")]
     kept = [f"{name}:00:00" for name in kept]
     assert data["kept"] == kept

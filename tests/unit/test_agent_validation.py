@@ -332,7 +332,7 @@ def validation_outcome(operation: str, raw: object) -> Any:
         return rejection
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(operation=st.sampled_from(agent.OPERATIONS), raw=json_values | job_like)
 def test_any_json_value_is_either_a_job_or_a_rejection(operation: str, raw: object) -> None:
     outcome = validation_outcome(operation, raw)
