@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -572,11 +573,26 @@ def _drone_value_parsers(base_dir: Path) -> dict[str, Callable[[str, object], An
             "none, lz4, zstd[,1-22], zlib[,0-9] or lzma[,0-9], optionally prefixed by auto,",
         ),
         "lock_wait": lambda key, value: _whole_number(key, value, *LOCK_WAIT_RANGE),
-        "borg_rsh": _optional(lambda key, value: _single_line(key, value, "a command line")),
+        "borg_rsh": _optional(_borg_rsh),
         "borg_remote_path": _optional(_remote_path),
         "mode": lambda key, value: _setting(key, parse_mode, _text(key, value, "text")),
         "frequency": _frequency,
     }
+
+
+def _borg_rsh(key: str, value: object) -> str:
+    """borg runs this to reach a remote repository: it must be ssh (the agent also checks its
+    options against a short list, see docs/protocol.md)."""
+    text = _single_line(key, value, "an ssh command line")
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = []
+    if not words or posixpath.basename(words[0]) != "ssh":
+        raise InvalidValue(
+            key, f"must be an ssh command line like 'ssh -i KEY', got {_shown(value)}"
+        )
+    return text
 
 
 def _remote_path(key: str, value: object) -> str:

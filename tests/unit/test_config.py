@@ -522,8 +522,8 @@ NOT_ABSOLUTE = "must be an absolute path"
         ({"compression": "auto"}, "compression", "none, lz4, zstd[,1-22]"),
         ({"lock_wait": -1}, "lock_wait", "a whole number between 0 and 86400"),
         ({"lock_wait": 1.5}, "lock_wait", "a whole number between 0 and 86400"),
-        ({"borg_rsh": ""}, "borg_rsh", "a command line"),
-        ({"borg_rsh": ["ssh"]}, "borg_rsh", "a command line"),
+        ({"borg_rsh": ""}, "borg_rsh", "an ssh command line"),
+        ({"borg_rsh": ["ssh"]}, "borg_rsh", "an ssh command line"),
         ({"borg_remote_path": "borg --x"}, "borg_remote_path", "the borg command"),
         # settings (the model's messages)
         ({"mode": "sometimes"}, "mode", "mode must be one of scheduled, manual, disabled"),
@@ -771,3 +771,28 @@ def test_a_top_level_error_never_shows_a_passphrase() -> None:
         parse_config(args, BASE)
     assert "key 'defaults.compression'" in str(raised.value)
     assert SECRET not in str(raised.value)
+
+
+def test_borg_rsh_must_run_ssh(tmp_path: Path) -> None:
+    args = {
+        "ssh": {"client_key": "/k", "known_hosts": "/kh"},
+        "drones": {
+            "good": {
+                "host": "a",
+                "repository": "ssh://b/r",
+                "paths": ["/d"],
+                "borg_rsh": "ssh -i /k",
+            },
+            "bad": {
+                "host": "a",
+                "repository": "ssh://c/r",
+                "paths": ["/d"],
+                "borg_rsh": "sh -c id",
+            },
+        },
+    }
+    config = parse_config(args, tmp_path)
+    assert [d.name for d in config.drones] == ["good"]
+    assert [str(p) for p in config.problems] == [
+        "drone 'bad': key 'borg_rsh': must be an ssh command line like 'ssh -i KEY', got 'sh -c id'"
+    ]
