@@ -13,6 +13,7 @@ class MemoryPort:
         self.states: dict[str, Publication] = {}
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.notifications: dict[str, str] = {}
+        self.notified: list[str] = []  # every notify call, in order
         self.lines: list[str] = []
 
     async def publish(self, publication: Publication) -> None:
@@ -23,6 +24,7 @@ class MemoryPort:
 
     async def notify(self, notification_id: str, title: str, message: str) -> None:
         self.notifications[notification_id] = message
+        self.notified.append(notification_id)
 
     async def dismiss(self, notification_id: str) -> None:
         self.notifications.pop(notification_id, None)

@@ -10,11 +10,11 @@ lose it, so a restart of AppDaemon or Home Assistant loses nothing and leaves no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from traceback import format_exc
 from typing import Any
 
 from . import entities, scheduler
@@ -23,6 +23,7 @@ from .entities import DroneSnapshot, ProgressSnapshot, format_mib
 from .jobs import build_job
 from .model import (
     BUSY_STATE_OF_AGENT_OPERATION,
+    GLOBAL_MODES,
     KEEP_COUNT_NAMES,
     DroneSettings,
     DroneState,
@@ -70,7 +71,6 @@ class Drone:
     task: asyncio.Task[None] | None = None
     setting_problems: dict[str, str] = field(default_factory=dict)
     overdue: bool = False
-    last_error_hint: str | None = None
 
     @property
     def name(self) -> str:
@@ -148,9 +148,8 @@ class Coordinator:
         tasks = [d.task for d in self.drones.values() if d.task is not None and not d.task.done()]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # return_exceptions: one task failing while it is cancelled must not skip the others.
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._save()
 
     async def wait_idle(self) -> None:
@@ -159,15 +158,22 @@ class Coordinator:
             await asyncio.wait(tasks)
 
     def _recover_interrupted(self, drone: Drone) -> None:
+        """An operation was running when the process died or stopped: say so, run it again.
+
+        A requested one goes back to the head of the queue; a scheduled one is simply still
+        due (its backup did not happen), so the tick takes it up, with backoff and mode.
+        """
         running = drone.record.running
         if running is None:
             return
         drone.record.running = None
-        drone.record.last_error = (
-            f"{running.operation} was interrupted (the coordinator stopped while it ran)"
-        )
-        drone.record.last_error_kind = FailureKind.INTERRUPTED.value
-        if running.operation not in drone.record.pending:
+        if not drone.record.consecutive_failures:  # keep a real error rather than hide it
+            drone.record.last_error = (
+                f"{running.operation} was interrupted (the coordinator stopped while it ran)"
+            )
+            drone.record.last_error_kind = FailureKind.INTERRUPTED.value
+            drone.record.last_error_hint = None
+        if running.requested and running.operation not in drone.record.pending:
             drone.record.pending.insert(0, running.operation)
         self.port.log(f"{drone.name}: {running.operation} was interrupted; it will run again")
 
@@ -189,7 +195,7 @@ class Coordinator:
 
     def _apply(self, drone_name: str | None, setting: str, raw: object) -> bool:
         if drone_name is None:
-            if setting != GLOBAL_MODE_SETTING or raw not in entities.GLOBAL_MODES:
+            if setting != GLOBAL_MODE_SETTING or raw not in GLOBAL_MODES:
                 self.port.log(f"coordinator {setting} value {raw!r} rejected", "WARNING")
                 return False
             self.global_mode = str(raw)
@@ -289,34 +295,43 @@ class Coordinator:
 
     async def _run(self, drone: Drone, operation: Operation, requested: bool) -> None:
         started = self.monotonic()
-        drone.record.last_attempt = self.clock()
-        await self._save()
-        await self.port.fire_event(
-            EVENT_STARTED,
-            {"drone": drone.name, "operation": operation.value, "requested": requested},
-        )
-        self.port.log(f"{drone.name}: {operation.value} started")
         try:
+            drone.record.last_attempt = self.clock()
+            await self._save()
+            await self.port.fire_event(
+                EVENT_STARTED,
+                {"drone": drone.name, "operation": operation.value, "requested": requested},
+            )
+            self.port.log(f"{drone.name}: {operation.value} started")
             results = await self._run_steps(drone, operation)
         except asyncio.CancelledError:
             if not self._stopping:
                 raise  # not ours to swallow
-            # Shutdown: leave `running` recorded so the next start retries it.
+            # Shutdown: `running` stays recorded so the next start runs it again.
             drone.state, drone.agent_operation = _resting_state(drone.record), None
             self.port.log(
                 f"{drone.name}: {operation.value} cancelled by shutdown; it will run again"
             )
-            return
         except OperationFailed as failure:
             await self._record_failure(drone, operation, failure, self.monotonic() - started)
+        except Exception as error:  # a bug must not leave the drone stuck in "creating"
+            self.port.log(f"{drone.name}: {operation.value} crashed:\n{format_exc()}", "ERROR")
+            crash = OperationFailed(FailureKind.AGENT, f"internal error: {error!r}")
+            await self._record_failure(drone, operation, crash, self.monotonic() - started)
         else:
             await self._record_success(drone, operation, results, self.monotonic() - started)
         finally:
-            if not self._stopping:
-                drone.record.running = None
+            await self._finish(drone)
+
+    async def _finish(self, drone: Drone) -> None:
+        """The drone's task is ending: persist, show it, and let the drone take the next one."""
+        drone.task = None
+        if self._stopping:
+            await self._save()
+            return
+        drone.record.running = None
         await self._save()
         await self._publish_drone(drone)
-        drone.task = None  # this task is ending: the drone may take its next operation
         self._start_what_is_due()
         await self._publish_coordinator()
 
@@ -334,6 +349,8 @@ class Coordinator:
             result = await self._run_agent_operation(drone, agent_operation, job)
             results[agent_operation] = result
             self._take_result(drone, agent_operation, result)
+            if len(results) == len(operation.agent_operations()):
+                drone.record.running = None  # done: a stop from here on must not redo it
             await self._save()
         return results
 
@@ -354,11 +371,14 @@ class Coordinator:
 
         max_runtime = self.config.max_runtime_minutes * 60
         result: Result | None = None
+        deadline = asyncio.timeout(max_runtime)
         try:
-            async with asyncio.timeout(max_runtime):
+            async with deadline:
                 result = await self.runner(drone.config.ssh, agent_operation, job, on_event)
             return result
         except TimeoutError:
+            if not deadline.expired():
+                raise
             raise OperationFailed(
                 FailureKind.TIMEOUT,
                 f"{agent_operation} ran longer than"
@@ -416,8 +436,7 @@ class Coordinator:
         record = drone.record
         record.consecutive_failures = 0
         record.backoff_until = None
-        record.last_error = record.last_error_kind = None
-        drone.last_error_hint = None
+        record.last_error = record.last_error_kind = record.last_error_hint = None
         if "create" in results:
             drone.overdue = False
         drone.state, drone.agent_operation = DroneState.IDLE, None
@@ -451,7 +470,7 @@ class Coordinator:
         )
         record.last_error = failure.message
         record.last_error_kind = failure.kind.value
-        drone.last_error_hint = failure.hint or None
+        record.last_error_hint = failure.hint or None
         unreachable = failure.kind is FailureKind.UNREACHABLE
         drone.state = DroneState.UNREACHABLE if unreachable else DroneState.ERROR
         drone.agent_operation = None
@@ -468,7 +487,7 @@ class Coordinator:
                 "drone": drone.name,
                 "operation": operation.value,
                 "ok": False,
-                "rc": 2,
+                "rc": failure.rc,
                 "duration": round(duration, 3),
                 "error": {
                     "kind": failure.kind.value,
@@ -478,24 +497,30 @@ class Coordinator:
             },
         )
 
-    async def _update_problem(self, drone: Drone) -> None:
-        """Raise, update or clear the drone's problem; events and notifications on changes."""
+    async def _update_problem(self, drone: Drone) -> bool:
+        """Raise, update or clear the drone's problem; True when it changed.
+
+        A person is notified when it is raised and the notification withdrawn when it clears;
+        the problem sensor carries the current reasons in between.
+        """
         reason = "; ".join(drone.problems()) or None
         if reason == drone.record.problem:
-            return
+            return False
         was_raised = drone.record.problem is not None
         drone.record.problem = reason
+        if was_raised == (reason is not None):
+            return True  # still raised, for other reasons now
         notification_id = f"{self.config.entity_prefix}_{drone.name}_problem"
         if reason is None:
             await self.port.dismiss(notification_id)
             self.port.log(f"{drone.name}: problem cleared")
         else:
             await self.port.notify(notification_id, f"Backup problem: {drone.name}", reason)
-        if was_raised != (reason is not None):
-            await self.port.fire_event(
-                EVENT_PROBLEM,
-                {"drone": drone.name, "raised": reason is not None, "reason": reason or ""},
-            )
+        await self.port.fire_event(
+            EVENT_PROBLEM,
+            {"drone": drone.name, "raised": reason is not None, "reason": reason or ""},
+        )
+        return True
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -506,7 +531,8 @@ class Coordinator:
         await self._publish_coordinator()
 
     async def _publish_drone(self, drone: Drone) -> None:
-        await self._update_problem(drone)
+        if await self._update_problem(drone):
+            await self._save()  # so a restart neither forgets nor repeats the notification
         for publication in entities.drone_sensors(self.config.entity_prefix, self.snapshot(drone)):
             await self.port.publish(publication)  # one at a time: see STACK.md on set_state
 
@@ -544,7 +570,7 @@ class Coordinator:
             consecutive_failures=drone.record.consecutive_failures,
             last_error=drone.record.last_error,
             last_error_kind=drone.record.last_error_kind,
-            last_error_hint=drone.last_error_hint,
+            last_error_hint=drone.record.last_error_hint,
         )
 
     async def _save(self) -> None:

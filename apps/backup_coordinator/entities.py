@@ -14,7 +14,9 @@ from typing import Any
 
 from .model import (
     FREQUENCY_MINUTES_RANGE,
+    GLOBAL_MODES,
     KEEP_COUNT_RANGE,
+    KEEP_WITHIN_PATTERN,
     DroneSettings,
     DroneState,
     Mode,
@@ -23,8 +25,6 @@ from .model import (
 
 MIB = 1024 * 1024
 STATE_MAX_LENGTH = 255  # HA rejects longer states
-
-GLOBAL_MODES = ("running", "paused")
 
 # (setting key, label, icon) of the per-drone keep-count numbers HA steers.
 KEEP_NUMBERS = (
@@ -131,7 +131,7 @@ def drone_helpers(prefix: str, drone: str, settings: DroneSettings) -> list[Help
             "keep within",
             "mdi:calendar-range",
             # HA checks the pattern in the UI only; the core validates again.
-            create_fields={"min": 0, "max": 16, "pattern": "^$|^[1-9][0-9]{0,5}[Hdwmy]$"},
+            create_fields={"min": 0, "max": 16, "pattern": f"^$|{KEEP_WITHIN_PATTERN.pattern}"},
             first_value=settings.keep.within or "",
             setting="keep_within",
         ),

@@ -6,6 +6,7 @@ whether they come from ``apps.yaml`` or from a helper entity.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -31,6 +32,10 @@ class Mode(StrEnum):
     SCHEDULED = "scheduled"  # backed up by the tick when due
     MANUAL = "manual"  # only on request, no overdue alarm
     DISABLED = "disabled"  # nothing runs, no alarms
+
+
+# The coordinator-wide mode (a helper): paused = the tick starts nothing, buttons still work.
+GLOBAL_MODES = ("running", "paused")
 
 
 class DroneState(StrEnum):
@@ -141,7 +146,7 @@ def parse_whole_number(value: object, what: str, bounds: tuple[int, int]) -> int
             raise SettingError(f"{what} must be a whole number, got {value!r}") from None
     else:
         raise SettingError(f"{what} must be a whole number, got {value!r}")
-    if number != number or number != int(number):  # NaN or a fraction
+    if not math.isfinite(number) or number != int(number):  # NaN, infinite or a fraction
         raise SettingError(f"{what} must be a whole number, got {value!r}")
     if not low <= number <= high:
         raise SettingError(f"{what} must be between {low} and {high}, got {value!r}")

@@ -30,7 +30,6 @@ class FailureKind(StrEnum):
     REJECTED = "rejected"  # the agent rejected the job (exit 3)
     BORG_ERROR = "borg_error"  # borg ran and failed (exit 2)
     TIMEOUT = "timeout"  # exceeded the maximum runtime and was cancelled
-    CANCELLED = "cancelled"  # stopped on purpose (shutdown)
     INTERRUPTED = "interrupted"  # the coordinator died while it ran
 
 
@@ -41,11 +40,14 @@ class ProtocolError(ValueError):
 class OperationFailed(Exception):
     """An agent operation that did not succeed, classified for the user."""
 
-    def __init__(self, kind: FailureKind, message: str, hint: str = "") -> None:
+    def __init__(
+        self, kind: FailureKind, message: str, hint: str = "", rc: int = EXIT_FAILED
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.hint = hint
+        self.rc = rc  # the agent's exit code when it answered (2 or 3), else 2
 
     def __str__(self) -> str:
         return f"{self.kind.value}: {self.message}" + (f" ({self.hint})" if self.hint else "")
@@ -89,12 +91,6 @@ class Result:
     data: Mapping[str, Any] = field(default_factory=dict)
     error: Mapping[str, Any] | None = None
 
-    @property
-    def error_message(self) -> str:
-        if not self.error:
-            return ""
-        return str(self.error.get("message") or self.error.get("msgid") or "")
-
 
 AgentEvent = Hello | Progress | LogLine | Result
 
@@ -121,6 +117,13 @@ def parse_line(line: str) -> AgentEvent:
         obj = json.loads(line)
     except ValueError:
         raise ProtocolError(f"not JSON: {line[:200]!r}") from None
+    try:
+        return _event(obj, line)
+    except (TypeError, ValueError, OverflowError) as error:  # e.g. "time": "x", 1e400 files
+        raise ProtocolError(f"malformed {type(obj).__name__}: {error}") from None
+
+
+def _event(obj: Any, line: str) -> AgentEvent:
     if not isinstance(obj, dict):
         raise ProtocolError(f"not a JSON object: {line[:200]!r}")
     kind = obj.get("type")

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .model import GLOBAL_MODES
+
 STATE_VERSION = 1
-GLOBAL_MODES = ("running", "paused")
 DEFAULT_GLOBAL_MODE = "running"
 
 
@@ -46,6 +47,7 @@ class DroneRecord:
     consecutive_failures: int = 0
     last_error: str | None = None
     last_error_kind: str | None = None
+    last_error_hint: str | None = None  # what to do about the last error
     backoff_until: datetime | None = None
     last_archive: dict[str, Any] | None = None  # result.data["archive"] of the last create
     repository: dict[str, int] | None = None  # total_size, compressed_size, deduplicated_size
@@ -86,6 +88,7 @@ def encode_record(record: DroneRecord) -> dict[str, Any]:
         "consecutive_failures": record.consecutive_failures,
         "last_error": record.last_error,
         "last_error_kind": record.last_error_kind,
+        "last_error_hint": record.last_error_hint,
         "backoff_until": _encode_time(record.backoff_until),
         "last_archive": record.last_archive,
         "repository": record.repository,
@@ -190,6 +193,7 @@ def decode_record(data: object) -> DroneRecord:
         consecutive_failures=_field(data, "consecutive_failures", _is_int, "a whole number") or 0,
         last_error=_field(data, "last_error", _is_text, "text"),
         last_error_kind=_field(data, "last_error_kind", _is_text, "text"),
+        last_error_hint=_field(data, "last_error_hint", _is_text, "text"),
         backoff_until=_decode_time(data, "backoff_until"),
         last_archive=_field(data, "last_archive", lambda v: isinstance(v, dict), "an object"),
         repository=_decode_sizes(data),

@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncssh
 
+from .jobs import hello_job
 from .model import SshTarget
 from .protocol import (
     EXIT_FAILED,
@@ -202,9 +203,24 @@ async def run_on_connection(
         result = await stream_events(process, target, operation, stderr, on_event)
         await finish(process)
         return checked(result, target)
+    except OperationFailed as failure:
+        # Messages quote what the host printed; something that is not the agent may have
+        # echoed the job back.
+        raise redacted(failure, job.get("passphrase")) from None
     finally:
         process.close()
         await stderr.stop()
+
+
+def redacted(failure: OperationFailed, secret: object) -> OperationFailed:
+    if not isinstance(secret, str) or not secret:
+        return failure
+    return OperationFailed(
+        failure.kind,
+        failure.message.replace(secret, "***"),
+        failure.hint.replace(secret, "***"),
+        failure.rc,
+    )
 
 
 async def start_agent(
@@ -392,6 +408,7 @@ def checked(result: Result, target: SshTarget) -> Result:
             FailureKind.REJECTED,
             f"the agent on {where(target)} rejected the job: {error_text(result)}",
             "fix the drone's settings named in the message",
+            rc=EXIT_REJECTED,
         )
     raise OperationFailed(
         FailureKind.AGENT,
@@ -487,7 +504,7 @@ async def probe_auth_and_agent(target: SshTarget) -> list[Check]:
             hellos.append(event)
 
     try:
-        await run_on_connection(conn, target, "hello", {"protocol": PROTOCOL_VERSION}, keep_hello)
+        await run_on_connection(conn, target, "hello", hello_job(), keep_hello)
     except OperationFailed as failure:
         return [auth, Check(STEP_AGENT, False, failure.message, failure.hint)]
     finally:

@@ -368,7 +368,7 @@ async def test_stop_mid_operation_leaves_it_to_be_retried_after_restart(tmp_path
     restarted, port = await started(config, runner2, clock)
     record = restarted.drones["nas"].record
     assert record.last_error_kind == "interrupted"
-    assert record.pending == ["scheduled"]
+    assert record.pending == []  # scheduled work: still due, so the tick takes it up
     await restarted.tick()
     await restarted.wait_idle()
     assert runner2.operations() == ["create", "prune", "stats"]
@@ -429,3 +429,78 @@ async def test_timeout_stops_a_stuck_operation(tmp_path: Path) -> None:
     await asyncio.wait_for(task, 5)
     assert port.of("backup_coordinator_finished")[-1]["error"]["kind"] == "timeout"
     assert port.state("sensor.backup_nas_state") == "error"
+
+
+async def test_an_unexpected_error_is_recorded_and_leaves_nothing_stuck(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+
+    async def crashing(operation: str, job: Mapping[str, Any], on_event: Any) -> Result:
+        raise ValueError("a bug")
+
+    runner.behaviours[("nas", "create")] = crashing
+    coordinator, port = await started(make_config(tmp_path, nas={"mode": "manual"}), runner, clock)
+    await coordinator.request("nas", Operation.CREATE)
+    await coordinator.wait_idle()
+    assert port.state("sensor.backup_nas_state") == "error"
+    finished = port.of("backup_coordinator_finished")[-1]
+    assert finished["error"]["kind"] == "agent"
+    assert "a bug" in finished["error"]["message"]
+    assert json.loads((tmp_path / "state.json").read_text())["drones"]["nas"]["running"] is None
+    del runner.behaviours[("nas", "create")]
+    assert await coordinator.request("nas", Operation.CREATE) == "started"
+    await coordinator.wait_idle()
+    assert port.state("sensor.backup_nas_state") == "idle"
+
+
+async def test_a_person_is_notified_once_per_problem_and_a_restart_does_not_repeat_it(
+    tmp_path: Path,
+) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = failing(FailureKind.BORG_ERROR, "LockTimeout")
+    config = make_config(tmp_path, nas={"mode": "manual"})
+    coordinator, port = await started(config, runner, clock)
+    for _ in range(2):
+        await coordinator.request("nas", Operation.CREATE)
+        await coordinator.wait_idle()
+    assert port.notified == ["backup_nas_problem"]
+    assert (
+        port.states["binary_sensor.backup_nas_problem"]
+        .attributes["reason"]
+        .startswith("2 failed operation(s) in a row")
+    )
+    assert [e["raised"] for e in port.of("backup_coordinator_problem")] == [True]
+    await coordinator.stop()
+    _, restarted_port = await started(config, ScriptedRunner(), clock)
+    assert restarted_port.of("backup_coordinator_problem") == []
+    assert restarted_port.notified == []
+    assert restarted_port.state("binary_sensor.backup_nas_problem") == "on"
+
+
+async def test_an_interrupted_request_runs_again_first(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = blocking(runner)
+    config = make_config(tmp_path, nas={"mode": "manual"})
+    coordinator, _ = await started(config, runner, clock)
+    await coordinator.request("nas", Operation.CREATE)
+    await calls_reach(runner, 1)
+    await coordinator.stop()
+    runner2 = ScriptedRunner()
+    restarted, _ = await started(config, runner2, clock)
+    assert restarted.drones["nas"].record.pending == ["create"]
+    await restarted.tick()
+    await restarted.wait_idle()
+    assert runner2.operations() == ["create"]
+
+
+async def test_a_rejected_job_finishes_with_the_agents_exit_code(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+
+    async def rejecting(operation: str, job: Mapping[str, Any], on_event: Any) -> Result:
+        raise OperationFailed(FailureKind.REJECTED, "paths[0]: must be absolute", rc=3)
+
+    runner.behaviours[("nas", "create")] = rejecting
+    coordinator, port = await started(make_config(tmp_path, nas={"mode": "manual"}), runner, clock)
+    await coordinator.request("nas", Operation.CREATE)
+    await coordinator.wait_idle()
+    finished = port.of("backup_coordinator_finished")[-1]
+    assert (finished["rc"], finished["error"]["kind"]) == (3, "rejected")

@@ -31,6 +31,7 @@ def full_record() -> DroneRecord:
         consecutive_failures=3,
         last_error="connection refused",
         last_error_kind="unreachable",
+        last_error_hint="check that nas is up",
         backoff_until=WHEN + timedelta(minutes=8),
         last_archive={"name": "nas-2025-06-01T12:30:15", "stats": {"nfiles": 12}},
         repository={"total_size": 10, "compressed_size": 7, "deduplicated_size": 0},
