@@ -124,7 +124,7 @@ def _check_line(out: TextIO, drone: str, check: str, ok: bool, detail: str, fix:
 
 
 def status(config: Config, out: TextIO) -> int:
-    loaded = Store(config.state_file).load()
+    loaded = Store(config.state_file).load(set_aside=False)  # never move the app's file
     if loaded.problem:
         print(f"state file: {loaded.problem}", file=out)
     print(f"coordinator: {loaded.global_mode}; state file {config.state_file}", file=out)

@@ -31,6 +31,8 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
     helpers_by_entity: dict[str, HelperSpec]
 
     async def initialize(self) -> None:
+        if self.coordinator is not None:  # initialised again without terminate()
+            await self.coordinator.stop()
         self.coordinator = None
         self.helpers_by_entity = {}
         try:
@@ -43,12 +45,18 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             for drone in config.drones
             for helper in entities.drone_helpers(config.entity_prefix, drone.name, drone.settings)
         ]
-        await self._ensure_helpers(helpers)
+        created = await self._ensure_helpers(helpers)
         self.helpers_by_entity = {helper.entity_id: helper for helper in helpers}
         self.coordinator = Coordinator(config, HomeAssistantAdapter(self, config.notify), run_agent)
-        await self.coordinator.start(await self._helper_values(helpers))
+        # A helper created just now holds the apps.yaml value the config already has.
+        existing = [helper for helper in helpers if helper.entity_id not in created]
+        await self.coordinator.start(await self._helper_values(existing))
         for helper in helpers:
-            await self.listen_state(self._on_helper_change, helper.entity_id)
+            # An event filter rather than listen_state: AppDaemon does not yet know helpers
+            # created a moment ago and would log a warning for each of them.
+            await self.listen_event(
+                self._on_state_changed, "state_changed", entity_id=helper.entity_id
+            )
         await self.run_every(self._on_tick, "now", config.tick_seconds)
         await self.run_in(self._on_tick, 0)  # run_every's first call is one interval away
         self.log(
@@ -66,14 +74,16 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         if self.coordinator is not None:
             await self.coordinator.tick()
 
-    async def _on_helper_change(
-        self, entity: str, _attribute: str, old: Any, new: Any, _kwargs: Mapping[str, Any]
+    async def _on_state_changed(
+        self, _event: str, data: Mapping[str, Any], _kwargs: Mapping[str, Any]
     ) -> None:
-        helper = self.helpers_by_entity.get(entity)
+        helper = self.helpers_by_entity.get(str(data.get("entity_id")))
+        old = (data.get("old_state") or {}).get("state")
+        new = (data.get("new_state") or {}).get("state")
         if self.coordinator is None or helper is None or new in NOT_A_VALUE or new == old:
             return
         if helper.operation is not None:
-            if old == "unavailable":  # HA coming back, not a press
+            if old in (None, "unavailable"):  # the button appearing or HA coming back
                 return
             if helper.drone is not None:
                 await self.coordinator.request(helper.drone, helper.operation)
@@ -82,8 +92,10 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
 
     # --- helpers ------------------------------------------------------------------------------
 
-    async def _ensure_helpers(self, helpers: Sequence[HelperSpec]) -> None:
-        """Create the helpers HA does not have yet; existing ones keep the user's values."""
+    async def _ensure_helpers(self, helpers: Sequence[HelperSpec]) -> set[str]:
+        """Create the helpers HA does not have yet (existing ones keep the user's values);
+        returns the entity ids created."""
+        created: set[str] = set()
         for domain in HELPER_DOMAINS:
             wanted = [helper for helper in helpers if helper.domain == domain]
             if not wanted:
@@ -92,6 +104,8 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             for helper in wanted:
                 if helper.object_id not in existing:
                     await self._create_missing_helper(helper)
+                    created.add(helper.entity_id)
+        return created
 
     async def _create_missing_helper(self, helper: HelperSpec) -> None:
         created = await self._ws(
@@ -127,8 +141,8 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             if helper.setting is None:
                 continue
             value = await self.get_state(helper.entity_id)
-            if value not in NOT_A_VALUE or helper.domain == "input_text":
-                values.setdefault(helper.drone, {})[helper.setting] = value or ""
+            if value not in NOT_A_VALUE:
+                values.setdefault(helper.drone, {})[helper.setting] = value
         return values
 
     async def _ws(self, command: str, **fields: Any) -> Any:
@@ -168,21 +182,25 @@ class HomeAssistantAdapter:
         await self.app.fire_event(event_type, **data)
 
     async def notify(self, notification_id: str, title: str, message: str) -> None:
-        await self.app.call_service(
+        await self._call(
             "persistent_notification/create",
             notification_id=notification_id,
             title=title,
             message=message,
         )
         if self.notify_service:
-            await self.app.call_service(
-                self.notify_service.replace(".", "/", 1), title=title, message=message
-            )
+            await self._call(self.notify_service.replace(".", "/", 1), title=title, message=message)
 
     async def dismiss(self, notification_id: str) -> None:
-        await self.app.call_service(
-            "persistent_notification/dismiss", notification_id=notification_id
-        )
+        await self._call("persistent_notification/dismiss", notification_id=notification_id)
+
+    async def _call(self, service: str, **data: Any) -> None:
+        """A notification that cannot be delivered (a mistyped notify service, HA away) is
+        logged; it must never stop the coordinator from recording what happened."""
+        try:
+            await self.app.call_service(service, **data)
+        except Exception as error:
+            self.app.log(f"could not call {service}: {error}", level="WARNING")
 
     def log(self, message: str, level: str = "INFO") -> None:
         self.app.log(message, level=level)

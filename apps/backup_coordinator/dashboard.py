@@ -9,6 +9,7 @@ from typing import Any
 
 from . import entities
 from .config import Config
+from .model import DroneSettings
 
 
 def dashboard(config: Config, title: str = "Backups") -> dict[str, Any]:
@@ -35,35 +36,37 @@ def coordinator_card(prefix: str) -> dict[str, Any]:
 
 
 def drone_card(prefix: str, drone: str) -> dict[str, Any]:
-    def entity(domain: str, suffix: str, name: str) -> dict[str, str]:
-        return {"entity": f"{domain}.{entities.object_id(prefix, drone, suffix)}", "name": name}
+    """Mode and frequency, state and times, sizes, the four buttons, the retention rules."""
+    helpers = entities.drone_helpers(prefix, drone, DroneSettings())
+    sensors = entities.drone_sensors(prefix, entities.DroneSnapshot.empty(drone))
+    sizes = [p for p in sensors if p.attributes.get("device_class") == "data_size"]
+    helper_prefix = f"{entities.title(prefix)} {drone} "
+
+    def helper_rows(chosen: list[entities.HelperSpec]) -> list[dict[str, str]]:
+        return [_row(h.entity_id, h.name.removeprefix(helper_prefix)) for h in chosen]
+
+    def sensor_rows(chosen: list[entities.Publication]) -> list[dict[str, str]]:
+        return [
+            _row(p.entity_id, str(p.attributes["friendly_name"]).removeprefix(f"{drone} "))
+            for p in chosen
+        ]
 
     return {
         "type": "entities",
         "title": drone,
         "state_color": True,
         "entities": [
-            entity("input_select", "mode", "Mode"),
-            entity("input_number", "frequency", "Frequency"),
-            entity("sensor", "state", "State"),
-            entity("binary_sensor", "problem", "Problem"),
-            entity("sensor", "last_backup", "Last backup"),
-            entity("sensor", "next_backup", "Next backup"),
-            entity("sensor", "last_prune", "Last prune"),
+            *helper_rows([h for h in helpers if h.setting in ("mode", "frequency")]),
+            *sensor_rows([p for p in sensors if p not in sizes]),
             {"type": "section", "label": "Repository"},
-            entity("sensor", "total_size", "Total size"),
-            entity("sensor", "compressed_size", "Compressed size"),
-            entity("sensor", "deduplicated_size", "Deduplicated size"),
+            *sensor_rows(sizes),
             {"type": "section", "label": "Actions"},
-            entity("input_button", "create", "Create backup"),
-            entity("input_button", "prune", "Prune backups"),
-            entity("input_button", "update_stats", "Update stats"),
-            entity("input_button", "scheduled_backup", "Scheduled backup"),
+            *helper_rows([h for h in helpers if h.operation is not None]),
             {"type": "section", "label": "Retention"},
-            entity("input_text", "keep_within", "Keep within"),
-            entity("input_number", "keep_weekly", "Keep weekly"),
-            entity("input_number", "keep_monthly", "Keep monthly"),
-            entity("input_number", "keep_yearly", "Keep yearly"),
-            entity("sensor", "last_error", "Last error"),
+            *helper_rows([h for h in helpers if (h.setting or "").startswith("keep_")]),
         ],
     }
+
+
+def _row(entity_id: str, name: str) -> dict[str, str]:
+    return {"entity": entity_id, "name": name[:1].upper() + name[1:]}

@@ -199,6 +199,13 @@ class DroneSnapshot:
     last_error_kind: str | None
     last_error_hint: str | None
 
+    @classmethod
+    def empty(cls, name: str) -> DroneSnapshot:
+        """A drone nothing is known about yet."""
+        return cls(
+            name, DroneState.IDLE, None, None, None, None, None, None, None, (), 0, None, None, None
+        )
+
 
 def drone_sensors(prefix: str, snap: DroneSnapshot) -> list[Publication]:
     def entity(domain: str, suffix: str) -> str:
@@ -230,6 +237,7 @@ def drone_sensors(prefix: str, snap: DroneSnapshot) -> list[Publication]:
                 "archive": archive.get("name", ""),
                 "files": archive.get("nfiles"),
                 "duration_s": archive.get("duration"),
+                "archive_count": snap.archive_count,  # this drone's archives in the repository
             },
         ),
         Publication(
@@ -275,7 +283,6 @@ def drone_sensors(prefix: str, snap: DroneSnapshot) -> list[Publication]:
                 "icon": "mdi:alert-circle-outline",
                 "kind": snap.last_error_kind or "none",
                 "hint": snap.last_error_hint or "",
-                "archive_count": snap.archive_count,
             },
         )
     )

@@ -242,19 +242,24 @@ class Store:
         self._snapshots = itertools.count(1)
         self._written_snapshot = 0
 
-    def load(self) -> LoadResult:
-        """The saved state; empty when there is none. An unusable file is moved aside and
-        the returned ``problem`` says why and where it went."""
+    def load(self, set_aside: bool = True) -> LoadResult:
+        """The saved state; empty when there is none. An unusable file is moved aside (unless
+        ``set_aside`` is false: a read-only look such as the CLI's ``status``) and the returned
+        ``problem`` says why and where it went."""
+
+        def unusable(reason: str) -> LoadResult:
+            return LoadResult(problem=self._set_aside(reason) if set_aside else reason)
+
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return LoadResult()
         except (OSError, UnicodeDecodeError) as error:
-            return LoadResult(problem=self._set_aside(f"cannot read {self.path}: {error}"))
+            return unusable(f"cannot read {self.path}: {error}")
         try:
             return decode_state(text)
         except CorruptState as error:
-            return LoadResult(problem=self._set_aside(f"unusable state file {self.path}: {error}"))
+            return unusable(f"unusable state file {self.path}: {error}")
 
     def save(self, records: Mapping[str, DroneRecord], cursor: int, global_mode: str) -> None:
         self._write(next(self._snapshots), encode_state(records, cursor, global_mode))

@@ -162,6 +162,23 @@ async def test_entities_of_both_drones_exist_with_their_looks(
     ] == "%"
 
 
+async def test_an_empty_repository_shows_zero_sizes_not_missing_ones(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    await press(ha_client, "beta", "update_stats")
+    done = await finished.wait_for(lambda e: e["data"]["drone"] == "beta", TIMEOUT)
+    assert done["data"]["ok"] is True, done["data"]
+    assert done["data"]["results"]["stats"]["archive_count"] == 0
+    total = await ha_client.wait_for_state(
+        "sensor.backup_beta_total_size", lambda s: s["state"] != "unknown", TIMEOUT
+    )
+    assert total["state"] == "0.00"
+    assert total["attributes"]["bytes"] == "0"  # a real zero, sent past AppDaemon's 0 bug
+    last_backup = await state_of(ha_client, "sensor.backup_beta_last_backup")
+    assert last_backup["attributes"]["archive_count"] == "0"
+
+
 async def test_create_button_makes_an_archive_with_progress_and_events(
     stack: Stack, app: AppDaemon, ha_client: HaClient
 ) -> None:
@@ -286,31 +303,29 @@ async def test_tick_backs_up_scheduled_drones_round_robin_and_never_a_manual_one
 ) -> None:
     started = await ha_client.subscribe_events("backup_coordinator_started")
     finished = await ha_client.subscribe_events("backup_coordinator_finished")
-    # beta was never backed up: due at once when scheduled. alpha stays manual although its
-    # last backup is older than its (lowered) frequency.
+    assert stack.drones["beta"].archives() == []  # so beta would be due at once if scheduled
+    # Frequency lowered on a scheduled alpha: the tick backs it up within that minute, while
+    # beta, manual, is passed over by every tick (one a second) meanwhile.
     await set_number(ha_client, "input_number.backup_alpha_frequency", 1)
-    await select(ha_client, "beta", "scheduled")
-    first = await started.wait_for(lambda e: True, TIMEOUT)
-    assert first["data"] == {"drone": "beta", "operation": "scheduled", "requested": False}
-    done = await finished.wait_for(lambda e: e["data"]["drone"] == "beta", TIMEOUT)
-    assert done["data"]["ok"] is True, done["data"]
-    assert len(stack.drones["beta"].archives()) == 1
-    # Now both scheduled with a one-minute frequency: alpha (overdue) goes first, beta follows
-    # when its minute is up; the tick serves them in turn.
     await select(ha_client, "alpha", "scheduled")
+    first = await started.wait_for(lambda e: True, 2 * TIMEOUT)
+    assert first["data"] == {"drone": "alpha", "operation": "scheduled", "requested": False}
+    done = await finished.wait_for(lambda e: e["data"]["drone"] == "alpha", TIMEOUT)
+    assert done["data"]["ok"] is True, done["data"]
+    assert [e["data"]["drone"] for e in started.events] == ["alpha"]
+    assert stack.drones["beta"].archives() == []
+    # Both scheduled with a one-minute frequency: beta (never backed up) right away, then
+    # alpha and beta again in turn as their minutes run out.
     await set_number(ha_client, "input_number.backup_beta_frequency", 1)
-    started.events.clear()
-    await started.wait_for(lambda e: e["data"]["drone"] == "alpha", TIMEOUT)
-    await started.wait_for(lambda e: e["data"]["drone"] == "beta", 2 * TIMEOUT)
+    await select(ha_client, "beta", "scheduled")
+    await started.wait_for(lambda e: e["data"]["drone"] == "beta", TIMEOUT)
+    await started.wait_for(lambda e: len(started.events) >= 4, 3 * TIMEOUT)
     order = [(e["data"]["drone"], e["data"]["requested"]) for e in started.events]
-    assert order[:2] == [("alpha", False), ("beta", False)]
-    assert any(
-        e["data"]["drone"] == "alpha" and e["data"]["operation"] == "scheduled"
-        for e in started.events
-    )
+    assert order[:4] == [("alpha", False), ("beta", False), ("alpha", False), ("beta", False)]
     for drone in ("alpha", "beta"):
         await select(ha_client, drone, "manual")
     await app_idle(ha_client)
+    assert len(stack.drones["beta"].archives()) >= 2
 
 
 async def app_idle(client: HaClient) -> None:
@@ -339,6 +354,7 @@ async def test_unreachable_drone_raises_a_problem_cleared_after_recovery(
         assert raised["data"]["raised"] is True
         error = await state_of(ha_client, "sensor.backup_beta_last_error")
         assert error["attributes"]["kind"] == "unreachable"
+        assert "backup_beta_problem" in await notification_ids(ha_client)
     finally:
         beta.sshd.start()
     await press(ha_client, "beta", "create")
@@ -348,6 +364,11 @@ async def test_unreachable_drone_raises_a_problem_cleared_after_recovery(
     cleared = await problems.wait_for(lambda e: e["data"]["raised"] is False, TIMEOUT)
     assert cleared["data"]["drone"] == "beta"
     assert (await state_of(ha_client, "sensor.backup_beta_state"))["state"] == "idle"
+    assert "backup_beta_problem" not in await notification_ids(ha_client)
+
+
+async def notification_ids(client: HaClient) -> list[str]:
+    return [n["notification_id"] for n in await client.ws_command("persistent_notification/get")]
 
 
 async def test_home_assistant_restart_keeps_helpers_and_brings_sensors_back(

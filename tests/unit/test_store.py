@@ -245,3 +245,13 @@ def test_save_fsyncs_the_file_and_its_directory(
     assert len(synced) == 2
     assert synced[0].startswith(str(tmp_path / ".state.json."))
     assert synced[1] == str(tmp_path)
+
+
+def test_a_read_only_load_leaves_a_corrupt_file_where_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text("{not json")
+    loaded = Store(path).load(set_aside=False)
+    assert loaded.problem is not None
+    assert loaded.records == {}
+    assert path.read_text() == "{not json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
