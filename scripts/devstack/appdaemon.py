@@ -10,16 +10,13 @@ followed quickly. The blocking methods have `async_` twins for async tests.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import subprocess
 from pathlib import Path
 
-from devstack.homeassistant import environment_writing_bytecode, stop_process_group, tail
+from devstack.process import ServerProcess, file_size, read_from, read_text, tail
 from devstack.waiting import free_port, wait_until
 
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
 APPS_READY_MARK = "App initialization complete"
 FAILURE_MARKS = ("Failed to authenticate", "Traceback", "failed to start")
 NO_ROTATION_BYTES = 1_000_000_000
@@ -55,8 +52,11 @@ class AppDaemonError(RuntimeError):
     """AppDaemon did not start its apps, or an expected log line did not come."""
 
 
-class AppDaemon:
+class AppDaemon(ServerProcess):
     """One AppDaemon process with its own config dir, apps dir and HTTP port."""
+
+    display_name = "AppDaemon"
+    error_type = AppDaemonError
 
     def __init__(
         self,
@@ -70,13 +70,13 @@ class AppDaemon:
         time_zone: str = "UTC",
         secrets: str = "",
     ) -> None:
+        super().__init__()
         self.config_dir = config_dir
         self.appdaemon_bin = appdaemon_bin
         self.ha_url = ha_url
         self.port = port if port is not None else free_port()
         self.time_zone = time_zone
         self._token = token
-        self._process: subprocess.Popen[bytes] | None = None
         # Mark 0 is "from the very beginning"; see log_mark().
         self._marks: list[tuple[int, int]] = [(0, 0)]
         self._write_config(apps_source, apps_yaml, secrets)
@@ -84,10 +84,6 @@ class AppDaemon:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     @property
     def apps_dir(self) -> Path:
@@ -132,37 +128,15 @@ class AppDaemon:
 
     def start(self) -> None:
         """Launches AppDaemon and waits until it reports its apps initialised."""
-        if self._process is not None and self._process.poll() is None:
-            raise AppDaemonError(f"AppDaemon already runs as PID {self._process.pid}")
+        self._refuse_if_running()
         mark = self.log_mark()
-        with self.console_log_path.open("ab") as console:
-            self._process = subprocess.Popen(
-                [str(self.appdaemon_bin), "-c", str(self.config_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                env=environment_writing_bytecode({"HA_TOKEN": self._token}),
-                start_new_session=True,
-            )
+        self._launch(
+            [str(self.appdaemon_bin), "-c", str(self.config_dir)],
+            self.console_log_path,
+            {"HA_TOKEN": self._token},
+        )
         self.wait_for_log(APPS_READY_MARK, timeout=START_TIMEOUT, after=mark)
         self._raise_on_failure_marks(mark)
-
-    def stop(self) -> None:
-        """SIGTERM, wait, then SIGKILL the process group; safe to call twice."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        stop_process_group(process, STOP_TIMEOUT)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    async def async_restart(self) -> None:
-        await asyncio.to_thread(self.restart)
-
-    async def async_stop(self) -> None:
-        await asyncio.to_thread(self.stop)
 
     def main_log(self) -> str:
         return read_text(self.main_log_path)
@@ -203,13 +177,9 @@ class AppDaemon:
                 )
 
     def _raise_if_exited(self, mark: int) -> None:
-        process = self._process
-        if process is None:
-            raise AppDaemonError("AppDaemon is not running")
-        if process.poll() is not None:
-            raise AppDaemonError(
-                f"appdaemon exited with {process.returncode}\n{self._log_tails(mark)}"
-            )
+        returncode = self._exit_code()
+        if returncode is not None:
+            raise AppDaemonError(f"appdaemon exited with {returncode}\n{self._log_tails(mark)}")
         main, errors = self._logs_since(mark)
         if "Failed to authenticate" in main or "Failed to authenticate" in errors:
             # AppDaemon retries a rejected token every 5 s forever: fail now instead.
@@ -229,19 +199,3 @@ def copy_app_package(source: Path, destination: Path) -> None:
     if destination.exists():
         shutil.rmtree(destination)
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-
-
-def file_size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
-
-
-def read_text(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
-def read_from(path: Path, offset: int) -> str:
-    if not path.exists():
-        return ""
-    with path.open("rb") as file:
-        file.seek(offset)
-        return file.read().decode(errors="replace")

@@ -66,12 +66,8 @@ def home_assistant(hass_bin: Path) -> Iterator[HomeAssistant]:
     ha = HomeAssistant(DEMO_ROOT / "homeassistant", hass_bin, username=USERNAME, password=PASSWORD)
     ha.write_config(with_frontend=True)
     say(f"starting Home Assistant on {ha.url}")
-    try:
-        ha.start()
-        ha.ensure_token()
+    with ha.running():
         yield ha
-    finally:
-        ha.stop()
 
 
 @contextmanager

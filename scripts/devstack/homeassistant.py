@@ -18,25 +18,22 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
 
+from devstack.process import ServerProcess, file_size, read_from, read_text, tail
 from devstack.waiting import free_port, wait_until
 
 T = TypeVar("T")
 
 START_TIMEOUT = 90.0
-STOP_TIMEOUT = 30.0
 TOKEN_FILE_NAME = "devstack-token.json"  # noqa: S105 (a file name)
 CONSOLE_LOG_NAME = "hass-console.log"
 RECOVERY_MODE_MARK = "Activating recovery mode"
@@ -75,8 +72,11 @@ class HomeAssistantError(RuntimeError):
     """Home Assistant did not start, or refused a request of the harness."""
 
 
-class HomeAssistant:
+class HomeAssistant(ServerProcess):
     """One Home Assistant process with its own config dir and port."""
+
+    display_name = "Home Assistant"
+    error_type = HomeAssistantError
 
     def __init__(
         self,
@@ -89,6 +89,7 @@ class HomeAssistant:
         owner_name: str = "Owner",
         language: str = "en",
     ) -> None:
+        super().__init__()
         self.config_dir = config_dir
         self.hass_bin = hass_bin
         self.port = port if port is not None else free_port()
@@ -96,16 +97,11 @@ class HomeAssistant:
         self.password = password
         self.owner_name = owner_name
         self.language = language
-        self._process: subprocess.Popen[bytes] | None = None
         self._log_offset_at_start = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     @property
     def token_file(self) -> Path:
@@ -141,47 +137,30 @@ class HomeAssistant:
 
     def start(self) -> None:
         """Launches hass and waits until it serves its API (and is RUNNING, once a token exists)."""
-        if self._process is not None and self._process.poll() is None:
-            raise HomeAssistantError(f"Home Assistant already runs as PID {self._process.pid}")
-        self._log_offset_at_start = self._console_log_size()
-        with self.console_log.open("ab") as log:
-            self._process = subprocess.Popen(
-                [str(self.hass_bin), "-c", str(self.config_dir), "--skip-pip"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment_writing_bytecode(),
-                start_new_session=True,
-            )
+        self._refuse_if_running()
+        self._log_offset_at_start = file_size(self.console_log)
+        self._launch(
+            [str(self.hass_bin), "-c", str(self.config_dir), "--skip-pip"],
+            self.console_log,
+        )
         wait_until(self._api_answers, f"Home Assistant on {self.url}", timeout=START_TIMEOUT)
         token = self._saved_token()
         if token is not None:
             self._wait_running(token)
 
-    def stop(self) -> None:
-        """SIGTERM, wait, then SIGKILL the process group; safe to call twice."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        stop_process_group(process, STOP_TIMEOUT)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    # From async tests use these: a blocked event loop cannot answer HA's websocket close
-    # handshake, and HA then waits ~10 s for every such connection before it exits.
-    async def async_restart(self) -> None:
-        await asyncio.to_thread(self.restart)
-
-    async def async_stop(self) -> None:
-        await asyncio.to_thread(self.stop)
+    @contextmanager
+    def running(self) -> Iterator[HomeAssistant]:
+        """Starts and onboards this Home Assistant (see `ensure_token`); stops it on the way out."""
+        try:
+            self.start()
+            self.ensure_token()
+            yield self
+        finally:
+            self.stop()
 
     def log_text(self) -> str:
         """Everything hass printed (all starts of this config dir)."""
-        if not self.console_log.exists():
-            return ""
-        return self.console_log.read_text(errors="replace")
+        return read_text(self.console_log)
 
     def ensure_token(self) -> str:
         """A long-lived admin token: onboards the owner on first use, then reuses the token file."""
@@ -198,23 +177,11 @@ class HomeAssistant:
             return None
         return str(json.loads(self.token_file.read_text())["token"])
 
-    def _console_log_size(self) -> int:
-        return self.console_log.stat().st_size if self.console_log.exists() else 0
-
-    def _log_since_start(self) -> str:
-        with self.console_log.open("rb") as log:
-            log.seek(self._log_offset_at_start)
-            return log.read().decode(errors="replace")
-
     def _raise_if_failed(self) -> None:
-        process = self._process
-        if process is None:
-            raise HomeAssistantError("Home Assistant is not running")
-        log = self._log_since_start()
-        if process.poll() is not None:
-            raise HomeAssistantError(
-                f"hass exited with {process.returncode}; log tail:\n{tail(log)}"
-            )
+        returncode = self._exit_code()
+        log = read_from(self.console_log, self._log_offset_at_start)
+        if returncode is not None:
+            raise HomeAssistantError(f"hass exited with {returncode}; log tail:\n{tail(log)}")
         if RECOVERY_MODE_MARK in log:
             raise HomeAssistantError(
                 f"Home Assistant went into recovery mode (broken configuration); "
@@ -311,34 +278,6 @@ class HomeAssistant:
             if not result.get("success"):
                 raise HomeAssistantError(f"creating the long-lived token failed: {result}")
             return str(result["result"])
-
-
-def stop_process_group(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM to the PID, wait up to `timeout`, then SIGKILL its whole process group."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=timeout)
-    # The process leads its own group (start_new_session): kill leftovers of that group only.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=timeout)
-
-
-def environment_writing_bytecode(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This environment without PYTHONDONTWRITEBYTECODE, plus `extra`.
-
-    The cached venvs are installed without .pyc files and this machine sets
-    PYTHONDONTWRITEBYTECODE: hass would then compile every module on every start (~5.4 s to
-    initialised instead of ~2.3 s). Letting the server write its bytecode makes later starts fast.
-    """
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
-    env.update(extra or {})
-    return env
-
-
-def tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def http_status(url: str) -> int | None:

@@ -55,12 +55,8 @@ def home_assistant_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """A started, onboarded Home Assistant shared by one test module; stopped by PID after."""
     ha = HomeAssistant(tmp_path_factory.mktemp("homeassistant"), hass_binary())
     ha.write_config()
-    try:
-        ha.start()
-        ha.ensure_token()
+    with ha.running():
         yield ha
-    finally:
-        ha.stop()
 
 
 @pytest.fixture(name="ha_token")

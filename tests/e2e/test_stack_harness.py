@@ -214,15 +214,11 @@ def test_broken_configuration_raises_with_the_log_tail(tmp_path: Path) -> None:
 def test_demo_config_finishes_onboarding_without_core_config(tmp_path: Path) -> None:
     ha = HomeAssistant(tmp_path / "demo", hass_binary(), username="demo", password="demo-pass")
     ha.write_config(with_frontend=True)
-    try:
-        ha.start()
-        ha.ensure_token()
+    with ha.running():
         ha.restart()  # onboarded: /api/onboarding is gone, readiness must still work
         assert no_redirect_status(f"{ha.url}/") == 200  # the UI, not the onboarding wizard
         integrations = http_json(f"{ha.url}/api/config", ha.ensure_token())["components"]
         assert not {"met", "radio_browser", "google_translate", "shopping_list"} & set(integrations)
-    finally:
-        ha.stop()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
