@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import posixpath
 import queue
 import re
 import shlex
@@ -27,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -95,8 +95,11 @@ class Job:
 class Location:
     """A borg repository location reduced to what policy matching compares."""
 
-    authority: str  # "" for a local path, else "user@host" or "user@host:port"
-    absolute: bool
+    authority: str  # "" for a local path, else "[user@]host[:port]" as written
+    # Where the path starts, as borg's server resolves it: "/" (absolute), "." (the login
+    # directory: "host:path", "ssh://host/./path"), "~/" (borg's base directory: "~/path",
+    # "/~/path") or "~NAME" (a user's home: "~zoe/path", "/~zoe", bare "~" or "/~").
+    root: str
     components: Tuple[str, ...]
 
 
@@ -109,30 +112,38 @@ COMPRESSION = re.compile(
     r"^(auto,)?(none|lz4|zstd(,([1-9]|1[0-9]|2[0-2]))?|zlib(,[0-9])?|lzma(,[0-9])?)$"
 )
 REMOTE_PATH = re.compile(r"^[A-Za-z0-9_./+][A-Za-z0-9_./+-]*$")
-_USER = r"(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)"
-_HOST = r"(?P<host>[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])"
-SSH_URL = re.compile(r"^ssh://" + _USER + "@" + _HOST + r"(:(?P<port>[0-9]{1,5}))?(?P<path>/.*)$")
-IPV6_HOST = re.compile(r"@\[[0-9A-Fa-f:.]+\]")
-SCP_STYLE = re.compile(r"^" + _USER + "@" + _HOST + r":(?P<path>.+)$")
-# BORG_RSH is a command borg executes: allow ssh with harmless options only, so a job cannot
-# turn it (or ssh's ProxyCommand/LocalCommand) into a way to run arbitrary programs.
-RSH_FLAGS = {"-4", "-6", "-A", "-a", "-C", "-q", "-T", "-x"}
+# borg 1.2/1.4 locations: ssh://[user@]host[:port]/path and scp style [user@]host:path (borg
+# makes the user optional in both). Host: a name (no leading "-": ssh would read an option)
+# or an IPv6 address in brackets. The path is checked for "::" and ".." afterwards.
+_USER = r"(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?"
+_HOST = r"(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])"
+SSH_URL = re.compile(r"ssh://" + _USER + _HOST + r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/.*)", re.S)
+# Like borg, the scp path must not start with ":" or "//" (so "ssh://..." is never scp style).
+SCP_STYLE = re.compile(_USER + _HOST + r":(?!:|//)(?P<path>.+)", re.S)
+IPV6_ADDRESS = re.compile(r"\[[0-9A-Fa-f:.]+\]")
+# BORG_RSH is a command borg executes: ssh itself (from PATH, as borg would run it, or
+# /usr/bin/ssh), with options that neither run other programs (ProxyCommand, LocalCommand, ...)
+# nor weaken host key checking. -A is left out: it would forward an agent to a host the job names.
+RSH_PROGRAMS = ("ssh", "/usr/bin/ssh")
+RSH_FLAGS = {"-4", "-6", "-a", "-C", "-q", "-T", "-x"}
 RSH_OPTIONS_WITH_VALUE = {"-i", "-p", "-o"}
 RSH_SAFE_SSH_OPTIONS = {
     "batchmode",
     "compression",
     "connectionattempts",
     "connecttimeout",
-    "hostkeyalias",
     "identitiesonly",
     "identityfile",
     "loglevel",
     "port",
     "serveralivecountmax",
     "serveraliveinterval",
-    "stricthostkeychecking",
-    "userknownhostsfile",
+    "stricthostkeychecking",  # only "yes"
+    "userknownhostsfile",  # only with StrictHostKeyChecking=yes, never /dev/null
 }
+# -o KEY=VALUE as one word: ssh would also read "KEY VALUE" and "KEY = VALUE"; one form only.
+RSH_OPTION = re.compile(r"(?P<key>[A-Za-z]+)=(?P<value>[^\s\"'=]+)")
+RSH_PORT = re.compile(r"[1-9][0-9]{0,4}")
 
 
 def require_text(value: object, name: str, max_length: int = 4096) -> str:
@@ -195,31 +206,61 @@ def require_absolute_path(value: object, name: str) -> str:
     return path
 
 
-def parse_location(text: str) -> Optional[Location]:
+def split_location(text: str) -> Optional[Tuple[str, str, Optional[str]]]:
+    """A repository location -> (authority, path, port): authority "" for a local path."""
     if text.startswith("/"):
-        return Location("", True, path_components(text))
+        return "", text, None
     for pattern in (SSH_URL, SCP_STYLE):
-        match = pattern.match(text)
+        match = pattern.fullmatch(text)
         if match:
-            port = match.groupdict().get("port")
-            authority = f"{match['user']}@{match['host']}" + (f":{port}" if port else "")
-            path = match["path"]
-            return Location(authority, path.startswith("/"), path_components(path))
+            user, port = match["user"], match.groupdict().get("port")
+            authority = (f"{user}@" if user else "") + match["host"] + (f":{port}" if port else "")
+            return authority, match["path"], port
     return None
+
+
+def remote_root(path: str) -> Tuple[str, str]:
+    """Where borg's server starts a remote path (see Location.root), and the rest."""
+    if path.startswith(("/~/", "~/")):
+        return "~/", path.split("/~/", 1)[1] if path.startswith("/") else path[2:]
+    if path.startswith(("/~", "~")):
+        first, _, rest = path.lstrip("/").partition("/")
+        return first, rest
+    if path.startswith("/./"):
+        return ".", path[3:]
+    if path.startswith("/"):
+        return "/", path
+    return ".", path
+
+
+def parse_location(text: str) -> Optional[Location]:
+    parts = split_location(text)
+    if parts is None:
+        return None
+    authority, path, _port = parts
+    root, rest = ("/", path) if not authority else remote_root(path)
+    return Location(authority, root, path_components(rest))
+
+
+LOCATION_FORMS = "an absolute path, ssh://[user@]host[:port]/path or [user@]host:path"
 
 
 def validate_repository(value: object, name: str) -> str:
     text = require_text(value, name)
     if text.startswith("-"):
         raise Rejected(name, "must not start with '-'")
-    if "::" in IPV6_HOST.sub("", text):  # "::" separates borg's archive name
+    parts = split_location(text)
+    if parts is None:
+        if "::" in IPV6_ADDRESS.sub("", text):
+            raise Rejected(name, "must not contain '::'")
+        raise Rejected(name, f"must be {LOCATION_FORMS}")
+    _authority, path, port = parts
+    if "::" in path:  # "::" separates borg's archive name
         raise Rejected(name, "must not contain '::'")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise Rejected(name, "port must be between 1 and 65535")
     location = parse_location(text)
-    if location is None:
-        raise Rejected(
-            name, "must be an absolute path, ssh://user@host[:port]/path or user@host:path"
-        )
-    if ".." in location.components:
+    if location is None or ".." in location.components:
         raise Rejected(name, "must not contain '..'")
     return text
 
@@ -281,16 +322,17 @@ def validate_keep(value: object, name: str) -> KeepRules:
 def validate_borg_rsh(value: object, name: str) -> str:
     text = require_text(value, name, 1024)
     try:
-        words = shlex.split(text)
+        words = shlex.split(text)  # as borg splits BORG_RSH
     except ValueError:
         raise Rejected(name, "is not a valid command line") from None
-    if not words or posixpath.basename(words[0]) != "ssh" or words[0].startswith("-"):
-        raise Rejected(name, "must run ssh")
+    if not words or words[0] not in RSH_PROGRAMS:
+        raise Rejected(name, "must start with ssh or /usr/bin/ssh")
     check_rsh_options(words[1:], name)
     return text
 
 
 def check_rsh_options(words: Sequence[str], name: str) -> None:
+    options: Dict[str, str] = {}
     index = 0
     while index < len(words):
         word = words[index]
@@ -298,13 +340,42 @@ def check_rsh_options(words: Sequence[str], name: str) -> None:
             index += 1
             continue
         if word not in RSH_OPTIONS_WITH_VALUE or index + 1 >= len(words):
-            raise Rejected(name, "may only use the ssh options -i, -p, -o and simple flags")
+            raise Rejected(
+                name, "may only use the ssh options -i, -p, -o and the flags -4 -6 -a -C -q -T -x"
+            )
         argument = words[index + 1]
         if argument.startswith("-"):
             raise Rejected(name, "option values must not start with '-'")
-        if word == "-o" and argument.split("=", 1)[0].strip().lower() not in RSH_SAFE_SSH_OPTIONS:
-            raise Rejected(name, "uses an ssh -o option that is not allowed")
+        if word == "-p" and not (RSH_PORT.fullmatch(argument) and int(argument) <= 65535):
+            raise Rejected(name, "-p must be a port number between 1 and 65535")
+        if word == "-o":
+            key, option_value = rsh_option(argument, name)
+            options.setdefault(key, option_value)
         index += 2
+    check_host_key_options(options, name)
+
+
+def rsh_option(argument: str, name: str) -> Tuple[str, str]:
+    match = RSH_OPTION.fullmatch(argument)
+    if not match:
+        raise Rejected(name, "ssh -o options must be written KEY=VALUE (one word, no quotes)")
+    key = match["key"].lower()
+    if key not in RSH_SAFE_SSH_OPTIONS:
+        raise Rejected(name, "uses an ssh -o option that is not allowed")
+    if key == "stricthostkeychecking" and match["value"].lower() != "yes":
+        raise Rejected(name, "StrictHostKeyChecking may only be yes: host keys are always verified")
+    if key == "userknownhostsfile" and match["value"] == "/dev/null":
+        raise Rejected(
+            name, "UserKnownHostsFile must not be /dev/null: host keys are always verified"
+        )
+    return key, match["value"]
+
+
+def check_host_key_options(options: Dict[str, str], name: str) -> None:
+    """Another known_hosts file is only safe when ssh may not add keys to it (a host's ssh_config
+    could say StrictHostKeyChecking=accept-new, which would then trust any key)."""
+    if "userknownhostsfile" in options and "stricthostkeychecking" not in options:
+        raise Rejected(name, "UserKnownHostsFile needs -o StrictHostKeyChecking=yes as well")
 
 
 def validate_remote_path(value: object, name: str) -> str:
@@ -446,7 +517,7 @@ def is_under(components: Tuple[str, ...], prefix: Tuple[str, ...]) -> bool:
 def location_allowed(location: Location, allowed: Tuple[Location, ...]) -> bool:
     return any(
         location.authority == prefix.authority
-        and location.absolute == prefix.absolute
+        and location.root == prefix.root
         and is_under(location.components, prefix.components)
         for prefix in allowed
     )
@@ -773,12 +844,16 @@ class Session:
         self.interrupted = False  # a borg run was stopped because of stop_reason
         self.warnings = 0
         self.borg_rc: Optional[int] = None
+        self.process: Optional[subprocess.Popen[bytes]] = None  # the borg that is running
+        self.hello_sent = False
+        self.result_sent = False
 
     def request_stop(self, msgid: str, message: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = {"msgid": msgid, "message": message}
 
     def emit(self, event: Dict[str, Any]) -> None:
+        self.hello_sent = self.hello_sent or event["type"] == "hello"
         if not self.output.write(event):
             self.request_stop("CoordinatorGone", "the agent's output was closed")
 
@@ -810,8 +885,10 @@ def run_borg(session: Session, argv: List[str], env: Dict[str, str]) -> BorgRun:
     start_thread(pump_lines, process.stderr, events)
     start_thread(pump_all, process.stdout, events)
     run = BorgRun(0, b"", [])
+    session.process = process
     collect_output(session, process, events, run)
     run.rc = exit_status(process.wait())
+    session.process = None
     session.borg_rc = max(session.borg_rc or 0, run.rc)
     return run
 
@@ -1234,12 +1311,51 @@ class Request:
             if field_name:
                 event["error"]["field"] = field_name
         session.output.write(event)
+        session.result_sent = True
         return code
 
     def reject(self, rejection: Rejected) -> int:
         self.session.emit(hello_event(self.session.operation, ""))
         error = {"msgid": "JobRejected", "message": rejection.message}
         return self.result(Outcome({}, ok=False, error=error), field_name=rejection.field)
+
+    def crash(self, error: Exception) -> int:
+        """An exception nobody expected: the traceback goes to stderr, a running borg is
+        stopped, and the result (if none was sent yet) says only the exception's type, since
+        its text may hold job data. Always exit 2: 1 would mean "finished with warnings"."""
+        session = self.session
+        report_traceback()
+        try:
+            stop_running_borg(session)
+            if not session.result_sent:
+                if not session.hello_sent:
+                    session.emit(hello_event(session.operation, ""))
+                message = (
+                    f"the agent failed unexpectedly ({type(error).__name__}); "
+                    "the details are on the agent's stderr"
+                )
+                self.result(failure("AgentError", message))
+        except Exception:  # nothing more can be reported on stdout
+            report_traceback()
+        return EXIT_FAILED
+
+
+def report_traceback() -> None:
+    try:
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+    except Exception:  # noqa: S110 - stderr is gone too: exit 2 says enough
+        pass
+
+
+def stop_running_borg(session: Session) -> None:
+    process = session.process
+    if process is not None and process.poll() is None:
+        session.interrupted = True
+        stop_process(process, SIGINT_GRACE, SIGTERM_GRACE)
+    if process is not None:
+        session.borg_rc = max(session.borg_rc or 0, exit_status(process.wait()))
+        session.process = None
 
 
 def exit_code(outcome: Outcome, borg_rc: Optional[int], rejected: bool) -> int:
@@ -1314,11 +1430,24 @@ class StdinWatcher:
             raise Rejected("job", f"no job line within {timeout:.0f} s") from None
 
 
+def answer(request: Request, prepare: Callable[[], Tuple[Job, Policy]]) -> int:
+    """Validates (``prepare``), runs and reports one request. Any exception nobody expected
+    becomes a failed result (``AgentError``) and exit 2."""
+    try:
+        install_stop_signals(request.session)
+        try:
+            job, policy = prepare()
+        except Rejected as rejection:
+            return request.reject(rejection)
+        return execute(request, job, policy)
+    except Exception as error:  # reported as AgentError, the traceback on stderr
+        return request.crash(error)
+
+
 def serve(operation_argument: Optional[str], policy_path: Optional[str]) -> int:
     session = Session("", JsonLinesOutput(sys.stdout.fileno()))
-    request = Request(session)
-    install_stop_signals(session)
-    try:
+
+    def prepare() -> Tuple[Job, Policy]:
         session.operation = validate_operation(
             os.environ.get("SSH_ORIGINAL_COMMAND"), operation_argument
         )
@@ -1327,9 +1456,9 @@ def serve(operation_argument: Optional[str], policy_path: Optional[str]) -> int:
         watcher.start()
         job = validate_job(session.operation, parse_job_line(watcher.job_line(JOB_READ_TIMEOUT)))
         check_policy(policy, session.operation, job)
-    except Rejected as rejection:
-        return request.reject(rejection)
-    return execute(request, job, policy)
+        return job, policy
+
+    return answer(Request(session), prepare)
 
 
 def run_by_hand(
@@ -1339,15 +1468,14 @@ def run_by_hand(
         JsonLinesOutput(sys.stdout.fileno()) if as_json else HumanOutput(sys.stdout, sys.stderr)
     )
     session = Session(operation, output)
-    request = Request(session)
-    install_stop_signals(session)
-    try:
+
+    def prepare() -> Tuple[Job, Policy]:
         policy = load_policy(policy_path)
         job = validate_job(operation, read_job_file(job_path, operation))
         check_policy(policy, operation, job)
-    except Rejected as rejection:
-        return request.reject(rejection)
-    return execute(request, job, policy)
+        return job, policy
+
+    return answer(Request(session), prepare)
 
 
 def read_job_file(path: Optional[str], operation: str) -> object:
@@ -1396,9 +1524,13 @@ def argument_parser() -> ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = argument_parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args.operation, args.policy)
-    return run_by_hand(args.command, args.job, args.policy, args.json)
+    try:
+        if args.command == "serve":
+            return serve(args.operation, args.policy)
+        return run_by_hand(args.command, args.job, args.policy, args.json)
+    except Exception:  # not even a session: exit 2, never Python's 1
+        report_traceback()
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -144,11 +144,12 @@ class AgentProcess:
         ssh_command: str | None = None,
         args: tuple[str, ...] = ("serve",),
         user: str | None = None,
+        program: Path = AGENT_PATH,
     ) -> None:
         env = dict(env)
         if ssh_command is not None:
             env["SSH_ORIGINAL_COMMAND"] = ssh_command
-        argv = [python, str(AGENT_PATH), *args]
+        argv = [python, str(program), *args]
         if user is not None:
             argv = ["runuser", "-u", user, "--", *argv]
         self.process = subprocess.Popen(

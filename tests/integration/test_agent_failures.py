@@ -17,6 +17,7 @@ from devstack.waiting import wait_until
 from tests.integration.agent_support import (
     SYSTEM_PYTHON,
     AgentProcess,
+    AgentResult,
     Repo,
     agent_python,
     assert_framing,
@@ -239,3 +240,91 @@ def test_passphrase_stays_out_of_output_and_borgs_cmdline(
     assert_framing(result)
     assert repo.passphrase.encode() not in result.stdout
     assert repo.passphrase.encode() not in result.stderr
+
+
+# The agent with one of its functions replaced by one that raises, as a bug in it would.
+CRASHING_AGENT = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("backup_drone", {agent!r})
+agent = importlib.util.module_from_spec(spec)
+sys.modules["backup_drone"] = agent
+spec.loader.exec_module(agent)
+
+def explode(*args, **kwargs):
+    raise RuntimeError("job data that must stay off stdout: /home/zoe/secret-project")
+
+setattr(agent, {function!r}, explode)
+sys.exit(agent.main(sys.argv[1:]))
+"""
+
+# A borg that prints one log line, then runs until it is stopped; it writes down the signal.
+WAITING_BORG = """#!{python}
+import signal, sys, time
+if sys.argv[1:] == ["--version"]:
+    print("borg 1.2.4")
+    sys.exit(0)
+
+def stopped(signum, frame):
+    with open({marker!r}, "w") as marker:
+        marker.write(signal.Signals(signum).name)
+    sys.exit(2)
+
+signal.signal(signal.SIGINT, stopped)
+sys.stderr.write('{{"type": "log_message", "levelname": "INFO", "message": "working"}}\\n')
+sys.stderr.flush()
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def run_crashing_agent(
+    python: str, repo: Repo, tmp_path: Path, function: str, borg: Path
+) -> AgentResult:
+    program = tmp_path / "crashing_agent.py"
+    program.write_text(CRASHING_AGENT.format(agent=str(AGENT_PATH), function=function))
+    policy = write_policy(tmp_path / "policy.json", repositories=["/"], paths=["/"], borg=str(borg))
+    agent = AgentProcess(
+        python,
+        repo.job(),
+        repo.env(),
+        ssh_command="list",
+        args=("serve", "--policy", str(policy)),
+        program=program,
+    )
+    return agent.finish()
+
+
+def assert_agent_error(result: AgentResult) -> None:
+    assert_framing(result)
+    assert result.exit_code == 2, result.stderr
+    assert result.result["ok"] is False
+    assert result.error["msgid"] == "AgentError"
+    assert "RuntimeError" in result.error["message"]
+    assert b"secret-project" not in result.stdout
+    assert b"RuntimeError: job data that must stay off stdout" in result.stderr  # the traceback
+
+
+def test_an_agent_bug_before_anything_ran_is_a_failure_not_a_warning(
+    agent_python: str, repo: Repo, tmp_path: Path
+) -> None:
+    result = run_crashing_agent(
+        agent_python, repo, tmp_path, "validate_job", Path(shutil.which("borg") or "borg")
+    )
+    assert_agent_error(result)
+    assert result.events[0] == {**result.events[0], "operation": "list", "borg_version": ""}
+    assert result.result["borg_rc"] is None
+
+
+def test_an_agent_bug_while_borg_runs_stops_borg(
+    agent_python: str, repo: Repo, tmp_path: Path
+) -> None:
+    marker = tmp_path / "borg-stopped-by"
+    borg = tmp_path / "borg"
+    borg.write_text(WAITING_BORG.format(python=SYSTEM_PYTHON, marker=str(marker)))
+    borg.chmod(0o755)
+    result = run_crashing_agent(agent_python, repo, tmp_path, "handle_stderr_line", borg)
+    assert_agent_error(result)
+    assert result.events[0]["borg_version"] == "1.2.4"
+    assert marker.read_text() == "SIGINT"  # borg was stopped the clean way
+    assert result.result["borg_rc"] == 2

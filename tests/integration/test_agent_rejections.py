@@ -122,6 +122,7 @@ INJECTIONS: list[tuple[str, Any, str]] = [
     ("repository", "--remote-path=sh", "repository"),
     ("repository", "/srv/repo;rm -rf /", "repository"),  # a fine path, outside the policy
     ("repository", "/srv/repo::evil", "repository"),
+    ("repository", "/srv/repo@[::1]", "repository"),  # borg would read "::1]" as an archive
     ("repository", "ssh://borg@host/x\nrm", "repository"),
     ("paths", ["relative/path"], "paths[0]"),
     ("paths", ["/ok", "/etc/../root"], "paths[1]"),
@@ -137,6 +138,9 @@ INJECTIONS: list[tuple[str, Any, str]] = [
     ("one_file_system", "yes", "one_file_system"),
     ("borg_rsh", "sh -c 'id > /tmp/pwned'", "borg_rsh"),
     ("borg_rsh", "ssh -o ProxyCommand='id > /tmp/pwned'", "borg_rsh"),
+    ("borg_rsh", "/tmp/evil/ssh", "borg_rsh"),
+    ("borg_rsh", "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null", "borg_rsh"),
+    ("borg_rsh", "ssh -o StrictHostKeyChecking=accept-new", "borg_rsh"),
     ("borg_remote_path", "borg; id", "borg_remote_path"),
     ("borg_remote_path", "$(id)", "borg_remote_path"),
     ("passphrase", ["not", "a", "string"], "passphrase"),
@@ -251,3 +255,20 @@ def test_a_good_job_through_the_same_wrapper_runs_borg(
 def test_nothing_was_written_to_the_repository(shared_repo: Repo) -> None:
     assert list_archives(shared_repo.path, shared_repo.passphrase, shared_repo.base_dir) == []
     assert not (shared_repo.path / "lock.exclusive").exists()
+
+
+def test_a_remote_location_without_a_user_reaches_borg_as_written(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
+) -> None:
+    """ssh://host[:port]/path without user@ is a borg location too. Port 1 on the loopback
+    refuses the connection, so borg fails at once, but it did run with the job's location."""
+    location = "ssh://127.0.0.1:1/./repo"
+    policy = open_policy(tmp_path, borg, repositories=["ssh://127.0.0.1:1/./"])
+    job = shared_repo.job(
+        repository=location, borg_rsh="ssh -o BatchMode=yes -o StrictHostKeyChecking=yes"
+    )
+    result = serve(agent_python, "list", job, shared_repo, policy)
+    assert_framing(result)
+    assert result.exit_code == 2, result.events
+    assert [argv[0] for argv in borg.operations()] == ["list"]
+    assert borg.operations()[0][-2:] == ["--", location]

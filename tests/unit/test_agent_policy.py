@@ -146,3 +146,38 @@ def test_malformed_policies_are_rejected(tmp_path: Path, content: str) -> None:
 def test_missing_explicit_policy_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(agent.Rejected, match="cannot read the policy file"):
         agent.load_policy(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize(
+    ("allowed", "repository", "ok"),
+    [
+        # no user: ssh's own default user; only the same spelling of the authority matches
+        ("ssh://nas/srv/repos", "ssh://nas/srv/repos/laptop", True),
+        ("ssh://nas/srv/repos", "nas:/srv/repos/laptop", True),
+        ("ssh://nas/srv/repos", "ssh://borg@nas/srv/repos/laptop", False),
+        ("ssh://borg@nas/srv/repos", "ssh://nas/srv/repos/laptop", False),
+        ("ssh://nas:2222/srv/repos", "ssh://nas:2222/srv/repos/laptop", True),
+        ("ssh://nas:2222/srv/repos", "ssh://nas/srv/repos/laptop", False),
+        ("ssh://[fd00::1]/srv", "[fd00::1]:/srv/laptop", True),
+        # /./ is relative to the login directory, like user@host:path; it is not /path
+        ("ssh://borg@nas/srv", "ssh://borg@nas/./srv/laptop", False),
+        ("ssh://borg@nas/./srv", "ssh://borg@nas/srv/laptop", False),
+        ("borg@nas:repos", "ssh://borg@nas/./repos/laptop", True),
+        ("ssh://borg@nas/./repos", "borg@nas:repos/laptop", True),
+        ("ssh://borg@nas/./repos", "borg@nas:./repos/laptop", True),
+        # ~/ is borg's base directory on the server (not necessarily the login directory);
+        # ~user is that user's home
+        ("borg@nas:~/repos", "ssh://borg@nas/~/repos/laptop", True),
+        ("ssh://borg@nas/~/repos", "borg@nas:~/repos/laptop", True),
+        ("borg@nas:~/repos", "borg@nas:repos/laptop", False),
+        ("borg@nas:repos", "borg@nas:~/repos/laptop", False),
+        ("borg@nas:~/repos", "borg@nas:~zoe/repos", False),
+        ("borg@nas:/home/borg", "borg@nas:~/x", False),
+        ("ssh://borg@nas/~zoe", "borg@nas:~zoe/repos", True),
+        ("ssh://borg@nas/srv", "ssh://borg@nas/~/srv", False),
+    ],
+)
+def test_remote_repositories_in_every_borg_spelling(
+    allowed: str, repository: str, ok: bool
+) -> None:
+    test_remote_repositories(allowed, repository, ok)

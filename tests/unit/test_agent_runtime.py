@@ -255,3 +255,86 @@ def test_human_sizes(size: float, text: str) -> None:
 
 def test_printable_escapes_control_characters_and_bad_bytes() -> None:
     assert agent.printable("a\nb\x1b[2J caf\udce9") == "a\\nb\\x1b[2J caf\\xe9"
+
+
+# -- an unexpected exception ---------------------------------------------------------------------
+
+LEAKY_MESSAGE = "job data that must not reach stdout: /home/zoe/secret-project"
+
+
+def explode(*_args: Any, **_kwargs: Any) -> Any:
+    raise RuntimeError(LEAKY_MESSAGE)
+
+
+@pytest.fixture
+def agent_in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """main() run inside the test: no signal handlers of its own, no host policy file."""
+    monkeypatch.setattr(agent, "install_stop_signals", lambda _session: None)
+    monkeypatch.setattr(agent, "DEFAULT_POLICY_PATH", str(tmp_path / "absent.json"))
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.mark.usefixtures("agent_in_process")
+def test_an_exception_before_hello_is_a_failed_result_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(agent, "validate_job", explode)
+    assert agent.main(["hello", "--json"]) == 2
+    captured = capfd.readouterr()
+    events = json_lines(captured.out)
+    assert [e["type"] for e in events] == ["hello", "result"]
+    assert events[0]["borg_version"] == ""
+    result = events[-1]
+    assert (result["ok"], result["rc"], result["borg_rc"]) == (False, 2, None)
+    assert result["error"]["msgid"] == "AgentError"
+    assert "RuntimeError" in result["error"]["message"]
+    assert "secret-project" not in captured.out
+    assert "Traceback" in captured.err
+    assert LEAKY_MESSAGE in captured.err
+
+
+@pytest.mark.usefixtures("agent_in_process")
+def test_an_exception_after_hello_sends_no_second_hello(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    monkeypatch.setattr(agent, "find_borg", lambda _policy, _env: "/usr/bin/borg")
+    monkeypatch.setattr(agent, "borg_version", lambda _borg, _env: "1.2.4")
+    monkeypatch.setattr(agent.Operations, "list", explode)
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps({"protocol": 1, "repository": "/srv/repo"}))
+    assert agent.main(["list", "--job", str(job_file), "--json"]) == 2
+    captured = capfd.readouterr()
+    events = json_lines(captured.out)
+    assert [e["type"] for e in events] == ["hello", "result"]
+    assert events[0]["borg_version"] == "1.2.4"
+    assert events[-1]["error"]["msgid"] == "AgentError"
+    assert "secret-project" not in captured.out
+
+
+@pytest.mark.usefixtures("agent_in_process")
+def test_an_exception_by_hand_prints_a_failure_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(agent, "validate_job", explode)
+    assert agent.main(["hello"]) == 2
+    captured = capfd.readouterr()
+    assert "FAILED: AgentError: " in captured.out
+    assert "exit code 2" in captured.out
+    assert "secret-project" not in captured.out
+
+
+@pytest.mark.usefixtures("agent_in_process")
+def test_an_exception_while_writing_the_result_still_ends_with_one_failed_result(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(agent, "find_borg", lambda _policy, _env: "/usr/bin/borg")
+    monkeypatch.setattr(agent, "borg_version", lambda _borg, _env: "1.2.4")
+    monkeypatch.setitem(agent.SUMMARIES, "hello", explode)  # the readable summary of success
+    assert agent.main(["hello"]) == 2
+    out = capfd.readouterr().out
+    assert out.count("FAILED: AgentError: ") == 1
+    assert out.count("exit code") == 1
+    assert "exit code 2" in out

@@ -93,7 +93,7 @@ def test_good_repositories(repository: str) -> None:
         ("/srv/repo::archive", "must not contain '::'"),
         ("/srv/../etc", "must not contain '..'"),
         ("ssh://borg@host/srv/../x", "must not contain '..'"),
-        ("ssh://host/srv", "must be an absolute path"),
+        ("ssh://host", "must be an absolute path"),
         ("ssh://-oProxyCommand=x@host/srv", "must be an absolute path"),
         ("borg@-oProxy:x", "must be an absolute path"),
         ("/srv/repo\n", "must not contain control characters"),
@@ -357,3 +357,123 @@ def test_the_agent_answers_garbage_with_a_rejection(first_line: bytes) -> None:
     assert completed.returncode == 3, completed.stderr
     assert [e["type"] for e in events] == ["hello", "result"]
     assert events[-1]["error"]["msgid"] == "JobRejected"
+
+
+# -- borg_rsh: ssh itself, with host keys always verified ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "borg_rsh",
+    [
+        "ssh",
+        "/usr/bin/ssh",
+        "/usr/bin/ssh -i /root/.ssh/backup -p 2222 -4 -C -T -q -x -a",
+        "ssh -o StrictHostKeyChecking=yes",
+        "ssh -o stricthostkeychecking=YES -o BatchMode=yes",
+        "ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/backup/known_hosts",
+        "ssh -o UserKnownHostsFile=/etc/backup/known_hosts -o StrictHostKeyChecking=yes",
+        "ssh -o ServerAliveInterval=10 -o ServerAliveCountMax=3 -o ConnectTimeout=5",
+        "ssh -o IdentityFile=/root/.ssh/backup -o IdentitiesOnly=yes -o Port=2222",
+        "ssh -o ConnectionAttempts=2 -o Compression=no -o LogLevel=ERROR",
+    ],
+)
+def test_borg_rsh_accepts_ssh_with_safe_options(borg_rsh: str) -> None:
+    assert agent.validate_job("list", job(borg_rsh=borg_rsh)).borg_rsh == borg_rsh
+
+
+@pytest.mark.parametrize(
+    ("borg_rsh", "message"),
+    [
+        # a job never chooses the binary: only ssh from PATH or /usr/bin/ssh
+        ("/tmp/evil/ssh", "must start with ssh or /usr/bin/ssh"),
+        ("./ssh", "must start with ssh or /usr/bin/ssh"),
+        ("/usr/local/bin/ssh", "must start with ssh or /usr/bin/ssh"),
+        ("ssh2 -i /k", "must start with ssh or /usr/bin/ssh"),
+        ("-o ProxyCommand=id", "must start with ssh or /usr/bin/ssh"),
+        # host keys are always verified
+        ("ssh -o StrictHostKeyChecking=no", "StrictHostKeyChecking"),
+        ("ssh -o StrictHostKeyChecking=off", "StrictHostKeyChecking"),
+        ("ssh -o StrictHostKeyChecking=accept-new", "StrictHostKeyChecking"),
+        ("ssh -o StrictHostKeyChecking=ask", "StrictHostKeyChecking"),
+        ("ssh -o StrictHostKeyChecking=false", "StrictHostKeyChecking"),
+        (
+            "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "StrictHostKeyChecking",
+        ),
+        ("ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/dev/null", "/dev/null"),
+        ("ssh -o UserKnownHostsFile=/etc/backup/known_hosts", "StrictHostKeyChecking=yes"),
+        ("ssh -o GlobalKnownHostsFile=/dev/null", "not allowed"),
+        ("ssh -o CheckHostIP=no", "not allowed"),
+        ("ssh -o HostKeyAlias=other", "not allowed"),
+        ("ssh -o VerifyHostKeyDNS=yes", "not allowed"),
+        ("ssh -o UpdateHostKeys=yes", "not allowed"),
+        ("ssh -o KnownHostsCommand=id", "not allowed"),
+        # ssh reads "-o 'Key Value'" too: only KEY=VALUE, one word, is understood here
+        ("ssh -o 'StrictHostKeyChecking no'", "KEY=VALUE"),
+        ("ssh -o 'StrictHostKeyChecking = no'", "KEY=VALUE"),
+        ("ssh -o StrictHostKeyChecking=yes=no", "KEY=VALUE"),
+        ("ssh -o 'StrictHostKeyChecking=yes no'", "KEY=VALUE"),
+        ("ssh -o StrictHostKeyChecking=", "KEY=VALUE"),
+        # agent forwarding to a host the job names
+        ("ssh -A", "may only use"),
+        ("ssh -o ForwardAgent=yes", "not allowed"),
+        ("ssh -p 0", "-p"),
+        ("ssh -p 22x", "-p"),
+        ("ssh -F /tmp/config", "may only use"),
+    ],
+)
+def test_borg_rsh_rejections(borg_rsh: str, message: str) -> None:
+    with pytest.raises(agent.Rejected) as caught:
+        agent.validate_job("list", job(borg_rsh=borg_rsh))
+    assert caught.value.field == "borg_rsh"
+    assert message in caught.value.message
+
+
+# -- repository locations borg 1.2 accepts ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "ssh://backup.lan/srv/repo",
+        "ssh://backup.lan:2222/./repo",
+        "ssh://backup.lan/~/repo",
+        "ssh://[fd00::1]/srv/repo",
+        "ssh://[fd00::1]:2222/srv/repo",
+        "ssh://my_nas/srv/repo",
+        "backup.lan:repo",
+        "backup.lan:/srv/repo",
+        "backup.lan:~/repo",
+        "[fd00::1]:/srv/repo",
+        "borg@[fd00::1]:/srv/repo",
+        "ssh://borg@backup.lan:65535/srv/repo",
+    ],
+)
+def test_locations_without_a_user_and_other_borg_forms(repository: str) -> None:
+    assert agent.validate_job("list", job(repository=repository)).repository == repository
+
+
+@pytest.mark.parametrize(
+    ("repository", "message"),
+    [
+        ("ssh://backup.lan:0/srv/repo", "port must be between 1 and 65535"),
+        ("ssh://backup.lan:65536/srv/repo", "port must be between 1 and 65535"),
+        ("file:///srv/repo", "must be an absolute path"),
+        ("backup.lan::repo", "must not contain '::'"),
+        ("/srv/a@[::1]", "must not contain '::'"),
+        ("ssh://borg@[fd00::1]/srv/repo::x", "must not contain '::'"),
+        ("[fd00::1]:/srv/repo::x", "must not contain '::'"),
+        ("backup.lan://srv/repo", "must be an absolute path"),
+        ("ssh://backup.lan", "must be an absolute path"),
+        ("ssh://-oProxyCommand=id/srv", "must be an absolute path"),
+        ("-oProxyCommand=id:x", "must not start with '-'"),
+        ("backup.lan:", "must be an absolute path"),
+        ("backup.lan:../x", "must not contain '..'"),
+        ("ssh://backup.lan/./../x", "must not contain '..'"),
+    ],
+)
+def test_more_bad_locations(repository: str, message: str) -> None:
+    with pytest.raises(agent.Rejected) as caught:
+        agent.validate_job("list", job(repository=repository))
+    assert caught.value.field == "repository"
+    assert message in caught.value.message
