@@ -61,8 +61,53 @@ COMPRESSION_PATTERN = re.compile(
 )
 HOST_PATTERN = re.compile(r"^[A-Za-z0-9_\[][A-Za-z0-9._:%\[\]-]{0,252}$")
 USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-SSH_URL_PATTERN = re.compile(r"^ssh://([^@/\s]+@)?[^@/:\s]+(:[0-9]{1,5})?/\S*$")
-SCP_LOCATION_PATTERN = re.compile(r"^[^@/:\s-][^@/:\s]*@[^@/:\s]+:\S+$")
+
+# What the drone agent accepts in a job (drone_agent/backup_drone.py, docs/protocol.md), checked
+# here as well so a mistake shows up once, at start, naming drone and key, instead of as a
+# rejected job at every backup. The agent stays authoritative; tests/unit/test_config.py checks
+# that both sides agree.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+TEXT_MAX = 4096
+_LOCATION_USER = r"(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?"
+_LOCATION_HOST = r"(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])"
+SSH_URL_PATTERN = re.compile(
+    r"ssh://" + _LOCATION_USER + _LOCATION_HOST + r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/.*)",
+    re.S,
+)
+SCP_LOCATION_PATTERN = re.compile(_LOCATION_USER + _LOCATION_HOST + r":(?!:|//)(?P<path>.+)", re.S)
+IPV6_ADDRESS_PATTERN = re.compile(r"\[[0-9A-Fa-f:.]+\]")
+LOCATION_FORMS = "an absolute path, ssh://[user@]host[:port]/path or [user@]host:path"
+REMOTE_PATH_PATTERN = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
+RSH_PROGRAMS = ("ssh", "/usr/bin/ssh")
+RSH_FLAGS = frozenset({"-4", "-6", "-a", "-C", "-q", "-T", "-x"})
+RSH_OPTIONS_WITH_VALUE = frozenset({"-i", "-p", "-o"})
+RSH_SAFE_SSH_OPTIONS = frozenset(
+    {
+        "batchmode",
+        "compression",
+        "connectionattempts",
+        "connecttimeout",
+        "identitiesonly",
+        "identityfile",
+        "loglevel",
+        "port",
+        "serveralivecountmax",
+        "serveraliveinterval",
+        "stricthostkeychecking",
+        "userknownhostsfile",
+    }
+)
+RSH_OPTION_PATTERN = re.compile(r"(?P<key>[A-Za-z]+)=(?P<value>[^\s\"'=]+)")
+RSH_PORT_PATTERN = re.compile(r"[1-9][0-9]{0,4}")
+MAX_PATHS = 1000
+MAX_EXCLUDE_PATTERNS = 1000
+MAX_EXCLUDE_IF_PRESENT = 100
+FILE_NAME_MAX = 255
+WORD_MAX = 256
+
+# A drone's helpers are named <prefix>_<drone>_<suffix>; these names would take the
+# coordinator's own (<prefix>_coordinator_mode is its global mode helper).
+RESERVED_DRONE_NAMES = frozenset({"coordinator"})
 
 DEFAULT_ENTITY_PREFIX = "backup"
 DEFAULT_STATE_FILE = "backup_coordinator_state.json"
@@ -171,11 +216,13 @@ class DroneConfig:
         """Identifies the repository, so no two operations ever run on it at once.
 
         A local path only means something on its host, so it is qualified with the host;
-        remote locations name their host already and are used as written.
+        remote locations name their host already and are written one way (``borg@nas:/r``
+        and ``ssh://borg@nas/r`` are the same repository).
         """
         if self.repository.startswith("/"):
             return f"{self.ssh.host}:{posixpath.normpath(self.repository)}"
-        return self.repository
+        location = parse_location(self.repository)
+        return location.remote_key if location is not None else self.repository
 
 
 @dataclass(frozen=True)
@@ -220,16 +267,34 @@ def _text(key: str, value: object, what: str = "text") -> str:
     return value
 
 
-def _single_line(key: str, value: object, what: str) -> str:
+def _single_line(key: str, value: object, what: str, max_length: int = TEXT_MAX) -> str:
     text = _text(key, value, what)
-    if not text or any(c in text for c in "\n\r\0"):
+    if not text or any(c in text for c in "\n\r"):
         raise InvalidValue(key, f"must be {what} (one non-empty line), got {_shown(value)}")
+    if CONTROL_CHARACTERS.search(text):
+        raise InvalidValue(
+            key,
+            f"must be {what} without control characters (tab, escape, ...), got {_shown(value)}",
+        )
+    if len(text) > max_length:
+        raise InvalidValue(key, f"must be {what} of at most {max_length} characters")
+    if not _encodable(text):
+        raise InvalidValue(key, f"must be {what} in valid text, got {_shown(value)}")
     return text
+
+
+def _encodable(text: str) -> bool:
+    """Whether the text can become argv bytes on the drone (as the agent requires)."""
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _matching(key: str, value: object, pattern: re.Pattern[str], what: str) -> str:
     text = _text(key, value, what)
-    if not pattern.match(text):
+    if not pattern.fullmatch(text):  # fullmatch: "$" alone would accept a trailing newline
         raise InvalidValue(key, f"must be {what}, got {_shown(value)}")
     return text
 
@@ -261,9 +326,13 @@ def _boolean(key: str, value: object) -> bool:
     return value
 
 
-def _text_list(key: str, value: object, item: Callable[[str, object], str]) -> tuple[str, ...]:
+def _text_list(
+    key: str, value: object, item: Callable[[str, object], str], max_items: int
+) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         raise InvalidValue(key, f"must be a list, got {_shown(value)}")
+    if len(value) > max_items:
+        raise InvalidValue(key, f"must have at most {max_items} entries, got {len(value)}")
     return tuple(item(f"{key}[{index}]", entry) for index, entry in enumerate(value))
 
 
@@ -306,7 +375,13 @@ def _absolute_path(key: str, value: object) -> str:
     text = _single_line(key, value, "an absolute path")
     if not text.startswith("/"):
         raise InvalidValue(key, f"must be an absolute path, got {_shown(value)}")
+    if ".." in _path_components(text):
+        raise InvalidValue(key, f"must not contain '..', got {_shown(value)}")
     return text
+
+
+def _path_components(path: str) -> tuple[str, ...]:
+    return tuple(part for part in path.split("/") if part not in ("", "."))
 
 
 def _pattern_text(key: str, value: object) -> str:
@@ -314,18 +389,78 @@ def _pattern_text(key: str, value: object) -> str:
 
 
 def _file_name(key: str, value: object) -> str:
-    text = _single_line(key, value, "a file name")
-    if "/" in text:
-        raise InvalidValue(key, f"must be a file name without '/', got {_shown(value)}")
+    text = _single_line(key, value, "a file name", FILE_NAME_MAX)
+    if "/" in text or text in (".", ".."):
+        raise InvalidValue(
+            key, f"must be a file name without '/' (not . or ..), got {_shown(value)}"
+        )
     return text
 
 
+@dataclass(frozen=True)
+class Location:
+    """A repository location as borg reads it: who serves it, where its path starts, the rest.
+
+    ``root`` follows borg's server: "/" absolute, "." the login directory ("host:path",
+    ``ssh://host/./path``), "~/" borg's base directory ("~/path"), "~NAME" a user's home.
+    """
+
+    authority: str  # "" for a local path, else "[user@]host[:port]" as written
+    root: str
+    components: tuple[str, ...]
+    port: str | None = None
+    path: str = ""
+
+    @property
+    def remote_key(self) -> str:
+        """One spelling per remote location: ``ssh://borg@nas/srv/r`` and ``borg@nas:/srv/r``
+        give the same key; a different user, port or root gives another."""
+        start = {"/": "/", ".": "/./", "~/": "/~/"}.get(self.root, f"/{self.root}/")
+        return f"ssh://{self.authority}{start}{'/'.join(self.components)}"
+
+
+def parse_location(text: str) -> Location | None:
+    if text.startswith("/"):
+        return Location("", "/", _path_components(text), None, text)
+    for pattern in (SSH_URL_PATTERN, SCP_LOCATION_PATTERN):
+        match = pattern.fullmatch(text)
+        if match:
+            user, port, path = match["user"], match.groupdict().get("port"), match["path"]
+            authority = (f"{user}@" if user else "") + match["host"] + (f":{port}" if port else "")
+            root, rest = _remote_root(path)
+            return Location(authority, root, _path_components(rest), port, path)
+    return None
+
+
+def _remote_root(path: str) -> tuple[str, str]:
+    if path.startswith(("/~/", "~/")):
+        return "~/", path.split("~/", 1)[1]
+    if path.startswith(("/~", "~")):
+        first, _, rest = path.lstrip("/").partition("/")
+        return first, rest
+    if path.startswith("/./"):
+        return ".", path[3:]
+    if path.startswith("/"):
+        return "/", path
+    return ".", path
+
+
 def _repository(key: str, value: object) -> str:
-    expected = "an absolute path, ssh://[user@]host[:port]/path or user@host:path"
-    text = _single_line(key, value, expected)
-    if text.startswith("/") or SSH_URL_PATTERN.match(text) or SCP_LOCATION_PATTERN.match(text):
-        return text
-    raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
+    text = _single_line(key, value, LOCATION_FORMS)
+    if text.startswith("-"):
+        raise InvalidValue(key, f"must be {LOCATION_FORMS}, got {_shown(value)}")
+    location = parse_location(text)
+    if location is None:
+        if "::" in IPV6_ADDRESS_PATTERN.sub("", text):
+            raise InvalidValue(key, "must not contain '::' (borg's archive separator)")
+        raise InvalidValue(key, f"must be {LOCATION_FORMS}, got {_shown(value)}")
+    if "::" in location.path:
+        raise InvalidValue(key, "must not contain '::' (borg's archive separator)")
+    if location.port is not None and not PORT_RANGE[0] <= int(location.port) <= PORT_RANGE[1]:
+        raise InvalidValue(key, f"port must be between 1 and 65535, got {_shown(value)}")
+    if ".." in location.components:
+        raise InvalidValue(key, f"must not contain '..', got {_shown(value)}")
+    return text
 
 
 def _passphrase(key: str, value: object) -> str | None:
@@ -336,6 +471,8 @@ def _passphrase(key: str, value: object) -> str | None:
         raise InvalidValue(
             key, f"must be text (quote it in YAML), got a value of type {type(value).__name__}"
         )
+    if len(value) > TEXT_MAX or "\x00" in value or not _encodable(value):
+        raise InvalidValue(key, f"must be text of at most {TEXT_MAX} characters without NUL")
     return value
 
 
@@ -374,14 +511,17 @@ def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
     _reject_unknown_keys("", args, TOP_LEVEL_KEYS, ignored=APPDAEMON_KEYS)
     ssh_block = _parse_ssh_block(args.get("ssh", {}), base_dir)
     defaults = _parse_defaults(args.get("defaults", {}), ssh_block, base_dir)
-    drones, problems = _parse_drones(args.get("drones"), defaults, base_dir, _passphrases_in(args))
+    entity_prefix = _matching(
+        "entity_prefix",
+        args.get("entity_prefix", DEFAULT_ENTITY_PREFIX),
+        SLUG_PATTERN,
+        "a slug: a lowercase letter, then up to 30 lowercase letters, digits or _",
+    )
+    drones, problems = _parse_drones(
+        args.get("drones"), defaults, base_dir, _passphrases_in(args), entity_prefix
+    )
     return Config(
-        entity_prefix=_matching(
-            "entity_prefix",
-            args.get("entity_prefix", DEFAULT_ENTITY_PREFIX),
-            SLUG_PATTERN,
-            "a slug: a lowercase letter, then up to 30 lowercase letters, digits or _",
-        ),
+        entity_prefix=entity_prefix,
         state_file=Path(
             _local_path(base_dir)("state_file", args.get("state_file", DEFAULT_STATE_FILE))
         ),
@@ -453,7 +593,11 @@ def _parse_defaults(value: object, ssh_block: Mapping[str, Any], base_dir: Path)
 
 
 def _parse_drones(
-    value: object, defaults: Mapping[str, Any], base_dir: Path, secrets: tuple[str, ...]
+    value: object,
+    defaults: Mapping[str, Any],
+    base_dir: Path,
+    secrets: tuple[str, ...],
+    entity_prefix: str,
 ) -> tuple[tuple[DroneConfig, ...], tuple[ConfigProblem, ...]]:
     if value is None:
         raise InvalidValue("drones", "required: a mapping of drone names to their settings")
@@ -465,7 +609,7 @@ def _parse_drones(
     for name in sorted(drones_section, key=str):
         settings = drones_section[name]
         try:
-            drone = parse_drone(name, settings, defaults, base_dir)
+            drone = parse_drone(name, settings, defaults, base_dir, entity_prefix)
             _check_archive_prefix_unique(drone, drones)
         except InvalidValue as error:
             problems.append(
@@ -509,14 +653,25 @@ def _redact(message: str, secrets: Iterable[str]) -> str:
 
 
 def parse_drone(
-    name: object, value: object, defaults: Mapping[str, Any], base_dir: Path
+    name: object,
+    value: object,
+    defaults: Mapping[str, Any],
+    base_dir: Path,
+    entity_prefix: str = DEFAULT_ENTITY_PREFIX,
 ) -> DroneConfig:
     """One drone's settings, with the inherited defaults; raises InvalidValue naming the key."""
-    if not isinstance(name, str) or not SLUG_PATTERN.match(name):
+    if not isinstance(name, str) or not SLUG_PATTERN.fullmatch(name):
         raise InvalidValue(
             "name",
             "a drone name must be a slug: a lowercase letter, then up to 30 lowercase "
             f"letters, digits or _, got {_shown(name)}",
+        )
+    if name in RESERVED_DRONE_NAMES:
+        raise InvalidValue(
+            "name",
+            f"the drone name {name!r} is reserved: its mode helper would be "
+            f"input_select.{entity_prefix}_{name}_mode, the coordinator's own global mode "
+            "helper; choose another name",
         )
     own = _mapping(f"drones.{name}", value)
     _reject_unknown_keys("", own, DRONE_KEYS)
@@ -563,8 +718,12 @@ def _drone_value_parsers(base_dir: Path) -> dict[str, Callable[[str, object], An
             "a letter or digit, then up to 63 letters, digits, '.', '_' or '-'",
         ),
         "paths": _non_empty_paths,
-        "exclude_patterns": lambda key, value: _text_list(key, value, _pattern_text),
-        "exclude_if_present": lambda key, value: _text_list(key, value, _file_name),
+        "exclude_patterns": lambda key, value: _text_list(
+            key, value, _pattern_text, MAX_EXCLUDE_PATTERNS
+        ),
+        "exclude_if_present": lambda key, value: _text_list(
+            key, value, _file_name, MAX_EXCLUDE_IF_PRESENT
+        ),
         "one_file_system": _boolean,
         "compression": lambda key, value: _matching(
             key,
@@ -581,31 +740,93 @@ def _drone_value_parsers(base_dir: Path) -> dict[str, Callable[[str, object], An
 
 
 def _borg_rsh(key: str, value: object) -> str:
-    """borg runs this to reach a remote repository: it must be ssh (the agent also checks its
-    options against a short list, see docs/protocol.md)."""
-    text = _single_line(key, value, "an ssh command line")
+    """borg runs this to reach a remote repository: ssh itself, with the few options the agent
+    allows (see docs/protocol.md); host keys are always verified."""
+    text = _single_line(key, value, "an ssh command line", 1024)
     try:
-        words = shlex.split(text)
+        words = shlex.split(text)  # as borg splits BORG_RSH
     except ValueError:
         words = []
-    if not words or posixpath.basename(words[0]) != "ssh":
+    if not words or words[0] not in RSH_PROGRAMS:
         raise InvalidValue(
-            key, f"must be an ssh command line like 'ssh -i KEY', got {_shown(value)}"
+            key,
+            "must start with ssh or /usr/bin/ssh, as in 'ssh -i KEY' (a job never picks "
+            f"another program), got {_shown(value)}",
         )
+    _check_rsh_options(key, words[1:])
     return text
 
 
-def _remote_path(key: str, value: object) -> str:
-    text = _single_line(key, value, "the borg command on the repository host")
-    if any(c.isspace() for c in text) or text.startswith("-"):
+def _check_rsh_options(key: str, words: list[str]) -> None:
+    options: dict[str, str] = {}
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word in RSH_FLAGS:
+            index += 1
+            continue
+        if word not in RSH_OPTIONS_WITH_VALUE or index + 1 >= len(words):
+            raise InvalidValue(
+                key,
+                "may only use the ssh options -i FILE, -p PORT, -o KEY=VALUE and the flags "
+                f"-4 -6 -a -C -q -T -x, got {word!r}",
+            )
+        argument = words[index + 1]
+        if argument.startswith("-"):
+            raise InvalidValue(key, f"option values must not start with '-', got {argument!r}")
+        if word == "-p" and not (RSH_PORT_PATTERN.fullmatch(argument) and int(argument) <= 65535):
+            raise InvalidValue(key, "-p must be a port number between 1 and 65535")
+        if word == "-o":
+            option, option_value = _rsh_option(key, argument)
+            options.setdefault(option, option_value)
+        index += 2
+    if "userknownhostsfile" in options and "stricthostkeychecking" not in options:
         raise InvalidValue(
-            key, f"must be the borg command on the repository host, got {_shown(value)}"
+            key,
+            "UserKnownHostsFile needs -o StrictHostKeyChecking=yes as well, so ssh can never "
+            "add an unknown key to it",
+        )
+
+
+def _rsh_option(key: str, argument: str) -> tuple[str, str]:
+    match = RSH_OPTION_PATTERN.fullmatch(argument)
+    if not match:
+        raise InvalidValue(
+            key, f"ssh -o options must be written KEY=VALUE (one word, no quotes), got {argument!r}"
+        )
+    option, option_value = match["key"].lower(), match["value"]
+    if option not in RSH_SAFE_SSH_OPTIONS:
+        raise InvalidValue(
+            key,
+            f"the ssh option {match['key']} is not allowed; allowed: BatchMode, Compression, "
+            "ConnectionAttempts, ConnectTimeout, IdentitiesOnly, IdentityFile, LogLevel, Port, "
+            "ServerAliveCountMax, ServerAliveInterval, StrictHostKeyChecking=yes, "
+            "UserKnownHostsFile",
+        )
+    if option == "stricthostkeychecking" and option_value.lower() != "yes":
+        raise InvalidValue(
+            key, "StrictHostKeyChecking may only be yes: host keys are always verified"
+        )
+    if option == "userknownhostsfile" and option_value == "/dev/null":
+        raise InvalidValue(
+            key, "UserKnownHostsFile must not be /dev/null: host keys are always verified"
+        )
+    return option, option_value
+
+
+def _remote_path(key: str, value: object) -> str:
+    text = _single_line(key, value, "the borg command on the repository host", WORD_MAX)
+    if not REMOTE_PATH_PATTERN.fullmatch(text):
+        raise InvalidValue(
+            key,
+            "must be the borg command on the repository host: a command or path of letters, "
+            f"digits and _ . / + - (no spaces or shell characters), got {_shown(value)}",
         )
     return text
 
 
 def _non_empty_paths(key: str, value: object) -> tuple[str, ...]:
-    paths = _text_list(key, value, _absolute_path)
+    paths = _text_list(key, value, _absolute_path, MAX_PATHS)
     if not paths:
         raise InvalidValue(key, "must list at least one absolute path to back up")
     return paths

@@ -21,6 +21,7 @@ from backup_coordinator.config import (
     parse_config,
 )
 from backup_coordinator.model import DroneSettings, KeepRules, Mode, SshTarget
+from tests.integration.agent_support import load_agent
 
 BASE = Path("/conf/apps")
 SECRET = "correct horse battery staple"
@@ -244,7 +245,8 @@ def test_appdaemons_own_keys_are_ignored() -> None:
         ("/srv/borg/nas", "nas.lan:/srv/borg/nas"),
         ("/srv/borg/nas/", "nas.lan:/srv/borg/nas"),
         ("ssh://borg@store:22/./repo", "ssh://borg@store:22/./repo"),
-        ("borg@store:repo", "borg@store:repo"),
+        ("borg@store:repo", "ssh://borg@store/./repo"),
+        ("borg@store:/srv/repo/", "ssh://borg@store/srv/repo"),
     ],
 )
 def test_repository_key_qualifies_local_paths_with_the_host(repository: str, key: str) -> None:
@@ -495,7 +497,6 @@ NOT_ABSOLUTE = "must be an absolute path"
         ({"keepalive_interval": False}, "keepalive_interval", "a number >= 0"),
         # repository
         ({"repository": "srv/borg"}, "repository", "an absolute path, ssh://"),
-        ({"repository": "host:path"}, "repository", "an absolute path, ssh://"),
         ({"repository": "ftp://host/path"}, "repository", "an absolute path, ssh://"),
         ({"repository": "-r/srv"}, "repository", "an absolute path, ssh://"),
         ({"repository": "/srv/borg\nx"}, "repository", "one non-empty line"),
@@ -580,7 +581,14 @@ def test_a_key_file_is_required_unless_every_drone_sets_one(key: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected_drone"),
-    [("NAS", "NAS"), ("1nas", "1nas"), ("n-a-s", "n-a-s"), (5, "5"), ("n" * 32, "n" * 32)],
+    [
+        ("NAS", "NAS"),
+        ("1nas", "1nas"),
+        ("n-a-s", "n-a-s"),
+        (5, "5"),
+        ("n" * 32, "n" * 32),
+        ("nas\n", "nas\n"),
+    ],
 )
 def test_a_bad_drone_name_is_a_problem(name: Any, expected_drone: str) -> None:
     config = parse_config(app_args(drones={name: minimal_drone()}), BASE)
@@ -794,5 +802,274 @@ def test_borg_rsh_must_run_ssh(tmp_path: Path) -> None:
     config = parse_config(args, tmp_path)
     assert [d.name for d in config.drones] == ["good"]
     assert [str(p) for p in config.problems] == [
-        "drone 'bad': key 'borg_rsh': must be an ssh command line like 'ssh -i KEY', got 'sh -c id'"
+        "drone 'bad': key 'borg_rsh': must start with ssh or /usr/bin/ssh, as in 'ssh -i KEY' "
+        "(a job never picks another program), got 'sh -c id'"
     ]
+
+
+# --- what the agent would reject at every backup is a problem at start -----------------------
+
+agent = load_agent()
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "expected"),
+    [
+        # repository: the agent's location rules
+        ({"repository": "/srv/borg::archive"}, "repository", "must not contain '::'"),
+        ({"repository": "borg@nas:repo::x"}, "repository", "must not contain '::'"),
+        ({"repository": "/srv/../etc"}, "repository", "must not contain '..'"),
+        ({"repository": "ssh://borg@nas/srv/../x"}, "repository", "must not contain '..'"),
+        ({"repository": "nas:../x"}, "repository", "must not contain '..'"),
+        ({"repository": "/srv/borg\tx"}, "repository", "control characters"),
+        ({"repository": "/srv/borg\x1b[2J"}, "repository", "control characters"),
+        ({"repository": "/" + "r" * 4096}, "repository", "at most 4096 characters"),
+        ({"repository": "ssh://borg@nas%eth0/srv"}, "repository", "an absolute path, ssh://"),
+        ({"repository": "ssh://borg@-oProxy/srv"}, "repository", "an absolute path, ssh://"),
+        ({"repository": "ssh://nas:0/srv"}, "repository", "port must be between 1 and 65535"),
+        ({"repository": "ssh://nas:70000/srv"}, "repository", "port must be between 1 and 65535"),
+        ({"repository": "nas://srv/repo"}, "repository", "an absolute path, ssh://"),
+        ({"repository": "file:///srv/repo"}, "repository", "an absolute path, ssh://"),
+        # paths
+        ({"paths": ["/home/../etc"]}, "paths[0]", "must not contain '..'"),
+        ({"paths": ["/home", "/srv/.."]}, "paths[1]", "must not contain '..'"),
+        ({"paths": ["/home\tx"]}, "paths[0]", "control characters"),
+        ({"paths": ["/home/\x7f"]}, "paths[0]", "control characters"),
+        ({"paths": ["/" + "p" * 4096]}, "paths[0]", "at most 4096 characters"),
+        ({"paths": ["/home"] * 1001}, "paths", "at most 1000 entries"),
+        ({"paths": ["/home/\ud800"]}, "paths[0]", "valid text"),
+        # exclude_patterns
+        ({"exclude_patterns": ["*.tmp\x1b"]}, "exclude_patterns[0]", "control characters"),
+        ({"exclude_patterns": ["ok", "a\tb"]}, "exclude_patterns[1]", "control characters"),
+        ({"exclude_patterns": ["p" * 4097]}, "exclude_patterns[0]", "at most 4096 characters"),
+        ({"exclude_patterns": ["x"] * 1001}, "exclude_patterns", "at most 1000 entries"),
+        # exclude_if_present
+        ({"exclude_if_present": ["."]}, "exclude_if_present[0]", "a file name"),
+        ({"exclude_if_present": [".."]}, "exclude_if_present[0]", "a file name"),
+        ({"exclude_if_present": ["a\x01"]}, "exclude_if_present[0]", "control characters"),
+        ({"exclude_if_present": ["n" * 256]}, "exclude_if_present[0]", "at most 255 characters"),
+        ({"exclude_if_present": ["x"] * 101}, "exclude_if_present", "at most 100 entries"),
+        # patterns ending in a newline (a regular expression's $ matches before it)
+        ({"archive_prefix": "nas\n"}, "archive_prefix", "a letter or digit"),
+        ({"compression": "lz4\n"}, "compression", "none, lz4, zstd[,1-22]"),
+        # borg_remote_path: borg hands it to a shell on the repository host
+        ({"borg_remote_path": "borg;id"}, "borg_remote_path", "the borg command"),
+        ({"borg_remote_path": "$(id)"}, "borg_remote_path", "the borg command"),
+        ({"borg_remote_path": "borg|tee"}, "borg_remote_path", "the borg command"),
+        ({"borg_remote_path": "'borg'"}, "borg_remote_path", "the borg command"),
+        ({"borg_remote_path": "/b" * 200}, "borg_remote_path", "at most 256 characters"),
+        # borg_rsh: ssh itself, host keys always verified
+        ({"borg_rsh": "/tmp/evil/ssh"}, "borg_rsh", "must start with ssh or /usr/bin/ssh"),
+        ({"borg_rsh": "/usr/local/bin/ssh"}, "borg_rsh", "must start with ssh or /usr/bin/ssh"),
+        (
+            {"borg_rsh": "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"},
+            "borg_rsh",
+            "StrictHostKeyChecking may only be yes",
+        ),
+        (
+            {"borg_rsh": "ssh -o StrictHostKeyChecking=accept-new"},
+            "borg_rsh",
+            "StrictHostKeyChecking may only be yes",
+        ),
+        (
+            {"borg_rsh": "ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/dev/null"},
+            "borg_rsh",
+            "UserKnownHostsFile must not be /dev/null",
+        ),
+        (
+            {"borg_rsh": "ssh -o UserKnownHostsFile=/etc/kh"},
+            "borg_rsh",
+            "needs -o StrictHostKeyChecking=yes",
+        ),
+        ({"borg_rsh": "ssh -o ProxyCommand=id"}, "borg_rsh", "not allowed"),
+        ({"borg_rsh": "ssh -A"}, "borg_rsh", "may only use the ssh options"),
+        ({"borg_rsh": "ssh -p 0"}, "borg_rsh", "-p must be a port number"),
+        ({"borg_rsh": "ssh -o 'StrictHostKeyChecking no'"}, "borg_rsh", "KEY=VALUE"),
+        ({"borg_rsh": "ssh\t-v"}, "borg_rsh", "control characters"),
+        # passphrase (never echoed)
+        ({"passphrase": "nul\x00inside"}, "passphrase", "without NUL"),
+        ({"passphrase": "p" * 4097}, "passphrase", "at most 4096 characters"),
+    ],
+)
+def test_what_the_agent_rejects_is_a_problem_naming_drone_and_key(
+    changes: dict[str, Any], key: str, expected: str
+) -> None:
+    problem = drone_problem(minimal_drone(**changes))
+    assert problem.key == key
+    assert expected in problem.message
+    assert str(problem).startswith(f"drone 'nas': key {key!r}: ")
+    if "passphrase" in changes:
+        assert "inside" not in str(problem)
+        assert "ppppp" not in str(problem)
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "ssh://nas.lan/srv/borg",
+        "ssh://nas.lan:2222/./borg",
+        "ssh://[fd00::1]/srv/borg",
+        "nas.lan:borg",
+        "nas.lan:/srv/borg",
+        "nas.lan:~/borg",
+        "[fd00::1]:/srv/borg",
+        "borg@[fd00::1]:/srv/borg",
+        "ssh://my_nas/srv/borg",
+    ],
+)
+def test_every_location_the_agent_accepts_is_accepted(repository: str) -> None:
+    config = parse_config(app_args(drones={"nas": minimal_drone(repository=repository)}), BASE)
+    assert config.problems == ()
+    assert config.drones[0].repository == repository
+
+
+@pytest.mark.parametrize(
+    "borg_rsh",
+    [
+        "ssh -i /root/.ssh/store",
+        "/usr/bin/ssh -p 2222 -o BatchMode=yes",
+        "ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/etc/backup/store_known_hosts",
+    ],
+)
+def test_borg_rsh_the_agent_accepts_is_accepted(borg_rsh: str) -> None:
+    config = parse_config(app_args(drones={"nas": minimal_drone(borg_rsh=borg_rsh)}), BASE)
+    assert config.problems == ()
+    assert config.drones[0].borg_rsh == borg_rsh
+
+
+def agent_accepts(field: str, value: object) -> bool:
+    job = {"protocol": 1, "repository": "/srv/borg", field: value}
+    try:
+        agent.validate_job("list", job)
+    except agent.Rejected:
+        return False
+    return True
+
+
+def config_accepts(key: str, value: object) -> bool:
+    return parse_config(app_args(drones={"nas": minimal_drone(**{key: value})}), BASE).drones != ()
+
+
+LOCATION_PIECES = st.sampled_from(
+    ["ssh://", "borg@", "nas", "[fd00::1]", ":", "::", "22", "0", "/", "./", "~", "~zoe",
+     "..", ".", "srv", "-o", "x", "@", "%", " ", "\t", "_", "//", "file://"]
+)  # fmt: skip
+RSH_PIECES = st.sampled_from(
+    ["ssh", "/usr/bin/ssh", "/tmp/ssh", "-i", "/k", "-p", "22", "0", "-o", "-A", "-4", "-C",
+     "StrictHostKeyChecking=yes", "StrictHostKeyChecking=no", "stricthostkeychecking=YES",
+     "UserKnownHostsFile=/kh", "UserKnownHostsFile=/dev/null", "ProxyCommand=id", "BatchMode=yes",
+     "'StrictHostKeyChecking no'", "HostKeyAlias=x", "'", "-F", "x=y=z"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(LOCATION_PIECES, min_size=1, max_size=8))
+def test_config_and_agent_agree_on_repositories(pieces: list[str]) -> None:
+    repository = "".join(pieces)
+    assert config_accepts("repository", repository) == agent_accepts("repository", repository)
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(RSH_PIECES, min_size=1, max_size=7))
+def test_config_and_agent_agree_on_borg_rsh(words: list[str]) -> None:
+    borg_rsh = " ".join(words)
+    assert config_accepts("borg_rsh", borg_rsh) == agent_accepts("borg_rsh", borg_rsh)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.sampled_from(["paths", "exclude_patterns", "exclude_if_present"]),
+    items=st.lists(
+        st.lists(
+            st.sampled_from(["/", ".", "..", "a", "*", "-", " ", "\t", "\x00", "\x7f", "é"]),
+            max_size=6,
+        ).map("".join),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_config_and_agent_agree_on_path_lists(key: str, items: list[str]) -> None:
+    assert config_accepts(key, items) == agent_accepts(key, items)
+
+
+WORD_PIECES = st.sampled_from(
+    ["a", "z", "0", "9", ".", "_", "-", "+", "/", ",", " ", "\n", ";", "$",
+     "lz4", "zstd", "auto,", "zlib", ",6", ",22", "none"]
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.sampled_from(["archive_prefix", "compression", "borg_remote_path"]),
+    text=st.lists(WORD_PIECES, min_size=1, max_size=5).map("".join),
+)
+def test_config_and_agent_agree_on_single_words(key: str, text: str) -> None:
+    assert config_accepts(key, text) == agent_accepts(key, text)
+
+
+def test_one_repository_in_two_spellings_is_one_repository() -> None:
+    drones = {
+        "nas": minimal_drone(repository="ssh://borg@store/srv/borg"),
+        "pc": minimal_drone(repository="borg@store:/srv/borg/", archive_prefix="nas"),
+    }
+    config = parse_config(app_args(drones=drones), BASE)
+    assert config.drones[0].repository_key == "ssh://borg@store/srv/borg"
+    problem = only_problem(config)
+    assert (problem.drone, problem.key) == ("pc", "archive_prefix")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("ssh://borg@store/./borg", "borg@store:borg"),
+        ("ssh://store/~/borg", "store:~/borg"),
+        ("ssh://store:2222/srv", "ssh://store:2222/srv/."),
+    ],
+)
+def test_repository_keys_of_the_same_location_are_equal(first: str, second: str) -> None:
+    keys = [
+        parse_config(app_args(drones={"nas": minimal_drone(repository=r)}), BASE)
+        .drones[0]
+        .repository_key
+        for r in (first, second)
+    ]
+    assert keys[0] == keys[1]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("ssh://borg@store/srv/borg", "ssh://store/srv/borg"),
+        ("ssh://store/srv/borg", "ssh://store:22/srv/borg"),
+        ("ssh://store/./borg", "ssh://store/borg"),
+        ("ssh://store/~/borg", "store:borg"),
+    ],
+)
+def test_repository_keys_of_different_locations_differ(first: str, second: str) -> None:
+    keys = [
+        parse_config(app_args(drones={"nas": minimal_drone(repository=r)}), BASE)
+        .drones[0]
+        .repository_key
+        for r in (first, second)
+    ]
+    assert keys[0] != keys[1]
+
+
+def test_the_drone_name_coordinator_is_reserved() -> None:
+    config = parse_config(
+        app_args(drones={"coordinator": minimal_drone(), "nas": minimal_drone(repository="/r")}),
+        BASE,
+    )
+    assert [d.name for d in config.drones] == ["nas"]
+    problem = only_problem(config)
+    assert (problem.drone, problem.key) == ("coordinator", "name")
+    assert "input_select.backup_coordinator_mode" in problem.message
+    assert "global mode" in problem.message
+    assert str(problem).startswith("drone 'coordinator': key 'name': ")
+
+
+def test_the_reserved_name_follows_the_entity_prefix() -> None:
+    config = parse_config(
+        app_args(entity_prefix="borg", drones={"coordinator": minimal_drone()}), BASE
+    )
+    assert "input_select.borg_coordinator_mode" in only_problem(config).message
