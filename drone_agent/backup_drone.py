@@ -249,6 +249,10 @@ def validate_repository(value: object, name: str) -> str:
     text = require_text(value, name)
     if text.startswith("-"):
         raise Rejected(name, "must not start with '-'")
+    if "{" in text or "}" in text:
+        # borg expands placeholders in a location ({hostname}, {now:FORMAT}, ...) after the
+        # policy check: {now:..} would become "..".
+        raise Rejected(name, "must not contain '{' or '}' (borg placeholders)")
     parts = split_location(text)
     if parts is None:
         if "::" in IPV6_ADDRESS.sub("", text):

@@ -449,6 +449,12 @@ def _repository(key: str, value: object) -> str:
     text = _single_line(key, value, LOCATION_FORMS)
     if text.startswith("-"):
         raise InvalidValue(key, f"must be {LOCATION_FORMS}, got {_shown(value)}")
+    if "{" in text or "}" in text:
+        raise InvalidValue(
+            key,
+            "must not contain '{' or '}': borg would expand them as placeholders "
+            f"({{hostname}}, {{now}}, ...), got {_shown(value)}",
+        )
     location = parse_location(text)
     if location is None:
         if "::" in IPV6_ADDRESS_PATTERN.sub("", text):

@@ -123,6 +123,7 @@ INJECTIONS: list[tuple[str, Any, str]] = [
     ("repository", "/srv/repo;rm -rf /", "repository"),  # a fine path, outside the policy
     ("repository", "/srv/repo::evil", "repository"),
     ("repository", "/srv/repo@[::1]", "repository"),  # borg would read "::1]" as an archive
+    ("repository", "/srv/{now:..}/{now:..}/etc", "repository"),  # borg expands placeholders
     ("repository", "ssh://borg@host/x\nrm", "repository"),
     ("paths", ["relative/path"], "paths[0]"),
     ("paths", ["/ok", "/etc/../root"], "paths[1]"),

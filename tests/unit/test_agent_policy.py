@@ -181,3 +181,10 @@ def test_remote_repositories_in_every_borg_spelling(
     allowed: str, repository: str, ok: bool
 ) -> None:
     test_remote_repositories(allowed, repository, ok)
+
+
+def test_a_placeholder_cannot_leave_an_allowed_prefix() -> None:
+    """borg expands {now:FORMAT} in a location (strftime keeps "..") after the policy check."""
+    with pytest.raises(agent.Rejected) as caught:
+        create_job(repository="/srv/backup/{now:..}/{now:..}/etc")
+    assert caught.value.field == "repository"

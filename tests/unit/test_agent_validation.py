@@ -470,6 +470,11 @@ def test_locations_without_a_user_and_other_borg_forms(repository: str) -> None:
         ("backup.lan:", "must be an absolute path"),
         ("backup.lan:../x", "must not contain '..'"),
         ("ssh://backup.lan/./../x", "must not contain '..'"),
+        # borg expands placeholders in a location: {now:..} would become ".."
+        ("/srv/backup/{now:..}/{now:..}/etc", "must not contain '{' or '}'"),
+        ("/srv/backup/{hostname}", "must not contain '{' or '}'"),
+        ("ssh://nas/srv/{user}", "must not contain '{' or '}'"),
+        ("/srv/backup/}", "must not contain '{' or '}'"),
     ],
 )
 def test_more_bad_locations(repository: str, message: str) -> None:

@@ -830,6 +830,8 @@ agent = load_agent()
         ({"repository": "ssh://nas:70000/srv"}, "repository", "port must be between 1 and 65535"),
         ({"repository": "nas://srv/repo"}, "repository", "an absolute path, ssh://"),
         ({"repository": "file:///srv/repo"}, "repository", "an absolute path, ssh://"),
+        ({"repository": "/srv/{now:..}/etc"}, "repository", "must not contain '{' or '}'"),
+        ({"repository": "nas:{hostname}"}, "repository", "must not contain '{' or '}'"),
         # paths
         ({"paths": ["/home/../etc"]}, "paths[0]", "must not contain '..'"),
         ({"paths": ["/home", "/srv/.."]}, "paths[1]", "must not contain '..'"),
@@ -952,7 +954,7 @@ def config_accepts(key: str, value: object) -> bool:
 
 LOCATION_PIECES = st.sampled_from(
     ["ssh://", "borg@", "nas", "[fd00::1]", ":", "::", "22", "0", "/", "./", "~", "~zoe",
-     "..", ".", "srv", "-o", "x", "@", "%", " ", "\t", "_", "//", "file://"]
+     "..", ".", "srv", "-o", "x", "@", "%", " ", "\t", "_", "//", "file://", "{now:..}"]
 )  # fmt: skip
 RSH_PIECES = st.sampled_from(
     ["ssh", "/usr/bin/ssh", "/tmp/ssh", "-i", "/k", "-p", "22", "0", "-o", "-A", "-4", "-C",
