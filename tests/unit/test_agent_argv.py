@@ -116,14 +116,31 @@ def test_the_archive_glob_matches_only_this_prefix() -> None:
 def test_compact_info_list_check_argv() -> None:
     validated = job()
     assert agent.compact_argv(BORG, validated) == [
-        BORG, "compact", "--info", "--log-json", "--lock-wait=60", "--", "/srv/repo"
-    ]  # fmt: skip
+        BORG,
+        "compact",
+        "--info",
+        "--log-json",
+        "--lock-wait=60",
+        "--",
+        "/srv/repo",
+    ]
     assert agent.info_argv(BORG, validated) == [
-        BORG, "info", "--json", "--log-json", "--lock-wait=60", "--", "/srv/repo"
-    ]  # fmt: skip
+        BORG,
+        "info",
+        "--json",
+        "--log-json",
+        "--lock-wait=60",
+        "--",
+        "/srv/repo",
+    ]
     assert agent.check_argv(BORG, validated) == [
-        BORG, "check", "--log-json", "--lock-wait=60", "--", "/srv/repo"
-    ]  # fmt: skip
+        BORG,
+        "check",
+        "--log-json",
+        "--lock-wait=60",
+        "--",
+        "/srv/repo",
+    ]
     list_argv = agent.list_argv(BORG, validated)
     assert list_argv[:5] == [BORG, "list", "--json", "--log-json", "--lock-wait=60"]
     assert list_argv[5].startswith("--glob-archives=web-")
@@ -133,8 +150,14 @@ def test_compact_info_list_check_argv() -> None:
 def test_list_without_prefix_lists_everything() -> None:
     validated = agent.validate_job("list", {"protocol": 1, "repository": "/srv/repo"})
     assert agent.list_argv(BORG, validated) == [
-        BORG, "list", "--json", "--log-json", "--lock-wait=60", "--", "/srv/repo"
-    ]  # fmt: skip
+        BORG,
+        "list",
+        "--json",
+        "--log-json",
+        "--lock-wait=60",
+        "--",
+        "/srv/repo",
+    ]
 
 
 def test_the_passphrase_is_in_no_argv() -> None:

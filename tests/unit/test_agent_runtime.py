@@ -21,13 +21,14 @@ agent = load_agent()
 
 # A child that ignores SIGINT (and optionally SIGTERM) and says so once its handlers are set.
 STUBBORN_CHILD = """
-import signal, sys, time
+import signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 if sys.argv[1] == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("ready", flush=True)
+signal.alarm(60)  # never outlive a broken test
 while True:
-    time.sleep(0.05)
+    signal.pause()
 """
 
 

@@ -953,15 +953,62 @@ def config_accepts(key: str, value: object) -> bool:
 
 
 LOCATION_PIECES = st.sampled_from(
-    ["ssh://", "borg@", "nas", "[fd00::1]", ":", "::", "22", "0", "/", "./", "~", "~zoe",
-     "..", ".", "srv", "-o", "x", "@", "%", " ", "\t", "_", "//", "file://", "{now:..}"]
-)  # fmt: skip
+    [
+        "ssh://",
+        "borg@",
+        "nas",
+        "[fd00::1]",
+        ":",
+        "::",
+        "22",
+        "0",
+        "/",
+        "./",
+        "~",
+        "~zoe",
+        "..",
+        ".",
+        "srv",
+        "-o",
+        "x",
+        "@",
+        "%",
+        " ",
+        "\t",
+        "_",
+        "//",
+        "file://",
+        "{now:..}",
+    ]
+)
 RSH_PIECES = st.sampled_from(
-    ["ssh", "/usr/bin/ssh", "/tmp/ssh", "-i", "/k", "-p", "22", "0", "-o", "-A", "-4", "-C",
-     "StrictHostKeyChecking=yes", "StrictHostKeyChecking=no", "stricthostkeychecking=YES",
-     "UserKnownHostsFile=/kh", "UserKnownHostsFile=/dev/null", "ProxyCommand=id", "BatchMode=yes",
-     "'StrictHostKeyChecking no'", "HostKeyAlias=x", "'", "-F", "x=y=z"]
-)  # fmt: skip
+    [
+        "ssh",
+        "/usr/bin/ssh",
+        "/tmp/ssh",
+        "-i",
+        "/k",
+        "-p",
+        "22",
+        "0",
+        "-o",
+        "-A",
+        "-4",
+        "-C",
+        "StrictHostKeyChecking=yes",
+        "StrictHostKeyChecking=no",
+        "stricthostkeychecking=YES",
+        "UserKnownHostsFile=/kh",
+        "UserKnownHostsFile=/dev/null",
+        "ProxyCommand=id",
+        "BatchMode=yes",
+        "'StrictHostKeyChecking no'",
+        "HostKeyAlias=x",
+        "'",
+        "-F",
+        "x=y=z",
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -995,9 +1042,30 @@ def test_config_and_agent_agree_on_path_lists(key: str, items: list[str]) -> Non
 
 
 WORD_PIECES = st.sampled_from(
-    ["a", "z", "0", "9", ".", "_", "-", "+", "/", ",", " ", "\n", ";", "$",
-     "lz4", "zstd", "auto,", "zlib", ",6", ",22", "none"]
-)  # fmt: skip
+    [
+        "a",
+        "z",
+        "0",
+        "9",
+        ".",
+        "_",
+        "-",
+        "+",
+        "/",
+        ",",
+        " ",
+        "\n",
+        ";",
+        "$",
+        "lz4",
+        "zstd",
+        "auto,",
+        "zlib",
+        ",6",
+        ",22",
+        "none",
+    ]
+)
 
 
 @settings(max_examples=200, deadline=None)
