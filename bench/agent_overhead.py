@@ -1,10 +1,12 @@
 """What the drone agent and the SSH path cost on top of plain borg, measured on one machine.
 
 One generated data set (incompressible random files and compressible text) is backed up by
-three modes, each into its own fresh repository with its own fresh BORG_BASE_DIR (cache,
+four modes, each into its own fresh repository with its own fresh BORG_BASE_DIR (cache,
 security and config), so every mode does exactly the same work:
 
 - ``plain borg``: what a cron job would run: ``borg create --compression lz4 REPO::NAME DATA``;
+- ``borg with the agent's flags``: borg run directly with the argv the agent builds
+  (``--progress --json --log-json`` ...), its output thrown away: borg's share of the cost;
 - ``agent, local``: the drone agent started as sshd starts it (``serve`` with
   ``SSH_ORIGINAL_COMMAND=create``, the job on stdin, stdin kept open, every output line parsed
   with the coordinator's parser);
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -40,6 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import asyncssh
@@ -201,21 +205,23 @@ class Mode:
         """Stops what the mode started."""
 
 
-def timed_borg(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(
-        ["borg", *argv],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-        timeout=RUN_TIMEOUT_SECONDS,
-        check=False,
-    )
-    seconds = time.perf_counter() - start
+def timed_borg(argv: list[str], env: dict[str, str], stderr_path: Path) -> float:
+    """Seconds of ``borg ARGV``; its output goes to /dev/null and ``stderr_path``."""
+    with stderr_path.open("wb") as stderr:
+        start = time.perf_counter()
+        done = subprocess.run(
+            ["borg", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+            timeout=RUN_TIMEOUT_SECONDS,
+            check=False,
+        )
+        seconds = time.perf_counter() - start
     if done.returncode != 0:
-        stderr = done.stderr.decode(errors="replace").strip()[-2000:]
-        raise BenchError(f"borg {argv[0]} failed (rc {done.returncode}): {stderr}")
+        tail = stderr_path.read_text(errors="replace").strip()[-2000:]
+        raise BenchError(f"borg {argv[0]} failed (rc {done.returncode}): {tail}")
     return seconds
 
 
@@ -226,11 +232,41 @@ class PlainBorg(Mode):
     def timed_run(self, which: str) -> Run:
         archive = f"{ARCHIVE_PREFIX}-{which}"
         argv = ["create", "--compression", "lz4", f"{self.repository}::{archive}"]
-        env = borg_env(self.base_dir, self.passphrase)
-        return Run(timed_borg([*argv, str(self.data.path)], env), archive)
+        return Run(self.timed_borg([*argv, str(self.data.path)]), archive)
 
     def timed_no_op(self) -> float:
-        return timed_borg(["--version"], borg_env(self.base_dir, None))
+        return self.timed_borg(["--version"])
+
+    def timed_borg(self, argv: list[str]) -> float:
+        env = borg_env(self.base_dir, self.passphrase)
+        return timed_borg(argv, env, self.root / "borg.stderr")
+
+
+class BorgWithAgentFlags(PlainBorg):
+    """borg run directly with the agent's argv (``--progress --log-json --json`` ...), its
+    output thrown away: what borg's own extra output costs, without the agent reading it."""
+
+    label = "borg with the agent's flags"
+
+    def timed_run(self, which: str) -> Run:
+        archive = f"{ARCHIVE_PREFIX}-{which}"
+        agent = load_agent()
+        job = agent.validate_job("create", agent_job(self, SshTarget(host="127.0.0.1")))
+        argv: list[str] = agent.create_argv("borg", job, archive)
+        return Run(self.timed_borg(argv[1:]), archive)
+
+
+def load_agent() -> ModuleType:
+    """The agent file as a module (it is a script, not a package)."""
+    if "backup_drone" in sys.modules:
+        return sys.modules["backup_drone"]
+    spec = importlib.util.spec_from_file_location("backup_drone", AGENT_PATH)
+    if spec is None or spec.loader is None:
+        raise BenchError(f"cannot load the agent from {AGENT_PATH}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["backup_drone"] = module  # dataclasses look their module up while loading
+    spec.loader.exec_module(module)
+    return module
 
 
 def agent_job(mode: Mode, target: SshTarget) -> dict[str, Any]:
@@ -365,7 +401,7 @@ class SshAgent(Mode):
         self.sshd.stop()
 
 
-MODE_CLASSES: tuple[type[Mode], ...] = (PlainBorg, LocalAgent, SshAgent)
+MODE_CLASSES: tuple[type[Mode], ...] = (PlainBorg, BorgWithAgentFlags, LocalAgent, SshAgent)
 
 
 # --- running and reporting -------------------------------------------------------------------
