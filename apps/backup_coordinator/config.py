@@ -3,6 +3,10 @@
 A top-level mistake (a bad tick, an unknown key) raises ``ConfigError``. A mistake in one drone
 is recorded as a ``ConfigProblem`` and that drone is skipped, so the others keep being backed up.
 Every message names the key and says what is expected; none ever shows a passphrase.
+
+This module holds the configuration's shape: its keys, defaults and inheritance (ssh: block,
+defaults:, drone), the checks across drones and the apps.yaml file loader. How one value is
+read and checked is in ``values`` (``locations`` for repository locations).
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from .locations import parse_location
 from .model import (
     KEEP_COUNT_NAMES,
     DroneSettings,
@@ -28,6 +32,29 @@ from .model import (
     parse_keep_count,
     parse_keep_within,
     parse_mode,
+)
+from .values import (
+    PORT_RANGE,
+    InvalidValue,
+    optional,
+    read_archive_prefix,
+    read_boolean,
+    read_borg_rsh,
+    read_compression,
+    read_exclude_if_present,
+    read_exclude_patterns,
+    read_lock_wait,
+    read_mapping,
+    read_matching,
+    read_number,
+    read_passphrase,
+    read_paths,
+    read_remote_path,
+    read_repository,
+    read_single_line,
+    read_text,
+    read_whole_number,
+    shown,
 )
 
 # Keys AppDaemon puts into (or accepts in) every app's args; they are not ours to check.
@@ -55,55 +82,8 @@ APP_CLASS = "BackupCoordinator"
 
 SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 NOTIFY_PATTERN = re.compile(r"^notify\.[a-z0-9_]+$")
-ARCHIVE_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-COMPRESSION_PATTERN = re.compile(
-    r"^(auto,)?(none|lz4|zstd(,([1-9]|1[0-9]|2[0-2]))?|zlib(,[0-9])?|lzma(,[0-9])?)$"
-)
 HOST_PATTERN = re.compile(r"^[A-Za-z0-9_\[][A-Za-z0-9._:%\[\]-]{0,252}$")
 USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-
-# What the drone agent accepts in a job (drone_agent/backup_drone.py, docs/protocol.md), checked
-# here as well so a mistake shows up once, at start, naming drone and key, instead of as a
-# rejected job at every backup. The agent stays authoritative; tests/unit/test_config.py checks
-# that both sides agree.
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-TEXT_MAX = 4096
-_LOCATION_USER = r"(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?"
-_LOCATION_HOST = r"(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])"
-SSH_URL_PATTERN = re.compile(
-    r"ssh://" + _LOCATION_USER + _LOCATION_HOST + r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/.*)",
-    re.S,
-)
-SCP_LOCATION_PATTERN = re.compile(_LOCATION_USER + _LOCATION_HOST + r":(?!:|//)(?P<path>.+)", re.S)
-IPV6_ADDRESS_PATTERN = re.compile(r"\[[0-9A-Fa-f:.]+\]")
-LOCATION_FORMS = "an absolute path, ssh://[user@]host[:port]/path or [user@]host:path"
-REMOTE_PATH_PATTERN = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
-RSH_PROGRAMS = ("ssh", "/usr/bin/ssh")
-RSH_FLAGS = frozenset({"-4", "-6", "-a", "-C", "-q", "-T", "-x"})
-RSH_OPTIONS_WITH_VALUE = frozenset({"-i", "-p", "-o"})
-RSH_SAFE_SSH_OPTIONS = frozenset(
-    {
-        "batchmode",
-        "compression",
-        "connectionattempts",
-        "connecttimeout",
-        "identitiesonly",
-        "identityfile",
-        "loglevel",
-        "port",
-        "serveralivecountmax",
-        "serveraliveinterval",
-        "stricthostkeychecking",
-        "userknownhostsfile",
-    }
-)
-RSH_OPTION_PATTERN = re.compile(r"(?P<key>[A-Za-z]+)=(?P<value>[^\s\"'=]+)")
-RSH_PORT_PATTERN = re.compile(r"[1-9][0-9]{0,4}")
-MAX_PATHS = 1000
-MAX_EXCLUDE_PATTERNS = 1000
-MAX_EXCLUDE_IF_PRESENT = 100
-FILE_NAME_MAX = 255
-WORD_MAX = 256
 
 # A drone's helpers are named <prefix>_<drone>_<suffix>; these names would take the
 # coordinator's own (<prefix>_coordinator_mode is its global mode helper).
@@ -113,8 +93,6 @@ DEFAULT_ENTITY_PREFIX = "backup"
 DEFAULT_STATE_FILE = "backup_coordinator_state.json"
 DEFAULT_EXCLUDE_IF_PRESENT = (".nobackup",)
 MAX_CONCURRENT_RANGE = (1, 16)
-LOCK_WAIT_RANGE = (0, 86400)
-PORT_RANGE = (1, 65535)
 
 TOP_LEVEL_KEYS = frozenset(
     {
@@ -242,262 +220,6 @@ class Config:
         return next((d for d in self.drones if d.name == name), None)
 
 
-class InvalidValue(ValueError):
-    """A value rejected by a validator: the key (path) and what is expected."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"key {key!r}: {message}")
-        self.key = key
-        self.message = message
-
-
-# ---------------------------------------------------------------------------------------------
-# Value validators: each takes the key (for the message) and the raw value.
-
-
-def _shown(value: object) -> str:
-    """The value as a message shows it: repr, shortened so a pasted blob stays readable."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _text(key: str, value: object, what: str = "text") -> str:
-    if not isinstance(value, str):
-        raise InvalidValue(key, f"must be {what}, got {_shown(value)}")
-    return value
-
-
-def _single_line(key: str, value: object, what: str, max_length: int = TEXT_MAX) -> str:
-    text = _text(key, value, what)
-    if not text or any(c in text for c in "\n\r"):
-        raise InvalidValue(key, f"must be {what} (one non-empty line), got {_shown(value)}")
-    if CONTROL_CHARACTERS.search(text):
-        raise InvalidValue(
-            key,
-            f"must be {what} without control characters (tab, escape, ...), got {_shown(value)}",
-        )
-    if len(text) > max_length:
-        raise InvalidValue(key, f"must be {what} of at most {max_length} characters")
-    if not _encodable(text):
-        raise InvalidValue(key, f"must be {what} in valid text, got {_shown(value)}")
-    return text
-
-
-def _encodable(text: str) -> bool:
-    """Whether the text can become argv bytes on the drone (as the agent requires)."""
-    try:
-        text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _matching(key: str, value: object, pattern: re.Pattern[str], what: str) -> str:
-    text = _text(key, value, what)
-    if not pattern.fullmatch(text):  # fullmatch: "$" alone would accept a trailing newline
-        raise InvalidValue(key, f"must be {what}, got {_shown(value)}")
-    return text
-
-
-def _whole_number(key: str, value: object, low: int, high: int | None = None) -> int:
-    expected = f"a whole number between {low} and {high}" if high else f"a whole number >= {low}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
-    if value < low or (high is not None and value > high):
-        raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
-    return value
-
-
-def _number(key: str, value: object, minimum: float, unit: str, inclusive: bool = True) -> float:
-    relation = ">=" if inclusive else ">"
-    expected = f"a number {relation} {minimum:g} ({unit})"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
-    number = float(value)
-    in_range = number >= minimum if inclusive else number > minimum
-    if number != number or number == float("inf") or not in_range:
-        raise InvalidValue(key, f"must be {expected}, got {_shown(value)}")
-    return number
-
-
-def _boolean(key: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidValue(key, f"must be true or false, got {_shown(value)}")
-    return value
-
-
-def _text_list(
-    key: str, value: object, item: Callable[[str, object], str], max_items: int
-) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple):
-        raise InvalidValue(key, f"must be a list, got {_shown(value)}")
-    if len(value) > max_items:
-        raise InvalidValue(key, f"must have at most {max_items} entries, got {len(value)}")
-    return tuple(item(f"{key}[{index}]", entry) for index, entry in enumerate(value))
-
-
-def _mapping(key: str, value: object) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidValue(key, f"must be a mapping of keys to values, got {_shown(value)}")
-    for name in value:
-        if not isinstance(name, str):
-            raise InvalidValue(f"{key}.{name}", "keys must be text")
-    return value
-
-
-def _local_path(base_dir: Path) -> Callable[[str, object], str]:
-    def parse(key: str, value: object) -> str:
-        if value is None or value is False:
-            raise InvalidValue(key, "must be the path of a file, got nothing")
-        text = _single_line(key, value, "the path of a file")
-        path = Path(text).expanduser()
-        return str(path if path.is_absolute() else base_dir / path)
-
-    return parse
-
-
-def _known_hosts(base_dir: Path) -> Callable[[str, object], str]:
-    parse_path = _local_path(base_dir)
-
-    def parse(key: str, value: object) -> str:
-        if value is None or isinstance(value, bool) or value == "":
-            raise InvalidValue(
-                key,
-                "must be the path of a known_hosts file holding the host's key; host keys "
-                f"are always verified and this cannot be turned off, got {_shown(value)}",
-            )
-        return parse_path(key, value)
-
-    return parse
-
-
-def _absolute_path(key: str, value: object) -> str:
-    text = _single_line(key, value, "an absolute path")
-    if not text.startswith("/"):
-        raise InvalidValue(key, f"must be an absolute path, got {_shown(value)}")
-    if ".." in _path_components(text):
-        raise InvalidValue(key, f"must not contain '..', got {_shown(value)}")
-    return text
-
-
-def _path_components(path: str) -> tuple[str, ...]:
-    return tuple(part for part in path.split("/") if part not in ("", "."))
-
-
-def _pattern_text(key: str, value: object) -> str:
-    return _single_line(key, value, "a borg pattern")
-
-
-def _file_name(key: str, value: object) -> str:
-    text = _single_line(key, value, "a file name", FILE_NAME_MAX)
-    if "/" in text or text in (".", ".."):
-        raise InvalidValue(
-            key, f"must be a file name without '/' (not . or ..), got {_shown(value)}"
-        )
-    return text
-
-
-@dataclass(frozen=True)
-class Location:
-    """A repository location as borg reads it: who serves it, where its path starts, the rest.
-
-    ``root`` follows borg's server: "/" absolute, "." the login directory ("host:path",
-    ``ssh://host/./path``), "~/" borg's base directory ("~/path"), "~NAME" a user's home.
-    """
-
-    authority: str  # "" for a local path, else "[user@]host[:port]" as written
-    root: str
-    components: tuple[str, ...]
-    port: str | None = None
-    path: str = ""
-
-    @property
-    def remote_key(self) -> str:
-        """One spelling per remote location: ``ssh://borg@nas/srv/r`` and ``borg@nas:/srv/r``
-        give the same key; a different user, port or root gives another."""
-        start = {"/": "/", ".": "/./", "~/": "/~/"}.get(self.root, f"/{self.root}/")
-        return f"ssh://{self.authority}{start}{'/'.join(self.components)}"
-
-
-def parse_location(text: str) -> Location | None:
-    if text.startswith("/"):
-        return Location("", "/", _path_components(text), None, text)
-    for pattern in (SSH_URL_PATTERN, SCP_LOCATION_PATTERN):
-        match = pattern.fullmatch(text)
-        if match:
-            user, port, path = match["user"], match.groupdict().get("port"), match["path"]
-            authority = (f"{user}@" if user else "") + match["host"] + (f":{port}" if port else "")
-            root, rest = _remote_root(path)
-            return Location(authority, root, _path_components(rest), port, path)
-    return None
-
-
-def _remote_root(path: str) -> tuple[str, str]:
-    if path.startswith(("/~/", "~/")):
-        return "~/", path.split("~/", 1)[1]
-    if path.startswith(("/~", "~")):
-        first, _, rest = path.lstrip("/").partition("/")
-        return first, rest
-    if path.startswith("/./"):
-        return ".", path[3:]
-    if path.startswith("/"):
-        return "/", path
-    return ".", path
-
-
-def _repository(key: str, value: object) -> str:
-    text = _single_line(key, value, LOCATION_FORMS)
-    if text.startswith("-"):
-        raise InvalidValue(key, f"must be {LOCATION_FORMS}, got {_shown(value)}")
-    if "{" in text or "}" in text:
-        raise InvalidValue(
-            key,
-            "must not contain '{' or '}': borg would expand them as placeholders "
-            f"({{hostname}}, {{now}}, ...), got {_shown(value)}",
-        )
-    location = parse_location(text)
-    if location is None:
-        if "::" in IPV6_ADDRESS_PATTERN.sub("", text):
-            raise InvalidValue(key, "must not contain '::' (borg's archive separator)")
-        raise InvalidValue(key, f"must be {LOCATION_FORMS}, got {_shown(value)}")
-    if "::" in location.path:
-        raise InvalidValue(key, "must not contain '::' (borg's archive separator)")
-    if location.port is not None and not PORT_RANGE[0] <= int(location.port) <= PORT_RANGE[1]:
-        raise InvalidValue(key, f"port must be between 1 and 65535, got {_shown(value)}")
-    if ".." in location.components:
-        raise InvalidValue(key, f"must not contain '..', got {_shown(value)}")
-    return text
-
-
-def _passphrase(key: str, value: object) -> str | None:
-    # The value is never echoed: a mistyped passphrase is still a secret.
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidValue(
-            key, f"must be text (quote it in YAML), got a value of type {type(value).__name__}"
-        )
-    if len(value) > TEXT_MAX or "\x00" in value or not _encodable(value):
-        raise InvalidValue(key, f"must be text of at most {TEXT_MAX} characters without NUL")
-    return value
-
-
-def _optional(
-    parse: Callable[[str, object], str],
-) -> Callable[[str, object], str | None]:
-    def parse_optional(key: str, value: object) -> str | None:
-        return None if value is None else parse(key, value)
-
-    return parse_optional
-
-
-def _setting(key: str, parse: Callable[[object], Any], value: object) -> Any:
-    try:
-        return parse(value)
-    except SettingError as error:
-        raise InvalidValue(key, str(error)) from None
-
-
 # ---------------------------------------------------------------------------------------------
 # Top level
 
@@ -517,7 +239,7 @@ def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
     _reject_unknown_keys("", args, TOP_LEVEL_KEYS, ignored=APPDAEMON_KEYS)
     ssh_block = _parse_ssh_block(args.get("ssh", {}), base_dir)
     defaults = _parse_defaults(args.get("defaults", {}), ssh_block, base_dir)
-    entity_prefix = _matching(
+    entity_prefix = read_matching(
         "entity_prefix",
         args.get("entity_prefix", DEFAULT_ENTITY_PREFIX),
         SLUG_PATTERN,
@@ -531,25 +253,27 @@ def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
         state_file=Path(
             _local_path(base_dir)("state_file", args.get("state_file", DEFAULT_STATE_FILE))
         ),
-        tick_seconds=_number("tick_seconds", args.get("tick_seconds", 60), 1, "seconds"),
-        max_concurrent=_whole_number(
+        tick_seconds=read_number("tick_seconds", args.get("tick_seconds", 60), 1, "seconds"),
+        max_concurrent=read_whole_number(
             "max_concurrent", args.get("max_concurrent", 1), *MAX_CONCURRENT_RANGE
         ),
-        progress_interval=_number(
+        progress_interval=read_number(
             "progress_interval", args.get("progress_interval", 5), 0.5, "seconds"
         ),
-        overdue_factor=_number("overdue_factor", args.get("overdue_factor", 2.0), 1, "factor"),
-        max_runtime_minutes=_whole_number(
+        overdue_factor=read_number("overdue_factor", args.get("overdue_factor", 2.0), 1, "factor"),
+        max_runtime_minutes=read_whole_number(
             "max_runtime_minutes", args.get("max_runtime_minutes", 720), 1
         ),
-        notify=_optional(_notify)("notify", args.get("notify")),
+        notify=optional(_notify)("notify", args.get("notify")),
         drones=drones,
         problems=problems,
     )
 
 
 def _notify(key: str, value: object) -> str:
-    return _matching(key, value, NOTIFY_PATTERN, "a notify service like notify.mobile_app_phone")
+    return read_matching(
+        key, value, NOTIFY_PATTERN, "a notify service like notify.mobile_app_phone"
+    )
 
 
 def _reject_unknown_keys(
@@ -572,7 +296,7 @@ def _parse_ssh_block(value: object, base_dir: Path) -> dict[str, Any]:
     """The global ssh: block, validated; its raw values become every drone's defaults."""
     if value is None:
         return {}
-    block = _mapping("ssh", value)
+    block = read_mapping("ssh", value)
     _reject_unknown_keys("ssh.", block, SSH_BLOCK_KEYS)
     for key, raw in block.items():
         _parse_drone_value(f"ssh.{key}", key, raw, base_dir)
@@ -584,7 +308,7 @@ def _parse_defaults(value: object, ssh_block: Mapping[str, Any], base_dir: Path)
     default is reported once, under its own key, instead of on every drone."""
     if value is None:
         return dict(ssh_block)
-    block = _mapping("defaults", value)
+    block = read_mapping("defaults", value)
     for key in block:
         if key in NOT_INHERITABLE_KEYS:
             raise InvalidValue(f"defaults.{key}", "must be set per drone, not in defaults")
@@ -628,36 +352,6 @@ def _parse_drones(
     return tuple(drones), tuple(problems)
 
 
-def _mapping_any_keys(key: str, value: object) -> Mapping[Any, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidValue(key, f"must be a mapping of keys to values, got {_shown(value)}")
-    return value
-
-
-def _passphrases_in(args: Mapping[str, Any]) -> tuple[str, ...]:
-    """Every passphrase anywhere in the args, to be kept out of every message."""
-    drones = args.get("drones")
-    sections = [args.get("defaults"), *(drones.values() if isinstance(drones, Mapping) else ())]
-    found = {
-        section["passphrase"]
-        for section in sections
-        if isinstance(section, Mapping)
-        and isinstance(section.get("passphrase"), str)
-        and section["passphrase"]
-    }
-    return tuple(sorted(found, key=len, reverse=True))  # longest first: no partial leftovers
-
-
-def _redact(message: str, secrets: Iterable[str]) -> str:
-    """Belt and braces: no message may carry a passphrase, even one pasted under a wrong key."""
-    for secret in secrets:
-        # Also as repr() shows it (escaped), since messages quote values with repr.
-        for form in (secret, repr(secret)[1:-1], repr(secret + "'")[1:-2]):
-            if form:
-                message = message.replace(form, "***")
-    return message
-
-
 def parse_drone(
     name: object,
     value: object,
@@ -670,7 +364,7 @@ def parse_drone(
         raise InvalidValue(
             "name",
             "a drone name must be a slug: a lowercase letter, then up to 30 lowercase "
-            f"letters, digits or _, got {_shown(name)}",
+            f"letters, digits or _, got {shown(name)}",
         )
     if name in RESERVED_DRONE_NAMES:
         raise InvalidValue(
@@ -679,12 +373,15 @@ def parse_drone(
             f"input_select.{entity_prefix}_{name}_mode, the coordinator's own global mode "
             "helper; choose another name",
         )
-    own = _mapping(f"drones.{name}", value)
+    own = read_mapping(f"drones.{name}", value)
     _reject_unknown_keys("", own, DRONE_KEYS)
     merged = {**defaults, **own}
     if "keep" in defaults and "keep" in own:
         # Keep rules merge rule by rule: a drone can change one without repeating the rest.
-        merged["keep"] = {**_mapping("keep", defaults["keep"]), **_mapping("keep", own["keep"])}
+        merged["keep"] = {
+            **read_mapping("keep", defaults["keep"]),
+            **read_mapping("keep", own["keep"]),
+        }
     for required in ("host", "repository", "paths", "client_key", "known_hosts"):
         if required not in merged:
             raise InvalidValue(required, _missing_message(required))
@@ -708,138 +405,61 @@ def _parse_drone_value(key: str, name: str, raw: object, base_dir: Path) -> Any:
 
 def _drone_value_parsers(base_dir: Path) -> dict[str, Callable[[str, object], Any]]:
     return {
-        "host": lambda key, value: _matching(key, value, HOST_PATTERN, "a host name or address"),
-        "port": lambda key, value: _whole_number(key, value, *PORT_RANGE),
-        "user": lambda key, value: _matching(key, value, USER_PATTERN, "a user name"),
+        "host": lambda key, value: read_matching(
+            key, value, HOST_PATTERN, "a host name or address"
+        ),
+        "port": lambda key, value: read_whole_number(key, value, *PORT_RANGE),
+        "user": lambda key, value: read_matching(key, value, USER_PATTERN, "a user name"),
         "client_key": _local_path(base_dir),
         "known_hosts": _known_hosts(base_dir),
-        "connect_timeout": lambda key, value: _number(key, value, 0, "seconds", inclusive=False),
-        "keepalive_interval": lambda key, value: _number(key, value, 0, "seconds, 0 = off"),
-        "repository": _repository,
-        "passphrase": _passphrase,
-        "archive_prefix": lambda key, value: _matching(
-            key,
-            value,
-            ARCHIVE_PREFIX_PATTERN,
-            "a letter or digit, then up to 63 letters, digits, '.', '_' or '-'",
+        "connect_timeout": lambda key, value: read_number(
+            key, value, 0, "seconds", inclusive=False
         ),
-        "paths": _non_empty_paths,
-        "exclude_patterns": lambda key, value: _text_list(
-            key, value, _pattern_text, MAX_EXCLUDE_PATTERNS
-        ),
-        "exclude_if_present": lambda key, value: _text_list(
-            key, value, _file_name, MAX_EXCLUDE_IF_PRESENT
-        ),
-        "one_file_system": _boolean,
-        "compression": lambda key, value: _matching(
-            key,
-            value,
-            COMPRESSION_PATTERN,
-            "none, lz4, zstd[,1-22], zlib[,0-9] or lzma[,0-9], optionally prefixed by auto,",
-        ),
-        "lock_wait": lambda key, value: _whole_number(key, value, *LOCK_WAIT_RANGE),
-        "borg_rsh": _optional(_borg_rsh),
-        "borg_remote_path": _optional(_remote_path),
-        "mode": lambda key, value: _setting(key, parse_mode, _text(key, value, "text")),
+        "keepalive_interval": lambda key, value: read_number(key, value, 0, "seconds, 0 = off"),
+        "repository": read_repository,
+        "passphrase": read_passphrase,
+        "archive_prefix": read_archive_prefix,
+        "paths": read_paths,
+        "exclude_patterns": read_exclude_patterns,
+        "exclude_if_present": read_exclude_if_present,
+        "one_file_system": read_boolean,
+        "compression": read_compression,
+        "lock_wait": read_lock_wait,
+        "borg_rsh": optional(read_borg_rsh),
+        "borg_remote_path": optional(read_remote_path),
+        "mode": lambda key, value: _setting(key, parse_mode, read_text(key, value, "text")),
         "frequency": _frequency,
     }
 
 
-def _borg_rsh(key: str, value: object) -> str:
-    """borg runs this to reach a remote repository: ssh itself, with the few options the agent
-    allows (see docs/protocol.md); host keys are always verified."""
-    text = _single_line(key, value, "an ssh command line", 1024)
-    try:
-        words = shlex.split(text)  # as borg splits BORG_RSH
-    except ValueError:
-        words = []
-    if not words or words[0] not in RSH_PROGRAMS:
-        raise InvalidValue(
-            key,
-            "must start with ssh or /usr/bin/ssh, as in 'ssh -i KEY' (a job never picks "
-            f"another program), got {_shown(value)}",
-        )
-    _check_rsh_options(key, words[1:])
-    return text
+def _local_path(base_dir: Path) -> Callable[[str, object], str]:
+    def parse(key: str, value: object) -> str:
+        if value is None or value is False:
+            raise InvalidValue(key, "must be the path of a file, got nothing")
+        text = read_single_line(key, value, "the path of a file")
+        path = Path(text).expanduser()
+        return str(path if path.is_absolute() else base_dir / path)
+
+    return parse
 
 
-def _check_rsh_options(key: str, words: list[str]) -> None:
-    options: dict[str, str] = {}
-    index = 0
-    while index < len(words):
-        word = words[index]
-        if word in RSH_FLAGS:
-            index += 1
-            continue
-        if word not in RSH_OPTIONS_WITH_VALUE or index + 1 >= len(words):
+def _known_hosts(base_dir: Path) -> Callable[[str, object], str]:
+    parse_path = _local_path(base_dir)
+
+    def parse(key: str, value: object) -> str:
+        if value is None or isinstance(value, bool) or value == "":
             raise InvalidValue(
                 key,
-                "may only use the ssh options -i FILE, -p PORT, -o KEY=VALUE and the flags "
-                f"-4 -6 -a -C -q -T -x, got {word!r}",
+                "must be the path of a known_hosts file holding the host's key; host keys "
+                f"are always verified and this cannot be turned off, got {shown(value)}",
             )
-        argument = words[index + 1]
-        if argument.startswith("-"):
-            raise InvalidValue(key, f"option values must not start with '-', got {argument!r}")
-        if word == "-p" and not (RSH_PORT_PATTERN.fullmatch(argument) and int(argument) <= 65535):
-            raise InvalidValue(key, "-p must be a port number between 1 and 65535")
-        if word == "-o":
-            option, option_value = _rsh_option(key, argument)
-            options.setdefault(option, option_value)
-        index += 2
-    if "userknownhostsfile" in options and "stricthostkeychecking" not in options:
-        raise InvalidValue(
-            key,
-            "UserKnownHostsFile needs -o StrictHostKeyChecking=yes as well, so ssh can never "
-            "add an unknown key to it",
-        )
+        return parse_path(key, value)
 
-
-def _rsh_option(key: str, argument: str) -> tuple[str, str]:
-    match = RSH_OPTION_PATTERN.fullmatch(argument)
-    if not match:
-        raise InvalidValue(
-            key, f"ssh -o options must be written KEY=VALUE (one word, no quotes), got {argument!r}"
-        )
-    option, option_value = match["key"].lower(), match["value"]
-    if option not in RSH_SAFE_SSH_OPTIONS:
-        raise InvalidValue(
-            key,
-            f"the ssh option {match['key']} is not allowed; allowed: BatchMode, Compression, "
-            "ConnectionAttempts, ConnectTimeout, IdentitiesOnly, IdentityFile, LogLevel, Port, "
-            "ServerAliveCountMax, ServerAliveInterval, StrictHostKeyChecking=yes, "
-            "UserKnownHostsFile",
-        )
-    if option == "stricthostkeychecking" and option_value.lower() != "yes":
-        raise InvalidValue(
-            key, "StrictHostKeyChecking may only be yes: host keys are always verified"
-        )
-    if option == "userknownhostsfile" and option_value == "/dev/null":
-        raise InvalidValue(
-            key, "UserKnownHostsFile must not be /dev/null: host keys are always verified"
-        )
-    return option, option_value
-
-
-def _remote_path(key: str, value: object) -> str:
-    text = _single_line(key, value, "the borg command on the repository host", WORD_MAX)
-    if not REMOTE_PATH_PATTERN.fullmatch(text):
-        raise InvalidValue(
-            key,
-            "must be the borg command on the repository host: a command or path of letters, "
-            f"digits and _ . / + - (no spaces or shell characters), got {_shown(value)}",
-        )
-    return text
-
-
-def _non_empty_paths(key: str, value: object) -> tuple[str, ...]:
-    paths = _text_list(key, value, _absolute_path, MAX_PATHS)
-    if not paths:
-        raise InvalidValue(key, "must list at least one absolute path to back up")
-    return paths
+    return parse
 
 
 def _parse_keep(key: str, value: object) -> KeepRules:
-    rules = _mapping(key, value)
+    rules = read_mapping(key, value)
     _reject_unknown_keys(f"{key}.", rules, KEEP_KEYS)
     changes: dict[str, str | int | None] = {}
     if "within" in rules:
@@ -869,7 +489,14 @@ def _strict_int(key: str, value: object, what: str) -> None:
     """The model's parsers also take "60" and 60.0 (HA's helpers report those); a YAML file
     must say what it means."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidValue(key, f"must be {what}, got {_shown(value)}")
+        raise InvalidValue(key, f"must be {what}, got {shown(value)}")
+
+
+def _setting(key: str, parse: Callable[[object], Any], value: object) -> Any:
+    try:
+        return parse(value)
+    except SettingError as error:
+        raise InvalidValue(key, str(error)) from None
 
 
 def _assemble_drone(name: str, parsed: Mapping[str, Any]) -> DroneConfig:
@@ -922,6 +549,40 @@ def _check_archive_prefix_unique(drone: DroneConfig, earlier: Iterable[DroneConf
 
 def _prefixes_overlap(first: str, second: str) -> bool:
     return first == second or first.startswith(second + "-") or second.startswith(first + "-")
+
+
+def _mapping_any_keys(key: str, value: object) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidValue(key, f"must be a mapping of keys to values, got {shown(value)}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Passphrases never show in a message
+
+
+def _passphrases_in(args: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every passphrase anywhere in the args, to be kept out of every message."""
+    drones = args.get("drones")
+    sections = [args.get("defaults"), *(drones.values() if isinstance(drones, Mapping) else ())]
+    found = {
+        section["passphrase"]
+        for section in sections
+        if isinstance(section, Mapping)
+        and isinstance(section.get("passphrase"), str)
+        and section["passphrase"]
+    }
+    return tuple(sorted(found, key=len, reverse=True))  # longest first: no partial leftovers
+
+
+def _redact(message: str, secrets: Iterable[str]) -> str:
+    """Belt and braces: no message may carry a passphrase, even one pasted under a wrong key."""
+    for secret in secrets:
+        # Also as repr() shows it (escaped), since messages quote values with repr.
+        for form in (secret, repr(secret)[1:-1], repr(secret + "'")[1:-2]):
+            if form:
+                message = message.replace(form, "***")
+    return message
 
 
 # ---------------------------------------------------------------------------------------------
