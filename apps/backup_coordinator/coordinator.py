@@ -19,7 +19,7 @@ from typing import Any
 
 from . import entities, scheduler
 from .config import Config, DroneConfig
-from .entities import DroneSnapshot, ProgressSnapshot, format_mib
+from .entities import DroneSnapshot, ProgressSnapshot, Publication, format_mib
 from .jobs import build_job
 from .model import (
     BUSY_STATE_OF_AGENT_OPERATION,
@@ -112,6 +112,7 @@ class Coordinator:
         self.cursor = 0
         self.global_mode = "running"
         self._progress: ProgressSnapshot | None = None
+        self._published: dict[str, Publication] = {}  # what HA shows, as this process set it
         self._stopping = False
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -393,7 +394,7 @@ class Coordinator:
         if snapshot is None:
             return
         self._progress = snapshot
-        await self.port.publish(entities.progress_sensor(self.config.entity_prefix, snapshot))
+        await self._publish(entities.progress_sensor(self.config.entity_prefix, snapshot))
         await self.port.fire_event(
             EVENT_PROGRESS,
             {
@@ -527,14 +528,14 @@ class Coordinator:
     async def publish_all(self) -> None:
         for drone in self.drones.values():
             await self._publish_drone(drone)
-        await self.port.publish(entities.progress_sensor(self.config.entity_prefix, self._progress))
+        await self._publish(entities.progress_sensor(self.config.entity_prefix, self._progress))
         await self._publish_coordinator()
 
     async def _publish_drone(self, drone: Drone) -> None:
         if await self._update_problem(drone):
             await self._save()  # so a restart neither forgets nor repeats the notification
         for publication in entities.drone_sensors(self.config.entity_prefix, self.snapshot(drone)):
-            await self.port.publish(publication)  # one at a time: see STACK.md on set_state
+            await self._publish(publication)
 
     async def _publish_coordinator(self) -> None:
         names = list(self.drones)
@@ -552,7 +553,14 @@ class Coordinator:
             global_mode=self.global_mode,
         )
         for publication in publications:
-            await self.port.publish(publication)
+            await self._publish(publication)
+
+    async def _publish(self, publication: Publication) -> None:
+        """Sends a sensor's state unless HA already shows exactly that (the tick republishes)."""
+        if self._published.get(publication.entity_id) == publication:
+            return
+        await self.port.publish(publication)
+        self._published[publication.entity_id] = publication
 
     def snapshot(self, drone: Drone) -> DroneSnapshot:
         view = self._view(drone)
