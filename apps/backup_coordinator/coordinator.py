@@ -38,7 +38,7 @@ from .model import (
 )
 from .ports import HomeAssistantPort
 from .progress import ProgressTracker
-from .protocol import AgentEvent, FailureKind, OperationFailed, Progress, Result
+from .protocol import AgentEvent, FailureKind, OperationFailed, Progress, Result, redact
 from .store import DroneRecord, RunningOperation, Store
 
 AgentRunner = Callable[
@@ -309,15 +309,18 @@ class Coordinator:
             if not self._stopping:
                 raise  # not ours to swallow
             # Shutdown: `running` stays recorded so the next start runs it again.
-            drone.state, drone.agent_operation = _resting_state(drone.record), None
             self.port.log(
                 f"{drone.name}: {operation.value} cancelled by shutdown; it will run again"
             )
         except OperationFailed as failure:
             await self._record_failure(drone, operation, failure, self.monotonic() - started)
         except Exception as error:  # a bug must not leave the drone stuck in "creating"
-            self.port.log(f"{drone.name}: {operation.value} crashed:\n{format_exc()}", "ERROR")
-            crash = OperationFailed(FailureKind.AGENT, f"internal error: {error!r}")
+            secret = drone.config.passphrase
+            self.port.log(
+                f"{drone.name}: {operation.value} crashed:\n{redact(format_exc(), secret)}",
+                "ERROR",
+            )
+            crash = OperationFailed(FailureKind.AGENT, redact(f"internal error: {error!r}", secret))
             await self._record_failure(drone, operation, crash, self.monotonic() - started)
         else:
             await self._record_success(drone, operation, results, self.monotonic() - started)
@@ -327,6 +330,9 @@ class Coordinator:
     async def _finish(self, drone: Drone) -> None:
         """The drone's task is ending: persist, show it, and let the drone take the next one."""
         drone.task = None
+        drone.agent_operation = None
+        if drone.state in BUSY_STATE_OF_AGENT_OPERATION.values():  # ended without an outcome
+            drone.state = _resting_state(drone.record)
         if self._stopping:
             await self._save()
             return

@@ -53,6 +53,11 @@ class OperationFailed(Exception):
         return f"{self.kind.value}: {self.message}" + (f" ({self.hint})" if self.hint else "")
 
 
+def redact(text: str, secret: str | None) -> str:
+    """``text`` safe for a log line, an HA state or an event: the passphrase replaced."""
+    return text.replace(secret, "***") if secret else text
+
+
 @dataclass(frozen=True)
 class Hello:
     protocol: int

@@ -39,6 +39,7 @@ from .protocol import (
     ProtocolError,
     Result,
     parse_line,
+    redact,
 )
 
 EventHandler = Callable[[AgentEvent], Awaitable[None]]
@@ -216,10 +217,7 @@ def redacted(failure: OperationFailed, secret: object) -> OperationFailed:
     if not isinstance(secret, str) or not secret:
         return failure
     return OperationFailed(
-        failure.kind,
-        failure.message.replace(secret, "***"),
-        failure.hint.replace(secret, "***"),
-        failure.rc,
+        failure.kind, redact(failure.message, secret), redact(failure.hint, secret), failure.rc
     )
 
 

@@ -435,16 +435,20 @@ async def test_an_unexpected_error_is_recorded_and_leaves_nothing_stuck(tmp_path
     runner, clock = ScriptedRunner(), Clock()
 
     async def crashing(operation: str, job: Mapping[str, Any], on_event: Any) -> Result:
-        raise ValueError("a bug")
+        raise ValueError(f"a bug near {dict(job)}")
 
     runner.behaviours[("nas", "create")] = crashing
-    coordinator, port = await started(make_config(tmp_path, nas={"mode": "manual"}), runner, clock)
+    config = make_config(tmp_path, nas={"mode": "manual", "passphrase": "s3cret"})
+    coordinator, port = await started(config, runner, clock)
     await coordinator.request("nas", Operation.CREATE)
     await coordinator.wait_idle()
     assert port.state("sensor.backup_nas_state") == "error"
     finished = port.of("backup_coordinator_finished")[-1]
     assert finished["error"]["kind"] == "agent"
     assert "a bug" in finished["error"]["message"]
+    assert "s3cret" not in finished["error"]["message"]
+    assert not [line for line in port.lines if "s3cret" in line]
+    assert "s3cret" not in port.states["sensor.backup_nas_last_error"].state
     assert json.loads((tmp_path / "state.json").read_text())["drones"]["nas"]["running"] is None
     del runner.behaviours[("nas", "create")]
     assert await coordinator.request("nas", Operation.CREATE) == "started"
