@@ -17,13 +17,14 @@ from .model import (
     GLOBAL_MODES,
     KEEP_COUNT_RANGE,
     KEEP_WITHIN_PATTERN,
+    MIB,
     DroneSettings,
     DroneState,
     Mode,
     Operation,
 )
+from .operations import OPERATIONS
 
-MIB = 1024 * 1024
 STATE_MAX_LENGTH = 255  # HA rejects longer states
 
 # (setting key, label, icon) of the per-drone keep-count numbers HA steers.
@@ -33,14 +34,6 @@ KEEP_NUMBERS = (
     ("keep_yearly", "keep yearly", "mdi:calendar-star"),
 )
 
-# Buttons: (object suffix, icon, operation). The label is the suffix in words, because HA
-# derives a helper's entity id from its name.
-BUTTONS = (
-    ("create", "mdi:backup-restore", Operation.CREATE),
-    ("prune", "mdi:content-cut", Operation.PRUNE),
-    ("update_stats", "mdi:chart-box-outline", Operation.STATS),
-    ("scheduled_backup", "mdi:calendar-sync", Operation.SCHEDULED),
-)
 
 SIZES = (
     ("total_size", "total size", "total_size"),
@@ -149,10 +142,14 @@ def drone_helpers(prefix: str, drone: str, settings: DroneSettings) -> list[Help
                 setting=setting,
             )
         )
-    for suffix, icon, operation in BUTTONS:
-        helpers.append(
-            spec("input_button", suffix, suffix.replace("_", " "), icon, operation=operation)
-        )
+    for spec_ in OPERATIONS.values():
+        if spec_.button is not None:
+            button = spec_.button
+            helpers.append(
+                spec(
+                    "input_button", button.key, button.label, button.icon, operation=spec_.operation
+                )
+            )
     return helpers
 
 
@@ -392,11 +389,6 @@ def coordinator_sensors(
             },
         ),
     ]
-
-
-def format_mib(size: object) -> str:
-    """A byte count for people: ``12.3 MiB``, or ``?`` when unknown."""
-    return f"{size / MIB:.1f} MiB" if isinstance(size, int) else "?"
 
 
 def iso_or_unknown(moment: datetime | None) -> str:

@@ -1,8 +1,10 @@
-"""Building the agent's job for one operation: the only place that decides what a drone sends.
+"""Building the agent's job for one session: the only place that decides what a drone sends.
 
 Deciding *what* to run lives in the scheduler and coordinator; this module only turns a drone's
 configuration and its current settings into the job object of the wire protocol
-(docs/protocol.md). Each operation gets only the fields it uses.
+(docs/protocol.md). A session of one step runs that agent operation; a session of several runs
+the agent's ``sequence`` operation with the steps listed in the job. Each step contributes only
+the fields it uses (its ``job_fields`` in the registry).
 """
 
 from __future__ import annotations
@@ -10,19 +12,31 @@ from __future__ import annotations
 from typing import Any
 
 from .config import DroneConfig
-from .model import DroneSettings, SettingError
-from .protocol import PROTOCOL_VERSION
+from .model import DroneSettings
+from .operations import STEPS
+from .protocol import PROTOCOL_VERSION, SEQUENCE_OPERATION
 
 
-def build_job(drone: DroneConfig, settings: DroneSettings, agent_operation: str) -> dict[str, Any]:
-    """The job for ``agent_operation`` (create, prune, stats, list, check) on ``drone``."""
+def agent_operation(steps: tuple[str, ...]) -> str:
+    """The agent operation word that runs ``steps`` in one session."""
+    if not steps:
+        raise ValueError("a session needs at least one step")
+    return steps[0] if len(steps) == 1 else SEQUENCE_OPERATION
+
+
+def build_job(
+    drone: DroneConfig, settings: DroneSettings, steps: tuple[str, ...]
+) -> dict[str, Any]:
+    """The job that runs ``steps`` on ``drone``; raises SettingError when a setting forbids it."""
+    agent_operation(steps)  # rejects an empty session
     job = _repository_fields(drone)
-    if agent_operation == "create":
-        job.update(_create_fields(drone))
-    elif agent_operation == "prune":
-        job["keep"] = _keep_field(settings)
-    elif agent_operation not in ("stats", "list", "check"):
-        raise ValueError(f"no job for agent operation {agent_operation!r}")
+    for name in steps:
+        step = STEPS.get(name)
+        if step is None:
+            raise ValueError(f"no job for agent operation {name!r}")
+        job.update(step.job_fields(drone, settings))
+    if len(steps) > 1:
+        job["steps"] = list(steps)
     return job
 
 
@@ -44,20 +58,3 @@ def _repository_fields(drone: DroneConfig) -> dict[str, Any]:
     if drone.borg_remote_path is not None:
         job["borg_remote_path"] = drone.borg_remote_path
     return job
-
-
-def _create_fields(drone: DroneConfig) -> dict[str, Any]:
-    return {
-        "paths": list(drone.paths),
-        "exclude_patterns": list(drone.exclude_patterns),
-        "exclude_if_present": list(drone.exclude_if_present),
-        "one_file_system": drone.one_file_system,
-        "compression": drone.compression,
-    }
-
-
-def _keep_field(settings: DroneSettings) -> dict[str, str | int]:
-    if settings.keep.is_empty():
-        # borg would delete every archive of the prefix: refuse rather than guess.
-        raise SettingError("no keep rule is set: prune would delete every archive")
-    return settings.keep.as_job()

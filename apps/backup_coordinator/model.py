@@ -13,19 +13,14 @@ from enum import StrEnum
 
 
 class Operation(StrEnum):
-    """What a person or the schedule can ask the coordinator to do on one drone."""
+    """What a person or the schedule can ask the coordinator to do on one drone; what each
+    one runs is in the registry (operations.py)."""
 
     CREATE = "create"
     PRUNE = "prune"
     STATS = "stats"
     CHECK = "check"
     SCHEDULED = "scheduled"  # create, then prune, then stats
-
-    def agent_operations(self) -> tuple[str, ...]:
-        """The agent operations that carry this out, in order."""
-        if self is Operation.SCHEDULED:
-            return ("create", "prune", "stats")
-        return (self.value,)
 
 
 class Mode(StrEnum):
@@ -48,15 +43,6 @@ class DroneState(StrEnum):
     ERROR = "error"
     UNREACHABLE = "unreachable"
 
-
-# The state a drone shows while the agent runs one of its operations.
-BUSY_STATE_OF_AGENT_OPERATION: dict[str, DroneState] = {
-    "create": DroneState.CREATING,
-    "prune": DroneState.PRUNING,
-    "stats": DroneState.UPDATING_STATS,
-    "check": DroneState.CHECKING,
-    "offsite": DroneState.OFFSITE,
-}
 
 # borg's --keep-within interval: a positive number and one unit (hours, days, weeks, months,
 # years). The agent checks the same pattern on its side of SSH.
@@ -172,3 +158,11 @@ class SshTarget:
     known_hosts: str = ""  # path of the known_hosts file that must hold the host's key
     connect_timeout: float = 10.0
     keepalive_interval: float = 15.0
+
+
+MIB = 1024 * 1024
+
+
+def format_mib(size: object) -> str:
+    """A byte count for people: ``12.3 MiB``, or ``?`` when unknown."""
+    return f"{size / MIB:.1f} MiB" if isinstance(size, int) else "?"

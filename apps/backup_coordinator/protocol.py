@@ -1,7 +1,8 @@
-"""The coordinator's side of the agent's wire protocol (version 1, see docs/protocol.md).
+"""The coordinator's side of the agent's wire protocol (version 2, see docs/protocol.md).
 
 The agent prints one JSON object per line; ``parse_line`` turns each into a typed event and
-raises ``ProtocolError`` for anything that is not one of them.
+raises ``ProtocolError`` for anything that is not one of them. Version 2 added the ``sequence``
+operation (several steps in one session), whose steps each end with a ``step`` line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+SEQUENCE_OPERATION = "sequence"  # runs the job's ``steps`` in one agent session
 
 EXIT_OK = 0
 EXIT_WARNING = 1
@@ -41,13 +43,19 @@ class OperationFailed(Exception):
     """An agent operation that did not succeed, classified for the user."""
 
     def __init__(
-        self, kind: FailureKind, message: str, hint: str = "", rc: int = EXIT_FAILED
+        self,
+        kind: FailureKind,
+        message: str,
+        hint: str = "",
+        rc: int = EXIT_FAILED,
+        step: str | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.hint = hint
         self.rc = rc  # the agent's exit code when it answered (2 or 3), else 2
+        self.step = step  # the step of a session that failed, when known
 
     def __str__(self) -> str:
         return f"{self.kind.value}: {self.message}" + (f" ({self.hint})" if self.hint else "")
@@ -87,7 +95,9 @@ class LogLine:
 
 
 @dataclass(frozen=True)
-class Result:
+class Outcome:
+    """How an agent operation ended: the fields of ``result`` and ``step`` lines."""
+
     operation: str
     ok: bool
     rc: int
@@ -97,7 +107,17 @@ class Result:
     error: Mapping[str, Any] | None = None
 
 
-AgentEvent = Hello | Progress | LogLine | Result
+@dataclass(frozen=True)
+class Result(Outcome):
+    """The last line of every session."""
+
+
+@dataclass(frozen=True)
+class StepResult(Outcome):
+    """The end of one step of a ``sequence`` session, as that step alone would have ended."""
+
+
+AgentEvent = Hello | Progress | LogLine | StepResult | Result
 
 
 def _require(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -157,12 +177,12 @@ def _event(obj: Any, line: str) -> AgentEvent:
             msgid=str(obj.get("msgid") or ""),
             time=float(obj.get("time") or 0.0),
         )
-    if kind == "result":
+    if kind in ("result", "step"):
         data = obj.get("data") or {}
         error = obj.get("error")
         if not isinstance(data, dict) or not (error is None or isinstance(error, dict)):
-            raise ProtocolError("'result' line: data/error must be objects")
-        return Result(
+            raise ProtocolError(f"{kind!r} line: data/error must be objects")
+        return (StepResult if kind == "step" else Result)(
             operation=str(obj.get("operation", "")),
             ok=bool(_require(obj, "ok", bool)),
             rc=_require(obj, "rc", int),

@@ -1,0 +1,208 @@
+"""The operation registry: everything the coordinator knows about each operation, in one place.
+
+Two levels, as on the wire:
+
+- a **step** is one agent operation (``create``, ``prune``, ``stats``, ``check``): the state a
+  drone shows while it runs, the job fields it needs beyond the repository's, how its result
+  folds into the drone's record, and how it is summarised for people;
+- an **operation** is what a person or the schedule asks for: its steps, in order, and the
+  button that requests it. A scheduled backup is create, prune and stats in one agent session.
+
+Adding an operation means adding a row here (and its counterpart in the agent's own table);
+``tests/unit/test_registry.py`` fails when any other site disagrees with these tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .config import DroneConfig
+from .model import DroneSettings, DroneState, Operation, SettingError, format_mib
+from .store import DroneRecord
+
+JobFields = Callable[[DroneConfig, DroneSettings], dict[str, Any]]
+Fold = Callable[[DroneRecord, Mapping[str, Any], datetime], None]
+Summary = Callable[[Mapping[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One agent operation, as the coordinator runs and records it."""
+
+    name: str  # the agent's operation word
+    busy_state: DroneState
+    job_fields: JobFields  # what the job needs beyond the repository's fields
+    fold: Fold  # record the step's result data
+    summary: Summary  # one line for people (logs, the CLI)
+    streams_progress: bool = False
+
+
+@dataclass(frozen=True)
+class Button:
+    """How Home Assistant shows the control that requests an operation."""
+
+    key: str  # entity object id suffix, e.g. ``scheduled_backup``
+    label: str
+    icon: str
+
+
+@dataclass(frozen=True)
+class OperationSpec:
+    operation: Operation
+    steps: tuple[str, ...]
+    button: Button | None  # None: requested from the CLI only
+
+
+# --- job fields -------------------------------------------------------------------------------
+
+
+def _no_fields(_drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
+    return {}
+
+
+def _create_fields(drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
+    return {
+        "paths": list(drone.paths),
+        "exclude_patterns": list(drone.exclude_patterns),
+        "exclude_if_present": list(drone.exclude_if_present),
+        "one_file_system": drone.one_file_system,
+        "compression": drone.compression,
+    }
+
+
+def _prune_fields(_drone: DroneConfig, settings: DroneSettings) -> dict[str, Any]:
+    if settings.keep.is_empty():
+        # borg would delete every archive of the prefix: refuse rather than guess.
+        raise SettingError("no keep rule is set: prune would delete every archive")
+    return {"keep": settings.keep.as_job()}
+
+
+# --- folding results into the record ----------------------------------------------------------
+
+
+def _fold_create(record: DroneRecord, data: Mapping[str, Any], now: datetime) -> None:
+    record.last_backup = now
+    if isinstance(data.get("archive"), dict):
+        record.last_archive = dict(data["archive"])
+    if isinstance(data.get("repository"), dict):
+        record.repository = repository_sizes(data["repository"])
+
+
+def _fold_prune(record: DroneRecord, _data: Mapping[str, Any], now: datetime) -> None:
+    record.last_prune = now
+
+
+def _fold_stats(record: DroneRecord, data: Mapping[str, Any], now: datetime) -> None:
+    record.last_stats = now
+    record.repository = repository_sizes(data)
+    count = data.get("archive_count")
+    record.archive_count = count if isinstance(count, int) else None
+
+
+def _fold_nothing(_record: DroneRecord, _data: Mapping[str, Any], _now: datetime) -> None:
+    return None
+
+
+REPOSITORY_SIZE_KEYS = (
+    "total_size",
+    "compressed_size",
+    "deduplicated_size",
+    "total_chunks",
+    "unique_chunks",
+)
+
+
+def repository_sizes(data: Mapping[str, Any]) -> dict[str, int]:
+    return {
+        key: value
+        for key, value in data.items()
+        if key in REPOSITORY_SIZE_KEYS and isinstance(value, int) and not isinstance(value, bool)
+    }
+
+
+# --- summaries --------------------------------------------------------------------------------
+
+
+def _create_summary(data: Mapping[str, Any]) -> str:
+    archive = data.get("archive") or {}
+    return (
+        f"archive {archive.get('name', '?')}: {archive.get('nfiles', '?')} files,"
+        f" {format_mib(archive.get('original_size'))} read,"
+        f" {format_mib(archive.get('deduplicated_size'))} new"
+    )
+
+
+def _prune_summary(data: Mapping[str, Any]) -> str:
+    return f"pruned {len(data.get('pruned') or [])}, kept {len(data.get('kept') or [])}"
+
+
+def _stats_summary(data: Mapping[str, Any]) -> str:
+    return (
+        f"repository {format_mib(data.get('deduplicated_size'))} deduplicated,"
+        f" {data.get('archive_count', '?')} archives"
+    )
+
+
+def _check_summary(data: Mapping[str, Any]) -> str:
+    findings = data.get("findings") or []
+    return "repository OK" if not findings else f"{len(findings)} finding(s)"
+
+
+# --- the tables -------------------------------------------------------------------------------
+
+STEPS: Mapping[str, Step] = {
+    step.name: step
+    for step in (
+        Step(
+            "create",
+            DroneState.CREATING,
+            _create_fields,
+            _fold_create,
+            _create_summary,
+            streams_progress=True,
+        ),
+        Step("prune", DroneState.PRUNING, _prune_fields, _fold_prune, _prune_summary),
+        Step("stats", DroneState.UPDATING_STATS, _no_fields, _fold_stats, _stats_summary),
+        Step("check", DroneState.CHECKING, _no_fields, _fold_nothing, _check_summary),
+    )
+}
+
+OPERATIONS: Mapping[Operation, OperationSpec] = {
+    spec.operation: spec
+    for spec in (
+        OperationSpec(
+            Operation.CREATE, ("create",), Button("create", "create", "mdi:backup-restore")
+        ),
+        OperationSpec(Operation.PRUNE, ("prune",), Button("prune", "prune", "mdi:content-cut")),
+        OperationSpec(
+            Operation.STATS,
+            ("stats",),
+            Button("update_stats", "update stats", "mdi:chart-box-outline"),
+        ),
+        OperationSpec(Operation.CHECK, ("check",), None),
+        OperationSpec(
+            Operation.SCHEDULED,
+            ("create", "prune", "stats"),
+            Button("scheduled_backup", "scheduled backup", "mdi:calendar-sync"),
+        ),
+    )
+}
+
+# The states a drone shows while a step runs; any other state is a resting one.
+BUSY_STATES = frozenset(step.busy_state for step in STEPS.values())
+
+
+def spec_of(operation: Operation) -> OperationSpec:
+    return OPERATIONS[operation]
+
+
+def steps_of(operation: Operation) -> tuple[Step, ...]:
+    return tuple(STEPS[name] for name in OPERATIONS[operation].steps)
+
+
+def summary(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """``step: summary; ...`` for the steps that ended, in the order they ran."""
+    return "; ".join(STEPS[name].summary(data) for name, data in results.items() if name in STEPS)
