@@ -280,7 +280,7 @@ def agent_job(mode: Mode, target: SshTarget) -> dict[str, Any]:
         paths=(str(mode.data.path),),
         compression="lz4",
     )
-    return build_job(drone, DroneSettings(), "create")
+    return build_job(drone, DroneSettings(), ("create",))
 
 
 def checked_result(result: Result | None, what: str, stderr: str = "") -> Result:

@@ -18,13 +18,13 @@ from typing import TextIO
 
 import yaml
 
-from . import transport
+from . import operations, transport
 from .config import Config, ConfigError, DroneConfig, load_config_file
 from .dashboard import dashboard
-from .entities import format_mib, iso_or_unknown
-from .jobs import build_job
-from .model import Operation, SettingError
-from .protocol import AgentEvent, LogLine, OperationFailed, Progress, Result
+from .entities import iso_or_unknown
+from .jobs import agent_operation, build_job
+from .model import Operation, SettingError, format_mib
+from .protocol import AgentEvent, LogLine, OperationFailed, Outcome, Progress, StepResult
 from .store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -99,7 +99,7 @@ async def _doctor_drone(drone: DroneConfig, out: TextIO) -> int:
         return sum(1 for check in checks if not check.ok)
     try:
         result = await transport.run_agent(
-            drone.ssh, "stats", build_job(drone, drone.settings, "stats")
+            drone.ssh, "stats", build_job(drone, drone.settings, ("stats",))
         )
     except OperationFailed as failure:
         _check_line(out, drone.name, "repository", False, failure.message, failure.hint)
@@ -157,8 +157,12 @@ def status(config: Config, out: TextIO) -> int:
 
 
 async def run(drone: DroneConfig, operation: Operation, out: TextIO) -> int:
-    """Runs the operation's agent steps directly (no schedule, no state file)."""
+    """Runs the operation's steps in one agent session (no schedule, no state file)."""
     terminal = out.isatty()
+    steps = operations.spec_of(operation).steps
+
+    def show_line(text: str) -> None:
+        print(("\n" if terminal else "") + text, file=out, flush=True)
 
     async def show(event: AgentEvent) -> None:
         if isinstance(event, Progress):
@@ -173,42 +177,27 @@ async def run(drone: DroneConfig, operation: Operation, out: TextIO) -> int:
                 flush=True,
             )
         elif isinstance(event, LogLine):
-            print(
-                f"\n{event.level}: {event.message}"
-                if terminal
-                else f"{event.level}: {event.message}",
-                file=out,
-            )
+            show_line(f"{event.level}: {event.message}")
+        elif isinstance(event, StepResult) and event.ok:
+            show_line(_describe(event))
 
-    for step in operation.agent_operations():
-        print(f"{drone.name}: {step} ...", file=out)
-        try:
-            job = build_job(drone, drone.settings, step)
-            result = await transport.run_agent(drone.ssh, step, job, show)
-        except (OperationFailed, SettingError) as error:
-            print(f"\n{drone.name}: {step} failed: {error}", file=out)
-            return EXIT_FAILED
-        print(("\n" if terminal else "") + _describe(step, result), file=out)
+    print(f"{drone.name}: {', '.join(steps)} ...", file=out)
+    try:
+        job = build_job(drone, drone.settings, steps)
+        result = await transport.run_agent(drone.ssh, agent_operation(steps), job, show)
+    except (OperationFailed, SettingError) as error:
+        show_line(f"{drone.name}: {operation.value} failed: {error}")
+        return EXIT_FAILED
+    if len(steps) == 1:  # a single operation's result is its step's result
+        show_line(_describe(result))
     return EXIT_OK
 
 
-def _describe(step: str, result: Result) -> str:
-    data = result.data
-    warnings = f" with {result.warnings} warning(s)" if result.warnings else ""
-    if step == "create":
-        archive = data.get("archive") or {}
-        detail = (
-            f"archive {archive.get('name')}, {archive.get('nfiles')} files,"
-            f" {format_mib(archive.get('deduplicated_size'))} new"
-        )
-    elif step == "prune":
-        detail = f"kept {len(data.get('kept') or [])}, pruned {len(data.get('pruned') or [])}"
-    elif step == "stats":
-        size = format_mib(data.get("deduplicated_size"))
-        detail = f"{data.get('archive_count')} archives, {size} deduplicated"
-    else:
-        detail = json.dumps(dict(data))[:200]
-    return f"{step} done in {result.duration:.1f} s{warnings}: {detail}"
+def _describe(outcome: Outcome) -> str:
+    step = operations.STEPS.get(outcome.operation)
+    detail = step.summary(outcome.data) if step else json.dumps(dict(outcome.data))[:200]
+    warnings = f" with {outcome.warnings} warning(s)" if outcome.warnings else ""
+    return f"{outcome.operation} done in {outcome.duration:.1f} s{warnings}: {detail}"
 
 
 if __name__ == "__main__":

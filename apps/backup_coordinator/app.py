@@ -18,7 +18,7 @@ from . import entities
 from .config import ConfigError, parse_config
 from .coordinator import Coordinator
 from .entities import HelperSpec, Publication
-from .transport import run_agent
+from .transport import Connections
 
 HELPER_DOMAINS = ("input_number", "input_select", "input_text", "input_button")
 NOT_A_VALUE = ("unknown", "unavailable", None)  # "" is a value: an empty keep within
@@ -28,11 +28,11 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
     """``module: backup_coordinator.app``, ``class: BackupCoordinator`` in apps.yaml."""
 
     coordinator: Coordinator | None = None
+    connections: Connections | None = None
     helpers_by_entity: dict[str, HelperSpec]
 
     async def initialize(self) -> None:
-        if self.coordinator is not None:  # initialised again without terminate()
-            await self.coordinator.stop()
+        await self.terminate()  # initialised again without terminate()
         self.coordinator = None
         self.helpers_by_entity = {}
         try:
@@ -47,7 +47,10 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         ]
         created = await self._ensure_helpers(helpers)
         self.helpers_by_entity = {helper.entity_id: helper for helper in helpers}
-        self.coordinator = Coordinator(config, HomeAssistantAdapter(self, config.notify), run_agent)
+        self.connections = Connections()
+        self.coordinator = Coordinator(
+            config, HomeAssistantAdapter(self, config.notify), self.connections.run_agent
+        )
         # A helper created just now holds the apps.yaml value the config already has.
         existing = [helper for helper in helpers if helper.entity_id not in created]
         await self.coordinator.start(await self._helper_values(existing))
@@ -67,6 +70,8 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
     async def terminate(self) -> None:
         if self.coordinator is not None:
             await self.coordinator.stop()
+        if self.connections is not None:
+            await self.connections.close()
 
     # --- callbacks ----------------------------------------------------------------------------
 

@@ -17,12 +17,11 @@ from datetime import UTC, datetime, timedelta
 from traceback import format_exc
 from typing import Any
 
-from . import entities, scheduler
+from . import entities, operations, scheduler
 from .config import Config, DroneConfig
-from .entities import DroneSnapshot, ProgressSnapshot, Publication, format_mib
-from .jobs import build_job
+from .entities import DroneSnapshot, ProgressSnapshot, Publication
+from .jobs import agent_operation, build_job
 from .model import (
-    BUSY_STATE_OF_AGENT_OPERATION,
     GLOBAL_MODES,
     KEEP_COUNT_NAMES,
     DroneSettings,
@@ -38,7 +37,16 @@ from .model import (
 )
 from .ports import HomeAssistantPort
 from .progress import ProgressTracker
-from .protocol import AgentEvent, FailureKind, OperationFailed, Progress, Result, redact
+from .protocol import (
+    AgentEvent,
+    FailureKind,
+    OperationFailed,
+    Outcome,
+    Progress,
+    Result,
+    StepResult,
+    redact,
+)
 from .store import DroneRecord, RunningOperation, Store
 
 AgentRunner = Callable[
@@ -331,7 +339,7 @@ class Coordinator:
         """The drone's task is ending: persist, show it, and let the drone take the next one."""
         drone.task = None
         drone.agent_operation = None
-        if drone.state in BUSY_STATE_OF_AGENT_OPERATION.values():  # ended without an outcome
+        if drone.state in operations.BUSY_STATES:  # ended without an outcome
             drone.state = _resting_state(drone.record)
         if self._stopping:
             await self._save()
@@ -342,59 +350,84 @@ class Coordinator:
         self._start_what_is_due()
         await self._publish_coordinator()
 
-    async def _run_steps(self, drone: Drone, operation: Operation) -> dict[str, Result]:
-        """Each agent operation in turn; the first failure ends the sequence."""
-        results: dict[str, Result] = {}
-        for agent_operation in operation.agent_operations():
-            try:
-                job = build_job(drone.config, drone.settings, agent_operation)
-            except SettingError as error:
-                raise OperationFailed(FailureKind.REJECTED, f"{agent_operation}: {error}") from None
-            drone.state = BUSY_STATE_OF_AGENT_OPERATION[agent_operation]
-            drone.agent_operation = agent_operation
-            await self._publish_drone(drone)
-            result = await self._run_agent_operation(drone, agent_operation, job)
-            results[agent_operation] = result
-            self._take_result(drone, agent_operation, result)
-            if len(results) == len(operation.agent_operations()):
-                drone.record.running = None  # done: a stop from here on must not redo it
-            await self._save()
-        return results
+    async def _run_steps(self, drone: Drone, operation: Operation) -> dict[str, Outcome]:
+        """Runs the operation's steps in one agent session.
 
-    async def _run_agent_operation(
-        self, drone: Drone, agent_operation: str, job: Mapping[str, Any]
-    ) -> Result:
-        tracker = ProgressTracker(
-            drone=drone.name,
-            operation=agent_operation,
-            started=self.monotonic(),
-            expected_size=_previous_size(drone.record),
-            interval=self.config.progress_interval,
-        )
+        Each step's result is recorded, saved and shown as soon as its ``step`` line arrives;
+        the first failure ends the session. Every step gets ``max_runtime_minutes`` of its own.
+        """
+        steps = operations.spec_of(operation).steps
+        try:
+            job = build_job(drone.config, drone.settings, steps)
+        except SettingError as error:
+            raise OperationFailed(FailureKind.REJECTED, f"{operation.value}: {error}") from None
+        session = _Session(steps)
+        max_runtime = self.config.max_runtime_minutes * 60
+        deadline = asyncio.timeout(max_runtime)
 
         async def on_event(event: AgentEvent) -> None:
-            if isinstance(event, Progress):
-                await self._relay_progress(tracker.update(event, self.monotonic()))
+            if isinstance(event, Progress) and session.tracker is not None:
+                await self._relay_progress(session.tracker.update(event, self.monotonic()))
+            elif isinstance(event, StepResult) and event.ok:
+                await self._step_done(drone, session, event)
+                deadline.reschedule(asyncio.get_running_loop().time() + max_runtime)
 
-        max_runtime = self.config.max_runtime_minutes * 60
-        result: Result | None = None
-        deadline = asyncio.timeout(max_runtime)
+        await self._begin_step(drone, session)
         try:
             async with deadline:
-                result = await self.runner(drone.config.ssh, agent_operation, job, on_event)
-            return result
+                result = await self.runner(drone.config.ssh, agent_operation(steps), job, on_event)
+            if len(steps) == 1:  # a single operation's result is its step's result
+                await self._step_done(drone, session, result)
         except TimeoutError:
             if not deadline.expired():
                 raise
             raise OperationFailed(
                 FailureKind.TIMEOUT,
-                f"{agent_operation} ran longer than"
+                f"{session.current} ran longer than"
                 f" {self.config.max_runtime_minutes} min and was stopped",
                 "raise max_runtime_minutes if the backup is legitimately this slow",
+                step=session.current,
             ) from None
         finally:
-            archive = result.data.get("archive") if result is not None else None
-            await self._relay_progress(tracker.final(self.monotonic(), result is not None, archive))
+            if session.tracker is not None:  # the step streaming progress did not end
+                await self._relay_progress(session.tracker.final(self.monotonic(), False))
+        return session.results
+
+    async def _begin_step(self, drone: Drone, session: _Session) -> None:
+        step = operations.STEPS[session.current]
+        drone.state = step.busy_state
+        drone.agent_operation = step.name
+        session.tracker = (
+            ProgressTracker(
+                drone=drone.name,
+                operation=step.name,
+                started=self.monotonic(),
+                expected_size=_previous_size(drone.record),
+                interval=self.config.progress_interval,
+            )
+            if step.streams_progress
+            else None
+        )
+        await self._publish_drone(drone)
+
+    async def _step_done(self, drone: Drone, session: _Session, outcome: Outcome) -> None:
+        """Fold one finished step into the record, persist it, and show the next step."""
+        step = operations.STEPS[session.current]
+        if session.tracker is not None:
+            archive = outcome.data.get("archive")
+            final = session.tracker.final(
+                self.monotonic(), True, archive if isinstance(archive, dict) else None
+            )
+            session.tracker = None
+            await self._relay_progress(final)
+        step.fold(drone.record, outcome.data, self.clock())
+        session.results[step.name] = outcome
+        if session.finished:
+            drone.record.running = None  # done: a stop from here on must not redo it
+            await self._save()
+            return
+        await self._save()
+        await self._begin_step(drone, session)
 
     async def _relay_progress(self, snapshot: ProgressSnapshot | None) -> None:
         if snapshot is None:
@@ -417,28 +450,10 @@ class Coordinator:
             },
         )
 
-    def _take_result(self, drone: Drone, agent_operation: str, result: Result) -> None:
-        """Fold one agent result into the drone's record."""
-        now = self.clock()
-        data = result.data
-        if agent_operation == "create":
-            drone.record.last_backup = now
-            if isinstance(data.get("archive"), dict):
-                drone.record.last_archive = dict(data["archive"])
-            if isinstance(data.get("repository"), dict):
-                drone.record.repository = _sizes(data["repository"])
-        elif agent_operation == "prune":
-            drone.record.last_prune = now
-        elif agent_operation == "stats":
-            drone.record.last_stats = now
-            drone.record.repository = _sizes(data)
-            count = data.get("archive_count")
-            drone.record.archive_count = count if isinstance(count, int) else None
-
     # --- outcomes -----------------------------------------------------------------------------
 
     async def _record_success(
-        self, drone: Drone, operation: Operation, results: Mapping[str, Result], duration: float
+        self, drone: Drone, operation: Operation, results: Mapping[str, Outcome], duration: float
     ) -> None:
         record = drone.record
         record.consecutive_failures = 0
@@ -451,7 +466,11 @@ class Coordinator:
         self.port.log(
             f"{drone.name}: {operation.value} finished in {duration:.1f} s"
             + (f" with {warnings} warning(s)" if warnings else "")
-            + _summary(results)
+            + (
+                ": " + operations.summary({n: r.data for n, r in results.items()})
+                if results
+                else ""
+            )
         )
         await self.port.fire_event(
             EVENT_FINISHED,
@@ -500,6 +519,7 @@ class Coordinator:
                     "kind": failure.kind.value,
                     "message": failure.message,
                     "hint": failure.hint,
+                    "step": failure.step or "",
                 },
             },
         )
@@ -621,40 +641,23 @@ def _previous_size(record: DroneRecord) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
-def _sizes(data: Mapping[str, Any]) -> dict[str, int]:
-    return {
-        key: value
-        for key, value in data.items()
-        if key
-        in ("total_size", "compressed_size", "deduplicated_size", "total_chunks", "unique_chunks")
-        and isinstance(value, int)
-    }
-
-
 def _since(moment: datetime | None) -> str:
     return moment.isoformat(timespec="seconds") if moment else "the coordinator started"
 
 
-def _summary(results: Mapping[str, Result]) -> str:
-    parts = []
-    create = results.get("create")
-    if create is not None:
-        archive = create.data.get("archive") or {}
-        parts.append(
-            f"archive {archive.get('name', '?')}: {archive.get('nfiles', '?')} files,"
-            f" {format_mib(archive.get('original_size'))} read,"
-            f" {format_mib(archive.get('deduplicated_size'))} new"
-        )
-    prune = results.get("prune")
-    if prune is not None:
-        parts.append(
-            f"pruned {len(prune.data.get('pruned') or [])},"
-            f" kept {len(prune.data.get('kept') or [])}"
-        )
-    stats = results.get("stats")
-    if stats is not None:
-        parts.append(
-            f"repository {format_mib(stats.data.get('deduplicated_size'))} deduplicated,"
-            f" {stats.data.get('archive_count', '?')} archives"
-        )
-    return (": " + "; ".join(parts)) if parts else ""
+@dataclass
+class _Session:
+    """Where one agent session stands: its steps, the results so far, the create's progress."""
+
+    steps: tuple[str, ...]
+    results: dict[str, Outcome] = field(default_factory=dict)
+    tracker: ProgressTracker | None = None
+
+    @property
+    def current(self) -> str:
+        """The step running now (the last one once all have ended)."""
+        return self.steps[min(len(self.results), len(self.steps) - 1)]
+
+    @property
+    def finished(self) -> bool:
+        return len(self.results) == len(self.steps)

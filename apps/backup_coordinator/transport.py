@@ -1,8 +1,11 @@
-"""SSH transport: run one agent operation on a drone and stream its events back.
+"""SSH transport: run one agent session on a drone and stream its events back.
 
-Each operation opens its own SSH connection and closes it when the operation ends: no pooled
-connections whose silent death would need detecting, and a connection's lifetime is exactly the
-agent's (the agent treats its stdin closing as "the coordinator is gone" and stops borg).
+A session is one SSH channel running one agent process (one operation, or several steps of a
+``sequence``); the agent treats the channel's stdin closing as "the coordinator is gone" and
+stops borg. ``run_agent`` opens a connection for one session and closes it after;
+``Connections`` keeps a connection open for a few seconds after a session that succeeded, so
+the next session on the same drone (a queued request) skips the handshake. A cancelled or
+failed session always closes its connection.
 
 Host keys are always verified against the target's known_hosts file: there is no way to turn
 that off. Neither an ssh-agent nor ``~/.ssh/config`` is consulted; everything comes from the
@@ -36,6 +39,7 @@ from .protocol import (
     FailureKind,
     Hello,
     OperationFailed,
+    Outcome,
     ProtocolError,
     Result,
     parse_line,
@@ -45,6 +49,7 @@ from .protocol import (
 EventHandler = Callable[[AgentEvent], Awaitable[None]]
 
 KEEPALIVE_COUNT_MAX = 3
+LINGER_SECONDS = 10.0  # how long Connections keeps an idle connection for the next session
 STDERR_TAIL_CHARS = 4096
 EXIT_WAIT_SECONDS = 5.0  # after the result (or EOF), how long the agent may take to exit
 CLOSE_WAIT_SECONDS = 2.0
@@ -190,6 +195,83 @@ async def run_agent(
         await close_connection(conn)
 
 
+class Connections:
+    """Runs sessions like ``run_agent``, reusing a drone's connection for the next session.
+
+    After a session that succeeded its connection stays open for ``linger`` seconds; a session
+    on the same target in that time uses it (and, should it have died meanwhile, a new one).
+    Only a connection that no session uses is kept, so the liveness rule is untouched: a
+    session's channel still ends with its session.
+    """
+
+    def __init__(self, linger: float = LINGER_SECONDS) -> None:
+        self.linger = linger
+        self._idle: dict[SshTarget, tuple[asyncssh.SSHClientConnection, asyncio.TimerHandle]] = {}
+
+    async def run_agent(
+        self,
+        target: SshTarget,
+        operation: str,
+        job: Mapping[str, Any],
+        on_event: EventHandler | None = None,
+    ) -> Result:
+        kept = self._take(target)
+        if kept is not None:
+            try:
+                return await self._run_on(kept, target, operation, job, on_event)
+            except SessionNotOpened:
+                pass  # the kept connection died while idle: nothing ran, start afresh
+        conn = await open_connection(target)
+        return await self._run_on(conn, target, operation, job, on_event)
+
+    async def _run_on(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        target: SshTarget,
+        operation: str,
+        job: Mapping[str, Any],
+        on_event: EventHandler | None,
+    ) -> Result:
+        try:
+            result = await run_on_connection(conn, target, operation, job, on_event)
+        except BaseException:
+            await close_connection(conn)
+            raise
+        self._keep(target, conn)
+        return result
+
+    async def close(self) -> None:
+        """Closes every idle connection (the app stopping)."""
+        idle, self._idle = self._idle, {}
+        for conn, timer in idle.values():
+            timer.cancel()
+            await close_connection(conn)
+
+    def _take(self, target: SshTarget) -> asyncssh.SSHClientConnection | None:
+        entry = self._idle.pop(target, None)
+        if entry is None:
+            return None
+        conn, timer = entry
+        timer.cancel()
+        if conn.is_closed():
+            return None
+        return conn
+
+    def _keep(self, target: SshTarget, conn: asyncssh.SSHClientConnection) -> None:
+        previous = self._idle.pop(target, None)
+        if previous is not None:  # two sessions on one target at once: keep the newer
+            previous[1].cancel()
+            previous[0].close()
+        timer = asyncio.get_running_loop().call_later(self.linger, self._expire, target, conn)
+        self._idle[target] = (conn, timer)
+
+    def _expire(self, target: SshTarget, conn: asyncssh.SSHClientConnection) -> None:
+        entry = self._idle.get(target)
+        if entry is not None and entry[0] is conn:
+            del self._idle[target]
+        conn.close()
+
+
 async def run_on_connection(
     conn: asyncssh.SSHClientConnection,
     target: SshTarget,
@@ -216,9 +298,17 @@ async def run_on_connection(
 def redacted(failure: OperationFailed, secret: object) -> OperationFailed:
     if not isinstance(secret, str) or not secret:
         return failure
-    return OperationFailed(
-        failure.kind, redact(failure.message, secret), redact(failure.hint, secret), failure.rc
+    return type(failure)(
+        failure.kind,
+        redact(failure.message, secret),
+        redact(failure.hint, secret),
+        failure.rc,
+        failure.step,
     )
+
+
+class SessionNotOpened(OperationFailed):
+    """The connection would not open a channel for the agent: nothing ran on the drone."""
 
 
 async def start_agent(
@@ -227,7 +317,8 @@ async def start_agent(
     try:
         return await conn.create_process(operation, encoding="utf-8", errors="replace")
     except (OSError, asyncssh.Error) as error:
-        raise unreachable(target, f"could not open a session: {describe(error)}") from None
+        failure = unreachable(target, f"could not open a session: {describe(error)}")
+        raise SessionNotOpened(failure.kind, failure.message, failure.hint) from None
 
 
 async def send_job(process: asyncssh.SSHClientProcess[str], job: Mapping[str, Any]) -> None:
@@ -334,8 +425,21 @@ def parse_event(line: str, target: SshTarget, hello_seen: bool) -> AgentEvent:
 
 
 def check_hello(event: AgentEvent, target: SshTarget) -> None:
+    """The first line must be a hello answering in our protocol version.
+
+    An agent older than the coordinator answers with its own, lower version (and rejects the
+    job): it must be upgraded, never misread.
+    """
     if not isinstance(event, Hello):
         raise not_the_agent(target, f"its first line was a {type(event).__name__}, not hello")
+    if event.protocol < PROTOCOL_VERSION:
+        raise OperationFailed(
+            FailureKind.AGENT,
+            f"the agent on {where(target)} speaks protocol {event.protocol}, this coordinator"
+            f" needs {PROTOCOL_VERSION}",
+            f"upgrade the agent: install drone_agent/backup_drone.py of this coordinator's"
+            f" version on {target.host}",
+        )
     if event.protocol != PROTOCOL_VERSION:
         raise OperationFailed(
             FailureKind.AGENT,
@@ -396,10 +500,14 @@ def checked(result: Result, target: SshTarget) -> Result:
     """The result itself when the agent succeeded; otherwise the classified failure."""
     if result.rc in (EXIT_OK, EXIT_WARNING):
         return result
+    step = failed_step(result)
     if result.rc == EXIT_FAILED:
         msgid = str((result.error or {}).get("msgid") or "")
         raise OperationFailed(
-            FailureKind.BORG_ERROR, error_text(result), BORG_ERROR_HINTS.get(msgid, "")
+            FailureKind.BORG_ERROR,
+            f"{step} failed: {error_text(result)}" if step else error_text(result),
+            BORG_ERROR_HINTS.get(msgid, ""),
+            step=step,
         )
     if result.rc == EXIT_REJECTED:
         raise OperationFailed(
@@ -407,6 +515,7 @@ def checked(result: Result, target: SshTarget) -> Result:
             f"the agent on {where(target)} rejected the job: {error_text(result)}",
             "fix the drone's settings named in the message",
             rc=EXIT_REJECTED,
+            step=step,
         )
     raise OperationFailed(
         FailureKind.AGENT,
@@ -415,7 +524,13 @@ def checked(result: Result, target: SshTarget) -> Result:
     )
 
 
-def error_text(result: Result) -> str:
+def failed_step(result: Result) -> str | None:
+    """The step a ``sequence`` session failed in (its result's ``error.step``)."""
+    step = (result.error or {}).get("step")
+    return step if isinstance(step, str) and step else None
+
+
+def error_text(result: Outcome) -> str:
     """``msgid: field: message`` from the result's error, each part only when present."""
     error = result.error or {}
     text = str(error.get("message") or "") or f"{result.operation} failed (rc {result.rc})"

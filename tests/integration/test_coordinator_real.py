@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from backup_coordinator.coordinator import EVENT_FINISHED, EVENT_PROBLEM, EVENT_PROGRESS
-from backup_coordinator.entities import MIB
+from backup_coordinator.model import MIB
 from tests.integration.coordinator_support import (
     BIG_DATA_MEGABYTES,
     SLOW_COMPRESSION,

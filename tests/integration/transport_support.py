@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backup_coordinator.protocol import PROTOCOL_VERSION
 from devstack.borg import AGENT_PATH, borg_env, init_repository, list_archives
 from devstack.sshd import LoopbackDrone
 
@@ -29,7 +30,7 @@ class DroneHost:
 
     def job(self, **changes: Any) -> dict[str, Any]:
         job: dict[str, Any] = {
-            "protocol": 1,
+            "protocol": PROTOCOL_VERSION,
             "repository": str(self.repository),
             "passphrase": PASSPHRASE,
             "archive_prefix": ARCHIVE_PREFIX,

@@ -14,13 +14,15 @@ import pytest
 
 from backup_coordinator.config import Config, parse_config
 from backup_coordinator.coordinator import Coordinator
-from backup_coordinator.model import DroneState, Operation, SshTarget
+from backup_coordinator.model import MIB, DroneState, Operation, SshTarget
 from backup_coordinator.protocol import (
+    SEQUENCE_OPERATION,
     AgentEvent,
     FailureKind,
     OperationFailed,
     Progress,
     Result,
+    StepResult,
 )
 from tests.memory_port import MemoryPort
 
@@ -32,9 +34,11 @@ Behaviour = Callable[[str, Mapping[str, Any], Any], Awaitable[Result]]
 
 @dataclass
 class ScriptedRunner:
-    """Plays the agent: every call is recorded; behaviours per (host, operation) may be set."""
+    """Plays the agent: every session and every step is recorded; behaviours per
+    (host, step) may be set. A ``sequence`` plays its steps in order, with a step line each."""
 
-    calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # per step
+    sessions: list[tuple[str, str]] = field(default_factory=list)  # (host, agent operation)
     behaviours: dict[tuple[str, str], Behaviour] = field(default_factory=dict)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     called: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,12 +50,34 @@ class ScriptedRunner:
         job: Mapping[str, Any],
         on_event: Callable[[AgentEvent], Awaitable[None]] | None,
     ) -> Result:
-        self.calls.append((target.host, operation, dict(job)))
+        self.sessions.append((target.host, operation))
+        if operation != SEQUENCE_OPERATION:
+            return await self._step(target.host, operation, job, on_event)
+        completed = []
+        for step in job["steps"]:
+            try:
+                result = await self._step(target.host, step, job, on_event)
+            except OperationFailed as failure:
+                failure.step = step
+                raise
+            if on_event is not None:
+                await on_event(StepResult(**vars(result)))
+            completed.append(step)
+        return Result(SEQUENCE_OPERATION, ok=True, rc=0, data={"completed": completed})
+
+    async def _step(
+        self,
+        host: str,
+        step: str,
+        job: Mapping[str, Any],
+        on_event: Callable[[AgentEvent], Awaitable[None]] | None,
+    ) -> Result:
+        self.calls.append((host, step, dict(job)))
         self.called.set()
-        behaviour = self.behaviours.get((target.host, operation))
+        behaviour = self.behaviours.get((host, step))
         if behaviour is not None:
-            return await behaviour(operation, job, on_event)
-        return ok_result(operation)
+            return await behaviour(step, job, on_event)
+        return ok_result(step)
 
     def operations(self, host: str | None = None) -> list[str]:
         return [op for h, op, _ in self.calls if host is None or h == host]
@@ -182,12 +208,22 @@ async def test_jobs_carry_the_drone_settings_and_never_the_wrong_fields(tmp_path
         tmp_path, nas={"passphrase": "s3cret", "keep": {"weekly": 2, "within": "3d"}}
     )
     coordinator, port = await started(config, runner, clock)
-    await coordinator.tick()
+    await coordinator.tick()  # the scheduled backup: one session, one job for its three steps
     await coordinator.wait_idle()
-    jobs = {op: job for _, op, job in runner.calls}
+    assert runner.sessions == [("nas", "sequence")]
+    scheduled = runner.calls[0][2]
+    assert scheduled["steps"] == ["create", "prune", "stats"]
+    assert scheduled["paths"] == ["/data"]
+    assert scheduled["keep"] == {"weekly": 2, "within": "3d", "daily": 7, "monthly": 6, "yearly": 1}
+    for operation in (Operation.CREATE, Operation.PRUNE):
+        await coordinator.request("nas", operation)
+        await coordinator.wait_idle()
+    jobs = {op: job for _, op, job in runner.calls[3:]}
+    assert runner.sessions[1:] == [("nas", "create"), ("nas", "prune")]
     assert jobs["create"]["paths"] == ["/data"]
     assert jobs["create"]["passphrase"] == "s3cret"
     assert "keep" not in jobs["create"]
+    assert "steps" not in jobs["create"]
     assert jobs["prune"]["keep"]["weekly"] == 2
     assert jobs["prune"]["keep"]["within"] == "3d"
     assert "paths" not in jobs["prune"]
@@ -508,3 +544,48 @@ async def test_a_rejected_job_finishes_with_the_agents_exit_code(tmp_path: Path)
     await coordinator.wait_idle()
     finished = port.of("backup_coordinator_finished")[-1]
     assert (finished["rc"], finished["error"]["kind"]) == (3, "rejected")
+
+
+# --- a scheduled backup is one session --------------------------------------------------------
+
+
+async def test_each_step_of_a_session_is_recorded_and_shown_when_it_ends(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "prune")] = blocking(runner)
+    coordinator, port = await started(make_config(tmp_path, nas={}), runner, clock)
+    await coordinator.tick()
+    await calls_reach(runner, 2)  # create ended, prune runs
+    assert runner.sessions == [("nas", "sequence")]
+    assert port.state("sensor.backup_nas_state") == "pruning"
+    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.backup_nas_last_prune") == "unknown"
+    saved = json.loads((tmp_path / "state.json").read_text())["drones"]["nas"]
+    assert saved["last_backup"] is not None  # persisted before the next step ended
+    assert saved["running"]["operation"] == "scheduled"
+    runner.release.set()
+    await coordinator.wait_idle()
+    assert port.state("sensor.backup_nas_state") == "idle"
+    assert port.state("sensor.backup_nas_last_prune") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.backup_nas_total_size") == f"{2000 / MIB:.2f}"  # from stats
+    finished = port.of("backup_coordinator_finished")[-1]
+    assert finished["ok"] is True
+    assert list(finished["results"]) == ["create", "prune", "stats"]
+
+
+async def test_a_failed_step_ends_the_session_and_keeps_what_the_steps_before_it_did(
+    tmp_path: Path,
+) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "prune")] = failing(FailureKind.BORG_ERROR, "prune failed: lock")
+    coordinator, port = await started(make_config(tmp_path, nas={}), runner, clock)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "prune"]  # stats never ran
+    assert port.state("sensor.backup_nas_state") == "error"
+    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.backup_nas_last_prune") == "unknown"
+    finished = port.of("backup_coordinator_finished")[-1]
+    assert finished["ok"] is False
+    assert finished["error"]["step"] == "prune"
+    assert port.state("binary_sensor.backup_nas_problem") == "on"
+    assert coordinator.drones["nas"].record.last_error == "prune failed: lock"

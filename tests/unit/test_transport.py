@@ -19,6 +19,7 @@ import pytest
 
 from backup_coordinator.model import SshTarget
 from backup_coordinator.protocol import (
+    PROTOCOL_VERSION,
     AgentEvent,
     FailureKind,
     Hello,
@@ -26,10 +27,12 @@ from backup_coordinator.protocol import (
     OperationFailed,
     Progress,
     Result,
+    StepResult,
 )
 from backup_coordinator.transport import (
     PROBE_STEPS,
     Check,
+    Connections,
     checked,
     error_text,
     probe,
@@ -39,7 +42,11 @@ from devstack.sshd import authorized_keys_line, forced_command
 from devstack.waiting import free_port
 
 PASSPHRASE = "correct horse battery staple"
-JOB: dict[str, Any] = {"protocol": 1, "repository": "/srv/borg/x", "passphrase": PASSPHRASE}
+JOB: dict[str, Any] = {
+    "protocol": PROTOCOL_VERSION,
+    "repository": "/srv/borg/x",
+    "passphrase": PASSPHRASE,
+}
 
 ServerProcess = asyncssh.SSHServerProcess[str]
 Behaviour = Callable[[ServerProcess, "FakeDrone"], Awaitable[None]]
@@ -49,7 +56,7 @@ def line(obj: dict[str, Any]) -> str:
     return json.dumps(obj) + "\n"
 
 
-def hello(operation: str = "create", protocol: int = 1) -> str:
+def hello(operation: str = "create", protocol: int = PROTOCOL_VERSION) -> str:
     return line(
         {
             "type": "hello",
@@ -107,7 +114,20 @@ class FakeDrone:
         self.commands: list[str] = []
         self.jobs: list[dict[str, Any]] = []
         self.stdin_closed = asyncio.Event()
+        self.connections = 0  # connections accepted
+        self.connections_changed = asyncio.Event()
+        self._open: set[asyncssh.SSHServerConnection] = set()
         self._server: asyncssh.SSHAcceptor | None = None
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
+
+    async def drop_connections(self) -> None:
+        """The host's side of every connection goes away (a reboot, a network cut)."""
+        for conn in list(self._open):
+            conn.abort()
+        await wait_for(self.connections_changed, lambda: not self._open, "connections dropped")
 
     async def start(self) -> None:
         authorized = asyncssh.import_authorized_keys(self.client_key.export_public_key().decode())
@@ -118,6 +138,7 @@ class FakeDrone:
             authorized_client_keys=authorized,
             process_factory=self._run_session,
             encoding="utf-8",
+            server_factory=lambda: CountingServer(self),
         )
 
     async def stop(self) -> None:
@@ -152,6 +173,34 @@ class FakeDrone:
     async def _run_session(self, process: ServerProcess) -> None:
         self.commands.append(process.command or "")
         await self.behaviour(process, self)
+
+
+class CountingServer(asyncssh.SSHServer):
+    def __init__(self, drone: FakeDrone) -> None:
+        self.drone = drone
+        self.conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        self.drone.connections += 1
+        self.drone._open.add(conn)
+        self.drone.connections_changed.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.drone._open.discard(self.conn)
+        self.drone.connections_changed.set()
+
+
+async def wait_for(
+    changed: asyncio.Event, condition: Callable[[], bool], what: str, timeout: float = 5.0
+) -> None:
+    """Waits until ``condition`` holds, checking it each time ``changed`` is set."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            changed.clear()
+            await changed.wait()
+    assert condition(), what
 
 
 def known_hosts_line(port: int, key: asyncssh.SSHKey) -> str:
@@ -288,9 +337,18 @@ async def test_garbage_output_is_an_agent_failure(drone: FakeDrone) -> None:
 
 
 async def test_protocol_mismatch_is_an_agent_failure(drone: FakeDrone) -> None:
-    drone.behaviour = speak(hello(protocol=2), result())
+    drone.behaviour = speak(hello(protocol=PROTOCOL_VERSION + 1), result())
     failure = await fails(FailureKind.AGENT, drone.target())
     assert "protocol mismatch" in failure.message
+
+
+async def test_an_older_agent_is_refused_with_an_upgrade_message(drone: FakeDrone) -> None:
+    # What a protocol-1 agent prints for a protocol-2 job: its hello, then a rejection.
+    rejection = {"msgid": "JobRejected", "field": "protocol", "message": "unsupported"}
+    drone.behaviour = speak(hello(protocol=1), result(3, rejection), exit_status=3)
+    failure = await fails(FailureKind.AGENT, drone.target())
+    assert "speaks protocol 1, this coordinator needs 2" in failure.message
+    assert "upgrade the agent" in failure.hint
 
 
 async def test_a_first_line_other_than_hello_is_an_agent_failure(drone: FakeDrone) -> None:
@@ -406,7 +464,7 @@ async def test_probe_passes_every_step_on_a_good_drone(drone: FakeDrone) -> None
     assert summary(checks) == [(name, True) for name in PROBE_STEPS]
     assert checks[-1].detail == "agent 9.9, borg 1.2.4 on fakehost"
     assert drone.commands == ["hello"]
-    assert drone.jobs == [{"protocol": 1}]
+    assert drone.jobs == [{"protocol": PROTOCOL_VERSION}]
 
 
 async def test_probe_stops_at_an_unreachable_host(drone: FakeDrone) -> None:
@@ -466,3 +524,117 @@ def test_forced_command_quotes_for_shell_and_authorized_keys() -> None:
         'command="/usr/bin/env \'A=x \\"y\\" $z\' /usr/bin/python3 /opt/agent.py serve",'
         "restrict ssh-ed25519 AAAA\n"
     )
+
+
+# --- sessions of several steps ----------------------------------------------------------------
+
+
+def step_line(operation: str, rc: int = 0, error: dict[str, str] | None = None) -> str:
+    return line(
+        {
+            "type": "step",
+            "operation": operation,
+            "ok": rc in (0, 1),
+            "rc": rc,
+            "duration": 0.1,
+            "warnings": 0,
+            "data": {"kept": [], "pruned": []} if rc < 2 else {},
+            "error": error,
+        }
+    )
+
+
+async def test_each_step_line_is_delivered_before_the_sessions_result(drone: FakeDrone) -> None:
+    drone.behaviour = speak(
+        hello("sequence"),
+        progress(1),
+        step_line("create"),
+        step_line("prune"),
+        result(operation="sequence"),
+    )
+    events: list[AgentEvent] = []
+
+    async def collect(event: AgentEvent) -> None:
+        events.append(event)
+
+    outcome = await run_agent(
+        drone.target(), "sequence", {**JOB, "steps": ["create", "prune"]}, collect
+    )
+    assert drone.commands == ["sequence"]
+    assert [type(e).__name__ for e in events] == [
+        "Hello",
+        "Progress",
+        "StepResult",
+        "StepResult",
+        "Result",
+    ]
+    steps = [e for e in events if isinstance(e, StepResult)]
+    assert [s.operation for s in steps] == ["create", "prune"]
+    assert steps[1].data == {"kept": [], "pruned": []}
+    assert outcome.operation == "sequence"
+
+
+async def test_a_failed_step_is_named_in_the_failure(drone: FakeDrone) -> None:
+    error = {"msgid": "LockTimeout", "message": "Failed to create/acquire the lock"}
+    drone.behaviour = speak(
+        hello("sequence"),
+        step_line("create"),
+        step_line("prune", 2, error),
+        result(2, {**error, "step": "prune"}, operation="sequence"),
+        exit_status=2,
+    )
+    with pytest.raises(OperationFailed) as caught:
+        await run_agent(drone.target(), "sequence", {**JOB, "steps": ["create", "prune"]})
+    assert caught.value.kind is FailureKind.BORG_ERROR
+    assert caught.value.step == "prune"
+    assert caught.value.message.startswith("prune failed: LockTimeout")
+    assert "lock" in caught.value.hint
+
+
+# --- connection reuse -------------------------------------------------------------------------
+
+
+async def test_connections_reuse_one_connection_for_sessions_in_a_row(drone: FakeDrone) -> None:
+    connections = Connections(linger=30)
+    try:
+        for _ in range(3):
+            await connections.run_agent(drone.target(), "create", JOB)
+    finally:
+        await connections.close()
+    assert drone.commands == ["create"] * 3
+    assert drone.connections == 1
+
+
+async def test_connections_open_a_new_one_after_a_failure(drone: FakeDrone) -> None:
+    connections = Connections(linger=30)
+    error = {"msgid": "LockTimeout", "message": "lock"}
+    try:
+        drone.behaviour = speak(hello(), result(2, error), exit_status=2)
+        with pytest.raises(OperationFailed):
+            await connections.run_agent(drone.target(), "create", JOB)
+        drone.behaviour = speak(hello(), result())
+        await connections.run_agent(drone.target(), "create", JOB)
+    finally:
+        await connections.close()
+    assert drone.connections == 2
+
+
+async def test_connections_replace_a_kept_connection_that_died(drone: FakeDrone) -> None:
+    connections = Connections(linger=30)
+    try:
+        await connections.run_agent(drone.target(), "create", JOB)
+        await drone.drop_connections()
+        await connections.run_agent(drone.target(), "create", JOB)
+    finally:
+        await connections.close()
+    assert drone.commands == ["create", "create"]
+    assert drone.connections == 2
+
+
+async def test_connections_close_an_idle_connection_after_lingering(drone: FakeDrone) -> None:
+    connections = Connections(linger=0.05)
+    await connections.run_agent(drone.target(), "create", JOB)
+    await wait_for(
+        drone.connections_changed, lambda: drone.open_connections == 0, "the idle one closed"
+    )
+    await connections.close()

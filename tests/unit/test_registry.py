@@ -1,0 +1,131 @@
+"""Every site that knows about operations agrees with the registry (operations.py) and with the
+agent's own table: a new operation missed at one site fails here, not at run time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup_coordinator import entities, operations
+from backup_coordinator.__main__ import _parser
+from backup_coordinator.config import Config, parse_config
+from backup_coordinator.jobs import agent_operation, build_job
+from backup_coordinator.model import DroneSettings, DroneState, Operation
+from backup_coordinator.protocol import PROTOCOL_VERSION
+from backup_coordinator.store import DroneRecord
+from tests.integration.agent_support import load_agent
+
+agent = load_agent()
+
+# What the agent's result data looks like for each step (docs/protocol.md, result.data).
+STEP_DATA: dict[str, dict[str, Any]] = {
+    "create": {
+        "archive": {"name": "nas-2026-12-03T10:00:00", "nfiles": 3, "original_size": 10},
+        "repository": {"total_size": 10, "compressed_size": 5, "deduplicated_size": 4},
+    },
+    "prune": {"kept": ["nas-2026-12-03T10:00:00"], "pruned": [], "compact": {"freed_bytes": 0}},
+    "stats": {
+        "total_size": 10,
+        "compressed_size": 5,
+        "deduplicated_size": 4,
+        "archive_count": 1,
+        "last_archive": None,
+    },
+    "check": {"findings": [], "repository_ok": True},
+}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return parse_config(
+        {
+            "state_file": str(tmp_path / "state.json"),
+            "ssh": {"client_key": "/keys/id", "known_hosts": "/keys/known_hosts"},
+            "drones": {
+                "nas": {
+                    "host": "nas.lan",
+                    "repository": "/srv/borg/nas",
+                    "passphrase": "secret",
+                    "paths": ["/home"],
+                }
+            },
+        },
+        tmp_path,
+    )
+
+
+def test_every_operation_has_one_entry_whose_steps_are_known() -> None:
+    assert set(operations.OPERATIONS) == set(Operation)
+    for operation, spec in operations.OPERATIONS.items():
+        assert spec.operation is operation
+        assert spec.steps, operation
+        assert all(step in operations.STEPS for step in spec.steps), operation
+
+
+def test_every_step_is_an_agent_step_operation() -> None:
+    assert set(operations.STEPS) <= set(agent.STEP_OPERATIONS)
+    assert operations.STEPS.keys() <= set(agent.OPERATIONS)
+
+
+def test_every_step_shows_its_own_busy_state_which_the_state_sensor_offers() -> None:
+    states = [step.busy_state for step in operations.STEPS.values()]
+    assert len(set(states)) == len(states)
+    assert set(DroneState) >= operations.BUSY_STATES
+    assert DroneState.IDLE not in operations.BUSY_STATES
+
+
+@pytest.mark.parametrize("operation", list(Operation))
+def test_the_agent_accepts_the_job_the_coordinator_builds(
+    config: Config, operation: Operation
+) -> None:
+    steps = operations.spec_of(operation).steps
+    job = build_job(config.drones[0], DroneSettings(), steps)
+    assert job["protocol"] == PROTOCOL_VERSION
+    word = agent_operation(steps)
+    validated = agent.validate_job(word, job)
+    assert validated.repository == "/srv/borg/nas"
+    if len(steps) > 1:
+        assert word == "sequence"
+        assert tuple(job["steps"]) == steps
+    else:
+        assert word == steps[0]
+        assert "steps" not in job
+
+
+@pytest.mark.parametrize("step", list(operations.STEPS))
+def test_every_step_folds_and_summarises_the_agents_result_data(step: str) -> None:
+    record = DroneRecord()
+    spec = operations.STEPS[step]
+    spec.fold(record, STEP_DATA[step], datetime.now(UTC))
+    assert spec.summary(STEP_DATA[step])
+    assert "?" not in spec.summary(STEP_DATA[step])
+
+
+def test_the_cli_offers_exactly_the_registered_operations() -> None:
+    commands = next(a for a in _parser()._actions if a.dest == "command")
+    run_parser = commands.choices["run"]  # type: ignore[index]
+    operation_argument = next(a for a in run_parser._actions if a.dest == "operation")
+    assert set(operation_argument.choices) == {op.value for op in Operation}
+
+
+def test_every_button_requests_the_operation_the_registry_gives_it() -> None:
+    buttons = [
+        helper
+        for helper in entities.drone_helpers("backup", "nas", DroneSettings())
+        if helper.domain == "input_button"
+    ]
+    expected = {
+        spec.button.key: spec.operation
+        for spec in operations.OPERATIONS.values()
+        if spec.button is not None
+    }
+    assert {b.object_id.removeprefix("backup_nas_"): b.operation for b in buttons} == expected
+
+
+def test_summary_joins_the_steps_in_the_order_they_ran() -> None:
+    text = operations.summary({"create": STEP_DATA["create"], "stats": STEP_DATA["stats"]})
+    assert text.startswith("archive nas-2026-12-03T10:00:00: 3 files")
+    assert text.endswith("1 archives")
