@@ -35,6 +35,7 @@ from .protocol import (
     EXIT_REJECTED,
     EXIT_WARNING,
     PROTOCOL_VERSION,
+    SEQUENCE_OPERATION,
     AgentEvent,
     FailureKind,
     Hello,
@@ -42,6 +43,7 @@ from .protocol import (
     Outcome,
     ProtocolError,
     Result,
+    StepResult,
     parse_line,
     redact,
 )
@@ -283,7 +285,9 @@ async def run_on_connection(
     stderr = StderrTail(process)
     try:
         await send_job(process, job)
-        result = await stream_events(process, target, operation, stderr, on_event)
+        result = await stream_events(
+            process, target, session_steps(operation, job), stderr, on_event
+        )
         await finish(process)
         return checked(result, target)
     except OperationFailed as failure:
@@ -362,25 +366,40 @@ class StderrTail:
             await self._task
 
 
+def session_steps(operation: str, job: Mapping[str, Any]) -> list[str]:
+    """The steps a session runs: the job's ``steps`` for a sequence, else the operation."""
+    steps = job.get("steps")
+    if operation == SEQUENCE_OPERATION and isinstance(steps, list) and steps:
+        return [str(step) for step in steps]
+    return [operation]
+
+
 async def stream_events(
     process: asyncssh.SSHClientProcess[str],
     target: SshTarget,
-    operation: str,
+    steps: list[str],
     stderr: StderrTail,
     on_event: EventHandler | None,
 ) -> Result:
-    """Reads events until the result; the first must be a hello of our protocol version."""
+    """Reads events until the result; the first must be a hello of our protocol version.
+
+    A failure while reading names the step that was running (each ``step`` line ends one).
+    """
     hello_seen = False
+    ended = 0  # steps whose step line has arrived
     while True:
-        line = await read_line(process, target, operation, hello_seen)
+        step = steps[min(ended, len(steps) - 1)]
+        line = await read_line(process, target, step, hello_seen)
         if line is None:
-            raise await ended_without_result(process, target, operation, stderr, hello_seen)
+            raise await ended_without_result(process, target, step, stderr, hello_seen)
         event = parse_event(line, target, hello_seen)
         if not hello_seen:
             check_hello(event, target)
             hello_seen = True
         if on_event is not None:
             await on_event(event)
+        if isinstance(event, StepResult):
+            ended += 1
         if isinstance(event, Result):
             return event
 
@@ -457,11 +476,12 @@ def not_the_agent(target: SshTarget, detail: str) -> OperationFailed:
     )
 
 
-def lost_during(target: SshTarget, operation: str, reason: str) -> OperationFailed:
+def lost_during(target: SshTarget, step: str, reason: str) -> OperationFailed:
     return OperationFailed(
         FailureKind.UNREACHABLE,
-        f"connection lost during {operation} on {where(target)} ({reason})",
+        f"connection lost during {step} on {where(target)} ({reason})",
         f"check the network and that {target.host} stays up",
+        step=step,
     )
 
 
@@ -493,6 +513,7 @@ async def ended_without_result(
         FailureKind.AGENT,
         f"the agent on {where(target)} ended {operation} without a result ({detail})",
         "look at the agent's stderr above; report it if it is a crash",
+        step=operation,
     )
 
 

@@ -23,8 +23,8 @@ from typing import Any
 from backup_coordinator.config import Config, parse_config
 from backup_coordinator.coordinator import Coordinator
 from backup_coordinator.model import SshTarget
-from backup_coordinator.protocol import AgentEvent, Progress, Result
-from backup_coordinator.transport import run_agent
+from backup_coordinator.protocol import AgentEvent, Hello, Progress, Result, StepResult
+from backup_coordinator.transport import run_agent, session_steps
 from devstack.sshd import process_is_running
 from devstack.waiting import async_wait_until
 from tests.integration.transport_support import (
@@ -60,12 +60,16 @@ class ShiftedClock:
 class RecordingRunner:
     """``transport.run_agent`` as the coordinator's runner, recording what it was asked to do.
 
-    Drones are told apart by their job's ``archive_prefix`` (the drone's name by default), so
-    drones sharing one sshd are told apart too.
+    ``sessions`` has one entry per agent session (one SSH connection and agent process);
+    ``calls`` and ``outcomes`` one per step, so a scheduled backup's sequence shows as its
+    create, prune and stats. Drones are told apart by their job's ``archive_prefix`` (the
+    drone's name by default), so drones sharing one sshd are told apart too.
     """
 
-    calls: list[tuple[str, str]] = field(default_factory=list)  # (drone, agent operation)
-    outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (drone, op, ok/error)
+    sessions: list[tuple[str, str]] = field(default_factory=list)  # (drone, agent operation)
+    hellos: int = 0
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (drone, step) as each starts
+    outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (drone, step, ok/error)
     errors: list[str] = field(default_factory=list)  # every failure in full, for messages
     active: int = 0
     max_active: int = 0
@@ -79,25 +83,38 @@ class RecordingRunner:
         on_event: Callable[[AgentEvent], Awaitable[None]] | None,
     ) -> Result:
         drone = str(job.get("archive_prefix", f"{target.host}:{target.port}"))
-        self.calls.append((drone, operation))
+        steps = session_steps(operation, job)
+        self.sessions.append((drone, operation))
+        self.calls.append((drone, steps[0]))
         self.active += 1
         self.max_active = max(self.max_active, self.active)
+        ended = 0
 
         async def relay(event: AgentEvent) -> None:
+            nonlocal ended
             if isinstance(event, Progress):
                 self.progressed.set()
+            if isinstance(event, Hello):
+                self.hellos += 1
+            if isinstance(event, StepResult) and event.ok:
+                self.outcomes.append((drone, event.operation, "ok"))
+                ended += 1
+                if ended < len(steps):
+                    self.calls.append((drone, steps[ended]))
             if on_event is not None:
                 await on_event(event)
 
         try:
             result = await run_agent(target, operation, job, relay)
         except BaseException as error:
-            self.outcomes.append((drone, operation, type(error).__name__))
-            self.errors.append(f"{drone} {operation}: {error!s}")
+            step = steps[min(ended, len(steps) - 1)]
+            self.outcomes.append((drone, step, type(error).__name__))
+            self.errors.append(f"{drone} {step}: {error!s}")
             raise
         finally:
             self.active -= 1
-        self.outcomes.append((drone, operation, "ok"))
+        if len(steps) == 1:
+            self.outcomes.append((drone, operation, "ok"))
         return result
 
     async def wait_for_progress(self, timeout: float = DEADLINE) -> None:
