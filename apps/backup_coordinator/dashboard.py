@@ -1,15 +1,17 @@
 """A Lovelace dashboard for the configured drones: one card per drone plus the coordinator's.
 
-Built from the entity catalogue, so the dashboard and the entities can never disagree.
+Built from the entity descriptions, so the dashboard and the entities can never disagree: a
+drone's card shows each section of its descriptions in turn, controls before sensors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from . import entities
 from .config import Config
-from .model import DroneSettings
+from .entities import EntityDescription, Section
 
 
 def dashboard(config: Config, title: str = "Backups") -> dict[str, Any]:
@@ -18,54 +20,36 @@ def dashboard(config: Config, title: str = "Backups") -> dict[str, Any]:
     return {"title": title, "views": [{"title": title, "path": "backups", "cards": cards}]}
 
 
-def coordinator_card(prefix: str) -> dict[str, Any]:
-    def entity(domain: str, suffix: str) -> str:
-        return f"{domain}.{entities.object_id(prefix, None, suffix)}"
+def coordinator_entities() -> tuple[EntityDescription, ...]:
+    """The coordinator's entities as its card reads top-down: the mode, what runs and how far
+    it got, what waits, what fails."""
+    active, *others = entities.COORDINATOR_SENSORS
+    return (*entities.COORDINATOR_HELPERS, active, entities.PROGRESS_SENSOR, *others)
 
+
+def coordinator_card(prefix: str) -> dict[str, Any]:
     return {
         "type": "entities",
         "title": f"{entities.title(prefix)} coordinator",
-        "entities": [
-            entity("input_select", "coordinator_mode"),
-            entity("sensor", "active"),
-            entity("sensor", "progress"),
-            entity("sensor", "queue"),
-            entity("sensor", "failing"),
-        ],
+        "entities": [description.entity_id(prefix, None) for description in coordinator_entities()],
     }
 
 
 def drone_card(prefix: str, drone: str) -> dict[str, Any]:
-    """Mode and frequency, state and times, sizes, the four buttons, the retention rules."""
-    helpers = entities.drone_helpers(prefix, drone, DroneSettings())
-    sensors = entities.drone_sensors(prefix, entities.DroneSnapshot.empty(drone))
-    sizes = [p for p in sensors if p.attributes.get("device_class") == "data_size"]
-    helper_prefix = f"{entities.title(prefix)} {drone} "
-
-    def helper_rows(chosen: list[entities.HelperSpec]) -> list[dict[str, str]]:
-        return [_row(h.entity_id, h.name.removeprefix(helper_prefix)) for h in chosen]
-
-    def sensor_rows(chosen: list[entities.Publication]) -> list[dict[str, str]]:
-        return [
-            _row(p.entity_id, str(p.attributes["friendly_name"]).removeprefix(f"{drone} "))
-            for p in chosen
-        ]
-
-    return {
-        "type": "entities",
-        "title": drone,
-        "state_color": True,
-        "entities": [
-            *helper_rows([h for h in helpers if h.setting in ("mode", "frequency")]),
-            *sensor_rows([p for p in sensors if p not in sizes]),
-            {"type": "section", "label": "Repository"},
-            *sensor_rows(sizes),
-            {"type": "section", "label": "Actions"},
-            *helper_rows([h for h in helpers if h.operation is not None]),
-            {"type": "section", "label": "Retention"},
-            *helper_rows([h for h in helpers if (h.setting or "").startswith("keep_")]),
-        ],
-    }
+    """The overview (mode, frequency, state, times, problem), then the repository's sizes, the
+    buttons and the retention rules."""
+    descriptions: Sequence[EntityDescription] = (
+        *entities.DRONE_HELPERS,
+        *entities.DRONE_BUTTONS,
+        *entities.DRONE_SENSORS,
+    )
+    rows: list[dict[str, str]] = []
+    for section in Section:
+        chosen = [d for d in descriptions if d.section is section]
+        if chosen and section.value:
+            rows.append({"type": "section", "label": section.value})
+        rows += [_row(d.entity_id(prefix, drone), d.label) for d in chosen]
+    return {"type": "entities", "title": drone, "state_color": True, "entities": rows}
 
 
 def _row(entity_id: str, name: str) -> dict[str, str]:

@@ -1,16 +1,20 @@
-"""The entity catalogue: every Home Assistant entity the app owns, with ids, names and looks.
+"""The entity catalogue: every Home Assistant entity the app owns, described once as data.
 
-Controls are real HA helpers (``HelperSpec``): the app creates the missing ones and HA keeps
-their values. Read-only values are sensors (``Publication``) computed here from the core's
-state by pure functions, so what HA shows is decided in one place and tested without HA.
+Each entity is a frozen description, as Home Assistant's own integrations describe theirs: what
+it is (domain, key, label, icon, device class, unit) and functions that read its value from the
+core's state. Controls are real HA helpers (``HelperDescription`` rendered as ``HelperSpec``):
+the app creates the missing ones and HA keeps their values. Read-only values are sensors
+(``SensorDescription`` rendered as ``Publication``). A new entity is a row in one of the tables
+below; the renderers, the app and the dashboard pick it up from there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from enum import Enum, StrEnum
+from typing import Any, Generic, TypeVar
 
 from .model import (
     FREQUENCY_MINUTES_RANGE,
@@ -23,23 +27,68 @@ from .model import (
     Mode,
     Operation,
 )
-from .operations import OPERATIONS
+from .operations import OPERATIONS, OperationSpec
+from .store import DEFAULT_GLOBAL_MODE
 
 STATE_MAX_LENGTH = 255  # HA rejects longer states
 
-# (setting key, label, icon) of the per-drone keep-count numbers HA steers.
-KEEP_NUMBERS = (
-    ("keep_weekly", "keep weekly", "mdi:calendar-week"),
-    ("keep_monthly", "keep monthly", "mdi:calendar-month"),
-    ("keep_yearly", "keep yearly", "mdi:calendar-star"),
-)
+Source = TypeVar("Source")  # what a description reads its values from
 
 
-SIZES = (
-    ("total_size", "total size", "total_size"),
-    ("compressed_size", "compressed size", "compressed_size"),
-    ("deduplicated_size", "deduplicated size", "deduplicated_size"),
-)
+class Section(Enum):
+    """Where a drone's entity sits on its dashboard card, in card order; the value is the
+    section's heading (the overview at the top has none)."""
+
+    OVERVIEW = ""
+    REPOSITORY = "Repository"
+    ACTIONS = "Actions"
+    RETENTION = "Retention"
+
+
+class EntityCategory(StrEnum):
+    """Home Assistant's entity categories; None is a primary entity. A backend with entity
+    registry entries (MQTT discovery) publishes it; helpers and set_state sensors have none."""
+
+    CONFIG = "config"  # steers how the drone is backed up
+    DIAGNOSTIC = "diagnostic"  # for finding out what went wrong
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntityDescription:
+    """What every entity has: ``<domain>.<prefix>_<drone>_<key>``, a label for people."""
+
+    domain: str
+    key: str  # the object id's suffix
+    label: str  # the name's suffix, lower case
+    section: Section = Section.OVERVIEW
+    category: EntityCategory | None = None
+
+    def entity_id(self, prefix: str, drone: str | None) -> str:
+        return f"{self.domain}.{object_id(prefix, drone, self.key)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HelperDescription(EntityDescription, Generic[Source]):
+    """A control helper: steers one setting or requests one operation."""
+
+    icon: str
+    create_fields: Mapping[str, Any] = field(default_factory=dict)  # for ``<domain>/create``
+    setting: str | None = None
+    operation: Operation | None = None
+    first_value: Callable[[Source], str | float] | None = None  # set once after creation
+
+
+@dataclass(frozen=True, kw_only=True)
+class SensorDescription(EntityDescription, Generic[Source]):
+    """A read-only value: its state and attributes are functions of the source."""
+
+    value: Callable[[Source], str]
+    attributes: Callable[[Source], Mapping[str, Any]] = lambda _source: {}
+    icon: str | None = None
+    device_class: str | None = None
+    unit: str | None = None
+    state_class: str | None = None
+    options: tuple[str, ...] = ()  # the possible states of an enum sensor
 
 
 @dataclass(frozen=True)
@@ -83,98 +132,7 @@ def entity_name(prefix: str, drone: str | None, label: str) -> str:
     return " ".join(part for part in (title(prefix), drone, label) if part)
 
 
-# --- controls ---------------------------------------------------------------------------------
-
-
-def drone_helpers(prefix: str, drone: str, settings: DroneSettings) -> list[HelperSpec]:
-    """Every control of one drone, with the first values from apps.yaml."""
-
-    def spec(domain: str, suffix: str, label: str, icon: str, **kwargs: Any) -> HelperSpec:
-        return HelperSpec(
-            domain=domain,
-            object_id=object_id(prefix, drone, suffix),
-            name=entity_name(prefix, drone, label),
-            icon=icon,
-            drone=drone,
-            **kwargs,
-        )
-
-    helpers = [
-        spec(
-            "input_number",
-            "frequency",
-            "frequency",
-            "mdi:timer-sync-outline",
-            create_fields=_number_fields(FREQUENCY_MINUTES_RANGE, "min"),
-            first_value=settings.frequency_minutes,
-            setting="frequency",
-        ),
-        spec(
-            "input_select",
-            "mode",
-            "mode",
-            "mdi:cog-outline",
-            create_fields={"options": [m.value for m in Mode]},
-            first_value=settings.mode.value,
-            setting="mode",
-        ),
-        spec(
-            "input_text",
-            "keep_within",
-            "keep within",
-            "mdi:calendar-range",
-            # HA checks the pattern in the UI only; the core validates again.
-            create_fields={"min": 0, "max": 16, "pattern": f"^$|{KEEP_WITHIN_PATTERN.pattern}"},
-            first_value=settings.keep.within or "",
-            setting="keep_within",
-        ),
-    ]
-    for setting, label, icon in KEEP_NUMBERS:
-        count = getattr(settings.keep, setting.removeprefix("keep_"))
-        helpers.append(
-            spec(
-                "input_number",
-                setting,
-                label,
-                icon,
-                create_fields=_number_fields(KEEP_COUNT_RANGE, None),
-                first_value=count,
-                setting=setting,
-            )
-        )
-    for spec_ in OPERATIONS.values():
-        if spec_.button is not None:
-            button = spec_.button
-            helpers.append(
-                spec(
-                    "input_button", button.key, button.label, button.icon, operation=spec_.operation
-                )
-            )
-    return helpers
-
-
-def coordinator_helpers(prefix: str) -> list[HelperSpec]:
-    return [
-        HelperSpec(
-            domain="input_select",
-            object_id=object_id(prefix, None, "coordinator_mode"),
-            name=entity_name(prefix, None, "coordinator mode"),
-            icon="mdi:play-pause",
-            create_fields={"options": list(GLOBAL_MODES)},
-            first_value="running",
-            setting="global_mode",
-        )
-    ]
-
-
-def _number_fields(bounds: tuple[int, int], unit: str | None) -> dict[str, Any]:
-    fields: dict[str, Any] = {"min": bounds[0], "max": bounds[1], "step": 1, "mode": "box"}
-    if unit:
-        fields["unit_of_measurement"] = unit
-    return fields
-
-
-# --- sensors ----------------------------------------------------------------------------------
+# --- what the sensors read --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -204,108 +162,6 @@ class DroneSnapshot:
         )
 
 
-def drone_sensors(prefix: str, snap: DroneSnapshot) -> list[Publication]:
-    def entity(domain: str, suffix: str) -> str:
-        return f"{domain}.{object_id(prefix, snap.name, suffix)}"
-
-    def name(label: str) -> str:
-        return f"{snap.name} {label}"
-
-    archive = snap.last_archive or {}
-    sensors = [
-        Publication(
-            entity("sensor", "state"),
-            snap.state.value,
-            {
-                "friendly_name": name("state"),
-                "icon": "mdi:state-machine",
-                "device_class": "enum",
-                "options": [s.value for s in DroneState],
-                "operation": snap.operation or "none",
-            },
-        ),
-        Publication(
-            entity("sensor", "last_backup"),
-            iso_or_unknown(snap.last_backup),
-            {
-                "friendly_name": name("last backup"),
-                "icon": "mdi:history",
-                "device_class": "timestamp",
-                "archive": archive.get("name", ""),
-                "files": archive.get("nfiles"),
-                "duration_s": archive.get("duration"),
-                "archive_count": snap.archive_count,  # this drone's archives in the repository
-            },
-        ),
-        Publication(
-            entity("sensor", "last_prune"),
-            iso_or_unknown(snap.last_prune),
-            {
-                "friendly_name": name("last prune"),
-                "icon": "mdi:content-cut",
-                "device_class": "timestamp",
-            },
-        ),
-        Publication(
-            entity("sensor", "next_backup"),
-            iso_or_unknown(snap.next_backup),
-            {
-                "friendly_name": name("next backup"),
-                "icon": "mdi:calendar-clock",
-                "device_class": "timestamp",
-            },
-        ),
-    ]
-    repository = snap.repository or {}
-    for suffix, label, key in SIZES:
-        sensors.append(size_sensor(entity("sensor", suffix), name(label), repository.get(key)))
-    sensors.append(
-        Publication(
-            entity("binary_sensor", "problem"),
-            "on" if snap.problems else "off",
-            {
-                "friendly_name": name("problem"),
-                "device_class": "problem",
-                "reason": "; ".join(snap.problems) or "none",
-                "consecutive_failures": snap.consecutive_failures,
-            },
-        )
-    )
-    sensors.append(
-        Publication(
-            entity("sensor", "last_error"),
-            truncate(snap.last_error or "none"),
-            {
-                "friendly_name": name("last error"),
-                "icon": "mdi:alert-circle-outline",
-                "kind": snap.last_error_kind or "none",
-                "hint": snap.last_error_hint or "",
-            },
-        )
-    )
-    return sensors
-
-
-def size_sensor(entity_id: str, friendly_name: str, size: object) -> Publication:
-    """A data_size sensor in MiB; the exact byte count is the ``bytes`` attribute."""
-    if not isinstance(size, int) or isinstance(size, bool):
-        state, exact = "unknown", None
-    else:
-        state, exact = f"{size / MIB:.2f}", size
-    return Publication(
-        entity_id,
-        state,
-        {
-            "friendly_name": friendly_name,
-            "icon": "mdi:harddisk",
-            "device_class": "data_size",
-            "unit_of_measurement": "MiB",
-            "state_class": "measurement",
-            "bytes": exact,
-        },
-    )
-
-
 @dataclass(frozen=True)
 class ProgressSnapshot:
     drone: str
@@ -320,31 +176,364 @@ class ProgressSnapshot:
     final: bool
 
 
-def progress_sensor(prefix: str, progress: ProgressSnapshot | None) -> Publication:
-    entity_id = f"sensor.{object_id(prefix, None, 'progress')}"
-    base = {
-        "friendly_name": f"{title(prefix)} progress",
-        "icon": "mdi:progress-upload",
-        "unit_of_measurement": "%",
-    }
-    if progress is None:
-        return Publication(entity_id, "unknown", {**base, "drone": "none", "operation": "none"})
-    percent = "unknown" if progress.percent is None else f"{progress.percent:.1f}"
-    return Publication(
-        entity_id,
-        percent,
-        {
-            **base,
-            "drone": progress.drone,
-            "operation": progress.operation,
-            "files": progress.nfiles,
-            "original_size": progress.original_size,
-            "compressed_size": progress.compressed_size,
-            "deduplicated_size": progress.deduplicated_size,
-            "speed_bytes_per_s": None if progress.speed is None else round(progress.speed),
-            "eta_s": None if progress.eta_seconds is None else round(progress.eta_seconds),
-        },
+@dataclass(frozen=True)
+class CoordinatorSnapshot:
+    """``running``: drone -> operation; ``queue``: (drone, operation) requested, oldest first."""
+
+    running: Mapping[str, str]
+    queue: Sequence[tuple[str, str]]
+    round_robin: Sequence[str]
+    failing: Sequence[str]
+    global_mode: str
+
+
+# --- the controls -----------------------------------------------------------------------------
+
+
+def _number_fields(bounds: tuple[int, int], unit: str | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"min": bounds[0], "max": bounds[1], "step": 1, "mode": "box"}
+    if unit:
+        fields["unit_of_measurement"] = unit
+    return fields
+
+
+def _keep_count(name: str, icon: str) -> HelperDescription[DroneSettings]:
+    """One of borg prune's ``--keep-<name>`` counts."""
+
+    def first_value(settings: DroneSettings) -> int:
+        return int(getattr(settings.keep, name))
+
+    return HelperDescription(
+        domain="input_number",
+        key=f"keep_{name}",
+        label=f"keep {name}",
+        icon=icon,
+        section=Section.RETENTION,
+        category=EntityCategory.CONFIG,
+        create_fields=_number_fields(KEEP_COUNT_RANGE, None),
+        setting=f"keep_{name}",
+        first_value=first_value,
     )
+
+
+# A drone's settings; `keep daily` and `keep hourly` come from apps.yaml only.
+DRONE_HELPERS: tuple[HelperDescription[DroneSettings], ...] = (
+    HelperDescription(
+        domain="input_number",
+        key="frequency",
+        label="frequency",
+        icon="mdi:timer-sync-outline",
+        category=EntityCategory.CONFIG,
+        create_fields=_number_fields(FREQUENCY_MINUTES_RANGE, "min"),
+        setting="frequency",
+        first_value=lambda settings: settings.frequency_minutes,
+    ),
+    HelperDescription(
+        domain="input_select",
+        key="mode",
+        label="mode",
+        icon="mdi:cog-outline",
+        category=EntityCategory.CONFIG,
+        create_fields={"options": [m.value for m in Mode]},
+        setting="mode",
+        first_value=lambda settings: settings.mode.value,
+    ),
+    HelperDescription(
+        domain="input_text",
+        key="keep_within",
+        label="keep within",
+        icon="mdi:calendar-range",
+        section=Section.RETENTION,
+        category=EntityCategory.CONFIG,
+        # HA checks the pattern in the UI only; the core validates again.
+        create_fields={"min": 0, "max": 16, "pattern": f"^$|{KEEP_WITHIN_PATTERN.pattern}"},
+        setting="keep_within",
+        first_value=lambda settings: settings.keep.within or "",
+    ),
+    _keep_count("weekly", "mdi:calendar-week"),
+    _keep_count("monthly", "mdi:calendar-month"),
+    _keep_count("yearly", "mdi:calendar-star"),
+)
+
+
+def button_descriptions(
+    operations: Iterable[OperationSpec],
+) -> tuple[HelperDescription[DroneSettings], ...]:
+    """An ``input_button`` for every operation whose registry row has a button."""
+    return tuple(
+        HelperDescription(
+            domain="input_button",
+            key=spec.button.key,
+            label=spec.button.label,
+            icon=spec.button.icon,
+            section=Section.ACTIONS,
+            operation=spec.operation,
+        )
+        for spec in operations
+        if spec.button is not None
+    )
+
+
+DRONE_BUTTONS = button_descriptions(OPERATIONS.values())
+
+COORDINATOR_HELPERS: tuple[HelperDescription[None], ...] = (
+    HelperDescription(
+        domain="input_select",
+        key="coordinator_mode",
+        label="coordinator mode",
+        icon="mdi:play-pause",
+        category=EntityCategory.CONFIG,
+        create_fields={"options": list(GLOBAL_MODES)},
+        setting="global_mode",
+        first_value=lambda _: DEFAULT_GLOBAL_MODE,
+    ),
+)
+
+
+def render_helpers(
+    table: Iterable[HelperDescription[Source]], prefix: str, drone: str | None, source: Source
+) -> list[HelperSpec]:
+    """The helpers of one drone (or of the coordinator, ``drone`` None), first values read
+    from ``source``."""
+    return [
+        HelperSpec(
+            domain=description.domain,
+            object_id=object_id(prefix, drone, description.key),
+            name=entity_name(prefix, drone, description.label),
+            icon=description.icon,
+            create_fields=dict(description.create_fields),
+            first_value=None
+            if description.first_value is None
+            else description.first_value(source),
+            drone=drone,
+            setting=description.setting,
+            operation=description.operation,
+        )
+        for description in table
+    ]
+
+
+def drone_helpers(prefix: str, drone: str, settings: DroneSettings) -> list[HelperSpec]:
+    """Every control of one drone, with the first values from apps.yaml."""
+    return render_helpers((*DRONE_HELPERS, *DRONE_BUTTONS), prefix, drone, settings)
+
+
+def coordinator_helpers(prefix: str) -> list[HelperSpec]:
+    return render_helpers(COORDINATOR_HELPERS, prefix, None, None)
+
+
+# --- the sensors ------------------------------------------------------------------------------
+
+
+def _timestamp(
+    key: str, label: str, icon: str, moment: Callable[[DroneSnapshot], datetime | None]
+) -> SensorDescription[DroneSnapshot]:
+    return SensorDescription(
+        domain="sensor",
+        key=key,
+        label=label,
+        icon=icon,
+        device_class="timestamp",
+        value=lambda snap: iso_or_unknown(moment(snap)),
+    )
+
+
+def _last_backup_attributes(snap: DroneSnapshot) -> dict[str, Any]:
+    archive = snap.last_archive or {}
+    return {
+        "archive": archive.get("name", ""),
+        "files": archive.get("nfiles"),
+        "duration_s": archive.get("duration"),
+        "archive_count": snap.archive_count,  # this drone's archives in the repository
+    }
+
+
+def _byte_count(size: object) -> int | None:
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+
+def _repository_size(key: str, label: str) -> SensorDescription[DroneSnapshot]:
+    """A data_size sensor in MiB; the exact byte count is the ``bytes`` attribute."""
+
+    def size(snap: DroneSnapshot) -> int | None:
+        return _byte_count((snap.repository or {}).get(key))
+
+    def state(snap: DroneSnapshot) -> str:
+        exact = size(snap)
+        return "unknown" if exact is None else f"{exact / MIB:.2f}"
+
+    return SensorDescription(
+        domain="sensor",
+        key=key,
+        label=label,
+        icon="mdi:harddisk",
+        device_class="data_size",
+        unit="MiB",
+        state_class="measurement",
+        section=Section.REPOSITORY,
+        value=state,
+        attributes=lambda snap: {"bytes": size(snap)},
+    )
+
+
+DRONE_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
+    SensorDescription(
+        domain="sensor",
+        key="state",
+        label="state",
+        icon="mdi:state-machine",
+        device_class="enum",
+        options=tuple(s.value for s in DroneState),
+        value=lambda snap: snap.state.value,
+        attributes=lambda snap: {"operation": snap.operation or "none"},
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="last_backup",
+        label="last backup",
+        icon="mdi:history",
+        device_class="timestamp",
+        value=lambda snap: iso_or_unknown(snap.last_backup),
+        attributes=_last_backup_attributes,
+    ),
+    _timestamp("last_prune", "last prune", "mdi:content-cut", lambda snap: snap.last_prune),
+    _timestamp("next_backup", "next backup", "mdi:calendar-clock", lambda snap: snap.next_backup),
+    _repository_size("total_size", "total size"),
+    _repository_size("compressed_size", "compressed size"),
+    _repository_size("deduplicated_size", "deduplicated size"),
+    SensorDescription(
+        domain="binary_sensor",
+        key="problem",
+        label="problem",
+        device_class="problem",
+        value=lambda snap: "on" if snap.problems else "off",
+        attributes=lambda snap: {
+            "reason": "; ".join(snap.problems) or "none",
+            "consecutive_failures": snap.consecutive_failures,
+        },
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="last_error",
+        label="last error",
+        icon="mdi:alert-circle-outline",
+        category=EntityCategory.DIAGNOSTIC,
+        value=lambda snap: snap.last_error or "none",
+        attributes=lambda snap: {
+            "kind": snap.last_error_kind or "none",
+            "hint": snap.last_error_hint or "",
+        },
+    ),
+)
+
+
+def _progress_percent(progress: ProgressSnapshot | None) -> str:
+    if progress is None or progress.percent is None:
+        return "unknown"
+    return f"{progress.percent:.1f}"
+
+
+def _progress_attributes(progress: ProgressSnapshot | None) -> dict[str, Any]:
+    if progress is None:
+        return {"drone": "none", "operation": "none"}
+    return {
+        "drone": progress.drone,
+        "operation": progress.operation,
+        "files": progress.nfiles,
+        "original_size": progress.original_size,
+        "compressed_size": progress.compressed_size,
+        "deduplicated_size": progress.deduplicated_size,
+        "speed_bytes_per_s": None if progress.speed is None else round(progress.speed),
+        "eta_s": None if progress.eta_seconds is None else round(progress.eta_seconds),
+    }
+
+
+# Published on every progress event, apart from the other coordinator sensors.
+PROGRESS_SENSOR: SensorDescription[ProgressSnapshot | None] = SensorDescription(
+    domain="sensor",
+    key="progress",
+    label="progress",
+    icon="mdi:progress-upload",
+    unit="%",
+    value=_progress_percent,
+    attributes=_progress_attributes,
+)
+
+COORDINATOR_SENSORS: tuple[SensorDescription[CoordinatorSnapshot], ...] = (
+    SensorDescription(
+        domain="sensor",
+        key="active",
+        label="active",
+        icon="mdi:run",
+        value=lambda coord: ", ".join(f"{d}: {op}" for d, op in coord.running.items()) or "idle",
+        attributes=lambda coord: {
+            "drones": list(coord.running),
+            "operations": list(coord.running.values()),
+            "global_mode": coord.global_mode,
+        },
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="queue",
+        label="queue",
+        icon="mdi:tray-full",
+        value=lambda coord: str(len(coord.queue)),
+        attributes=lambda coord: {
+            "requested": [f"{drone}: {op}" for drone, op in coord.queue],
+            "round_robin": list(coord.round_robin),
+        },
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="failing",
+        label="failing drones",
+        icon="mdi:alert",
+        value=lambda coord: str(len(coord.failing)),
+        attributes=lambda coord: {"drones": list(coord.failing)},
+    ),
+)
+
+
+def render_sensors(
+    table: Iterable[SensorDescription[Source]], prefix: str, drone: str | None, source: Source
+) -> list[Publication]:
+    """The sensors of one drone (or of the coordinator, ``drone`` None) for ``source``.
+
+    A drone's sensors are named after the drone alone (``nas state``), the coordinator's after
+    the prefix (``Backup queue``). Attributes: the name and looks first, then the values."""
+    owner = drone if drone is not None else title(prefix)
+    return [
+        Publication(
+            description.entity_id(prefix, drone),
+            truncate(description.value(source)),
+            {
+                **_looks(description, f"{owner} {description.label}"),
+                **description.attributes(source),
+            },
+        )
+        for description in table
+    ]
+
+
+def _looks(description: SensorDescription[Any], friendly_name: str) -> dict[str, Any]:
+    looks = {
+        "friendly_name": friendly_name,
+        "icon": description.icon,
+        "device_class": description.device_class,
+        "unit_of_measurement": description.unit,
+        "state_class": description.state_class,
+        "options": list(description.options) or None,
+    }
+    return {key: value for key, value in looks.items() if value is not None}
+
+
+def drone_sensors(prefix: str, snap: DroneSnapshot) -> list[Publication]:
+    return render_sensors(DRONE_SENSORS, prefix, snap.name, snap)
+
+
+def progress_sensor(prefix: str, progress: ProgressSnapshot | None) -> Publication:
+    (publication,) = render_sensors((PROGRESS_SENSOR,), prefix, None, progress)
+    return publication
 
 
 def coordinator_sensors(
@@ -356,39 +545,8 @@ def coordinator_sensors(
     global_mode: str,
 ) -> list[Publication]:
     """``running``: drone -> operation; ``queue``: (drone, operation) requested, oldest first."""
-    active = ", ".join(f"{drone}: {op}" for drone, op in running.items()) or "idle"
-    return [
-        Publication(
-            f"sensor.{object_id(prefix, None, 'active')}",
-            truncate(active),
-            {
-                "friendly_name": f"{title(prefix)} active",
-                "icon": "mdi:run",
-                "drones": list(running),
-                "operations": list(running.values()),
-                "global_mode": global_mode,
-            },
-        ),
-        Publication(
-            f"sensor.{object_id(prefix, None, 'queue')}",
-            str(len(queue)),
-            {
-                "friendly_name": f"{title(prefix)} queue",
-                "icon": "mdi:tray-full",
-                "requested": [f"{drone}: {op}" for drone, op in queue],
-                "round_robin": list(round_robin),
-            },
-        ),
-        Publication(
-            f"sensor.{object_id(prefix, None, 'failing')}",
-            str(len(failing)),
-            {
-                "friendly_name": f"{title(prefix)} failing drones",
-                "icon": "mdi:alert",
-                "drones": list(failing),
-            },
-        ),
-    ]
+    snapshot = CoordinatorSnapshot(running, queue, round_robin, failing, global_mode)
+    return render_sensors(COORDINATOR_SENSORS, prefix, None, snapshot)
 
 
 def iso_or_unknown(moment: datetime | None) -> str:

@@ -1,18 +1,37 @@
-"""The entity catalogue: ids HA will really create, and sensor states HA can take."""
+"""The entity catalogue: ids HA will really create, sensor states HA can take, and a new entity
+being one row in a table of descriptions."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
+
+from backup_coordinator import entities
+from backup_coordinator.dashboard import drone_card
 from backup_coordinator.entities import (
+    DRONE_HELPERS,
+    DRONE_SENSORS,
     DroneSnapshot,
+    EntityCategory,
+    HelperDescription,
+    ProgressSnapshot,
+    Section,
+    SensorDescription,
+    button_descriptions,
     coordinator_helpers,
+    coordinator_sensors,
     drone_helpers,
     drone_sensors,
-    size_sensor,
+    progress_sensor,
+    render_helpers,
+    render_sensors,
 )
-from backup_coordinator.model import DroneSettings, DroneState
+from backup_coordinator.model import DroneSettings, DroneState, Operation
+from backup_coordinator.operations import OPERATIONS, Button, OperationSpec
 
 
 def ha_slug(name: str) -> str:
@@ -75,7 +94,163 @@ def test_problem_sensor_lists_every_reason() -> None:
     assert problem.attributes["reason"] == "a; b"
 
 
-def test_unknown_size_has_no_byte_count() -> None:
-    publication = size_sensor("sensor.x", "x", None)
-    assert publication.state == "unknown"
-    assert publication.attributes["bytes"] is None
+@pytest.mark.parametrize("size", [None, "12", 1.5, True])
+def test_a_size_that_is_no_byte_count_is_unknown(size: object) -> None:
+    sensors = {
+        p.entity_id: p for p in drone_sensors("backup", snapshot(repository={"total_size": size}))
+    }
+    total = sensors["sensor.backup_nas_total_size"]
+    assert total.state == "unknown"
+    assert total.attributes["bytes"] is None
+
+
+# --- every description renders ---------------------------------------------------------------
+
+
+def everything(prefix: str, drones: tuple[str, ...]) -> list[str]:
+    """The entity id of every entity the app owns for these drones."""
+    progress = ProgressSnapshot("nas", "create", 1, 2, 3, 4, 50.0, 1.0, 1.0, False)
+    ids = [h.entity_id for h in coordinator_helpers(prefix)]
+    ids += [p.entity_id for p in coordinator_sensors(prefix, {}, [], [], [], "running")]
+    ids.append(progress_sensor(prefix, progress).entity_id)
+    for drone in drones:
+        ids += [h.entity_id for h in drone_helpers(prefix, drone, DroneSettings())]
+        ids += [p.entity_id for p in drone_sensors(prefix, DroneSnapshot.empty(drone))]
+    return ids
+
+
+def test_entity_ids_are_unique() -> None:
+    ids = everything("backup", ("nas", "pc", "my_pc2"))
+    assert len(ids) == 1 + 3 + 1 + 3 * (
+        len(DRONE_HELPERS) + len(entities.DRONE_BUTTONS) + len(DRONE_SENSORS)
+    )
+    assert [entity_id for entity_id, n in Counter(ids).items() if n > 1] == []
+
+
+def test_every_operation_with_a_button_has_exactly_one_input_button() -> None:
+    buttons = [h for h in drone_helpers("backup", "nas", DroneSettings()) if h.operation]
+    assert all(h.domain == "input_button" for h in buttons)
+    assert len(buttons) == len({h.operation for h in buttons})
+    for spec in OPERATIONS.values():
+        matching = [h for h in buttons if h.operation is spec.operation]
+        if spec.button is None:
+            assert matching == [], spec.operation
+        else:
+            (button,) = matching
+            assert button.object_id == f"backup_nas_{spec.button.key}"
+            assert button.icon == spec.button.icon
+
+
+def test_every_setting_helper_steers_one_setting() -> None:
+    settings = [h.setting for h in drone_helpers("backup", "nas", DroneSettings()) if h.setting]
+    assert sorted(settings) == sorted(
+        ["frequency", "mode", "keep_within", "keep_weekly", "keep_monthly", "keep_yearly"]
+    )
+
+
+@pytest.mark.parametrize("state", list(DroneState))
+def test_every_drone_state_is_an_option_of_the_state_sensor(state: DroneState) -> None:
+    sensors = {p.entity_id: p for p in drone_sensors("backup", snapshot(state=state))}
+    shown = sensors["sensor.backup_nas_state"]
+    assert shown.state in shown.attributes["options"]
+    assert shown.state == state.value
+
+
+def test_no_state_is_longer_than_ha_takes() -> None:
+    sensors = drone_sensors("backup", snapshot(last_error="e" * 1000, problems=("p" * 1000,)))
+    sensors += coordinator_sensors(
+        "backup", {f"drone{i}": "create" for i in range(99)}, [], [], [], "running"
+    )
+    assert all(len(p.state) <= entities.STATE_MAX_LENGTH for p in sensors)
+
+
+def test_only_the_last_error_is_diagnostic_and_only_settings_are_configuration() -> None:
+    diagnostic = [d.key for d in DRONE_SENSORS if d.category is EntityCategory.DIAGNOSTIC]
+    assert diagnostic == ["last_error"]
+    helpers: tuple[HelperDescription[Any], ...] = (
+        *DRONE_HELPERS,
+        *entities.DRONE_BUTTONS,
+        *entities.COORDINATOR_HELPERS,
+    )
+    for helper in helpers:
+        assert (helper.category is EntityCategory.CONFIG) == (helper.setting is not None)
+
+
+# --- a new entity is a row --------------------------------------------------------------------
+
+ARCHIVES = SensorDescription[DroneSnapshot](
+    domain="sensor",
+    key="archives",
+    label="archives",
+    icon="mdi:archive",
+    state_class="measurement",
+    section=Section.REPOSITORY,
+    value=lambda snap: "unknown" if snap.archive_count is None else str(snap.archive_count),
+    attributes=lambda snap: {"drone": snap.name},
+)
+
+KEEP_DAILY = HelperDescription[DroneSettings](
+    domain="input_number",
+    key="keep_daily",
+    label="keep daily",
+    icon="mdi:calendar-today",
+    section=Section.RETENTION,
+    category=EntityCategory.CONFIG,
+    create_fields={"min": 0, "max": 1000},
+    setting="keep_daily",
+    first_value=lambda settings: settings.keep.daily,
+)
+
+
+def test_a_table_with_an_extra_row_renders_it_like_the_others() -> None:
+    sensors = render_sensors((*DRONE_SENSORS, ARCHIVES), "backup", "nas", snapshot(archive_count=7))
+    assert sensors[:-1] == drone_sensors("backup", snapshot(archive_count=7))
+    assert sensors[-1] == entities.Publication(
+        "sensor.backup_nas_archives",
+        "7",
+        {
+            "friendly_name": "nas archives",
+            "icon": "mdi:archive",
+            "state_class": "measurement",
+            "drone": "nas",
+        },
+    )
+    helpers = render_helpers((*DRONE_HELPERS, KEEP_DAILY), "backup", "nas", DroneSettings())
+    assert helpers[-1] == entities.HelperSpec(
+        domain="input_number",
+        object_id="backup_nas_keep_daily",
+        name="Backup nas keep daily",
+        icon="mdi:calendar-today",
+        create_fields={"min": 0, "max": 1000},
+        first_value=7,
+        drone="nas",
+        setting="keep_daily",
+    )
+
+
+def test_a_row_added_to_the_drone_tables_reaches_sensors_helpers_and_dashboard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(entities, "DRONE_SENSORS", (*DRONE_SENSORS, ARCHIVES))
+    monkeypatch.setattr(entities, "DRONE_HELPERS", (*DRONE_HELPERS, KEEP_DAILY))
+    sensors = {p.entity_id: p for p in drone_sensors("backup", snapshot(archive_count=3))}
+    assert sensors["sensor.backup_nas_archives"].state == "3"
+    helpers = {h.entity_id: h for h in drone_helpers("backup", "nas", DroneSettings())}
+    assert helpers["input_number.backup_nas_keep_daily"].setting == "keep_daily"
+    rows = drone_card("backup", "nas")["entities"]
+    assert {"entity": "sensor.backup_nas_archives", "name": "Archives"} in rows
+    # a retention control lands in the retention section, the last one of the card
+    assert rows[-1] == {"entity": "input_number.backup_nas_keep_daily", "name": "Keep daily"}
+
+
+def test_a_button_added_to_the_operation_registry_becomes_an_input_button() -> None:
+    check = OperationSpec(Operation.CHECK, ("check",), Button("check", "check", "mdi:check"))
+    specs = [spec for spec in OPERATIONS.values() if spec.operation is not Operation.CHECK]
+    buttons = button_descriptions([*specs, check])
+    assert buttons[:-1] == button_descriptions(OPERATIONS.values())
+    (helper,) = render_helpers(buttons[-1:], "backup", "nas", DroneSettings())
+    assert (helper.entity_id, helper.name, helper.operation) == (
+        "input_button.backup_nas_check",
+        "Backup nas check",
+        Operation.CHECK,
+    )

@@ -1,0 +1,30 @@
+"""The dashboard shows every entity of the catalogue once, grouped by its descriptions."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from backup_coordinator import entities
+from backup_coordinator.dashboard import coordinator_card, drone_card
+from backup_coordinator.entities import DroneSnapshot, Section
+from backup_coordinator.model import DroneSettings
+
+
+def test_a_drone_card_shows_each_of_the_drones_entities_once() -> None:
+    helpers = [h.entity_id for h in entities.drone_helpers("backup", "nas", DroneSettings())]
+    sensors = [p.entity_id for p in entities.drone_sensors("backup", DroneSnapshot.empty("nas"))]
+    shown = [row["entity"] for row in drone_card("backup", "nas")["entities"] if "entity" in row]
+    assert Counter(shown) == Counter(helpers + sensors)
+
+
+def test_a_drone_card_has_a_heading_per_section_in_section_order() -> None:
+    headings = [row["label"] for row in drone_card("backup", "nas")["entities"] if "label" in row]
+    assert headings == [section.value for section in Section if section.value]
+
+
+def test_the_coordinator_card_shows_each_coordinator_entity_once() -> None:
+    helpers = [h.entity_id for h in entities.coordinator_helpers("backup")]
+    sensors = [p.entity_id for p in entities.coordinator_sensors("backup", {}, [], [], [], "")]
+    progress = entities.progress_sensor("backup", None).entity_id
+    shown = coordinator_card("backup")["entities"]
+    assert Counter(shown) == Counter([*helpers, *sensors, progress])

@@ -1,0 +1,645 @@
+"""Exactly what Home Assistant is shown for a few states of the core.
+
+Entity ids, names, states and attributes are a contract: people's dashboards and automations,
+the e2e tests and the app's restart logic all depend on them. These expectations were taken from
+the catalogue as it was before it became a table of descriptions, and pin it down literally.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from backup_coordinator.config import parse_config
+from backup_coordinator.dashboard import coordinator_card, dashboard, drone_card
+from backup_coordinator.entities import (
+    DroneSnapshot,
+    HelperSpec,
+    ProgressSnapshot,
+    Publication,
+    coordinator_helpers,
+    coordinator_sensors,
+    drone_helpers,
+    drone_sensors,
+    progress_sensor,
+)
+from backup_coordinator.model import MIB, DroneSettings, DroneState, KeepRules, Mode, Operation
+
+BUSY_SNAPSHOT = DroneSnapshot(
+    name="nas",
+    state=DroneState.CREATING,
+    operation="create",
+    last_backup=datetime(2026, 11, 1, 12, 30, 5, 123456, tzinfo=UTC),
+    last_prune=datetime(2026, 10, 31, 23, 0, tzinfo=timezone(timedelta(hours=2))),
+    last_archive={
+        "name": "nas-2026-11-01T12:30:05",
+        "nfiles": 1234,
+        "duration": 61.5,
+        "original_size": 1,
+    },
+    # a bool is not a size; chunk counts are not shown
+    repository={
+        "total_size": 5 * MIB + 123,
+        "compressed_size": 0,
+        "deduplicated_size": True,
+        "total_chunks": 9,
+    },
+    archive_count=12,
+    next_backup=datetime(2026, 11, 2, 12, 30, 5, tzinfo=UTC),
+    problems=("overdue: no backup for 3 days", "keep within rejected: '7x'"),
+    consecutive_failures=2,
+    last_error="x" * 300,  # longer than HA takes
+    last_error_kind="borg_error",
+    last_error_hint="run borg check",
+)
+
+MY_PC2_SETTINGS = DroneSettings(
+    mode=Mode.MANUAL,
+    frequency_minutes=60,
+    keep=KeepRules(within="7d", weekly=0, monthly=3, yearly=10),
+)
+
+
+def test_sensors_of_a_drone_nothing_is_known_about() -> None:
+    assert drone_sensors("backup", DroneSnapshot.empty("nas")) == EMPTY_NAS
+
+
+def test_sensors_of_a_busy_failing_drone_under_another_prefix() -> None:
+    assert drone_sensors("home_backup", BUSY_SNAPSHOT) == BUSY_NAS
+
+
+def test_controls_of_a_drone_carry_its_settings() -> None:
+    assert drone_helpers("backup", "my_pc2", MY_PC2_SETTINGS) == MY_PC2_HELPERS
+
+
+def test_controls_of_the_coordinator() -> None:
+    assert coordinator_helpers("backup") == COORDINATOR_HELPERS
+
+
+def test_progress_with_nothing_running_estimated_and_final() -> None:
+    assert progress_sensor("backup", None) == NO_PROGRESS
+    running = ProgressSnapshot("nas", "create", 0, 10, 5, 0, 12.345, 1234.6, None, False)
+    assert progress_sensor("backup", running) == PROGRESS
+    final = ProgressSnapshot("nas", "scheduled", 3, 10, 5, 1, None, None, 7.5, True)
+    assert progress_sensor("backup", final) == FINAL_PROGRESS
+
+
+def test_coordinator_sensors_idle_and_busy() -> None:
+    assert coordinator_sensors("backup", {}, [], [], [], "running") == IDLE_COORDINATOR
+    busy = coordinator_sensors(
+        "backup",
+        running={"nas": "create", "pc": "prune"},
+        queue=[("nas", "stats"), ("pc", "scheduled")],
+        round_robin=["pc", "nas"],
+        failing=["pc"],
+        global_mode="paused",
+    )
+    assert busy == BUSY_COORDINATOR
+
+
+def test_attribute_order_is_kept() -> None:
+    """HA shows attributes in the order they were sent: friendly name, looks, then values."""
+    published = [
+        *drone_sensors("backup", DroneSnapshot.empty("nas")),
+        *drone_sensors("home_backup", BUSY_SNAPSHOT),
+        progress_sensor("backup", None),
+        progress_sensor("backup", ProgressSnapshot("nas", "create", 0, 10, 5, 0, 1, 1, 1, False)),
+        *coordinator_sensors("backup", {}, [], [], [], "running"),
+    ]
+    expected = [*EMPTY_NAS, *BUSY_NAS, NO_PROGRESS, PROGRESS, *IDLE_COORDINATOR]
+    for publication, wanted in zip(published, expected, strict=True):
+        assert list(publication.attributes) == list(wanted.attributes), wanted.entity_id
+
+
+def test_dashboard_card_of_a_drone() -> None:
+    assert drone_card("backup", "nas") == NAS_CARD
+
+
+def test_dashboard_of_two_drones() -> None:
+    args: dict[str, Any] = {
+        "ssh": {"client_key": "keys/coordinator", "known_hosts": "/etc/backup/known_hosts"},
+        "drones": {
+            name: {"host": f"{name}.lan", "repository": f"/srv/borg/{name}", "paths": ["/home"]}
+            for name in ("pc", "nas")
+        },
+    }
+    config = parse_config(args, Path("/conf/apps"))
+    assert dashboard(config, "Backups") == {
+        "title": "Backups",
+        "views": [
+            {
+                "title": "Backups",
+                "path": "backups",
+                "cards": [coordinator_card("backup"), NAS_CARD, drone_card("backup", "pc")],
+            }
+        ],
+    }
+    assert coordinator_card("backup") == {
+        "type": "entities",
+        "title": "Backup coordinator",
+        "entities": [
+            "input_select.backup_coordinator_mode",
+            "sensor.backup_active",
+            "sensor.backup_progress",
+            "sensor.backup_queue",
+            "sensor.backup_failing",
+        ],
+    }
+
+
+NAS_CARD = {
+    "type": "entities",
+    "title": "nas",
+    "state_color": True,
+    "entities": [
+        {"entity": "input_number.backup_nas_frequency", "name": "Frequency"},
+        {"entity": "input_select.backup_nas_mode", "name": "Mode"},
+        {"entity": "sensor.backup_nas_state", "name": "State"},
+        {"entity": "sensor.backup_nas_last_backup", "name": "Last backup"},
+        {"entity": "sensor.backup_nas_last_prune", "name": "Last prune"},
+        {"entity": "sensor.backup_nas_next_backup", "name": "Next backup"},
+        {"entity": "binary_sensor.backup_nas_problem", "name": "Problem"},
+        {"entity": "sensor.backup_nas_last_error", "name": "Last error"},
+        {"type": "section", "label": "Repository"},
+        {"entity": "sensor.backup_nas_total_size", "name": "Total size"},
+        {"entity": "sensor.backup_nas_compressed_size", "name": "Compressed size"},
+        {"entity": "sensor.backup_nas_deduplicated_size", "name": "Deduplicated size"},
+        {"type": "section", "label": "Actions"},
+        {"entity": "input_button.backup_nas_create", "name": "Create"},
+        {"entity": "input_button.backup_nas_prune", "name": "Prune"},
+        {"entity": "input_button.backup_nas_update_stats", "name": "Update stats"},
+        {"entity": "input_button.backup_nas_scheduled_backup", "name": "Scheduled backup"},
+        {"type": "section", "label": "Retention"},
+        {"entity": "input_text.backup_nas_keep_within", "name": "Keep within"},
+        {"entity": "input_number.backup_nas_keep_weekly", "name": "Keep weekly"},
+        {"entity": "input_number.backup_nas_keep_monthly", "name": "Keep monthly"},
+        {"entity": "input_number.backup_nas_keep_yearly", "name": "Keep yearly"},
+    ],
+}
+
+
+# --- the expectations ---
+
+EMPTY_NAS = [
+    Publication(
+        entity_id="sensor.backup_nas_state",
+        state="idle",
+        attributes={
+            "friendly_name": "nas state",
+            "icon": "mdi:state-machine",
+            "device_class": "enum",
+            "options": [
+                "idle",
+                "creating",
+                "pruning",
+                "updating_stats",
+                "checking",
+                "offsite",
+                "error",
+                "unreachable",
+            ],
+            "operation": "none",
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_nas_last_backup",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas last backup",
+            "icon": "mdi:history",
+            "device_class": "timestamp",
+            "archive": "",
+            "files": None,
+            "duration_s": None,
+            "archive_count": None,
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_nas_last_prune",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas last prune",
+            "icon": "mdi:content-cut",
+            "device_class": "timestamp",
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_nas_next_backup",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas next backup",
+            "icon": "mdi:calendar-clock",
+            "device_class": "timestamp",
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_nas_total_size",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas total size",
+            "icon": "mdi:harddisk",
+            "device_class": "data_size",
+            "unit_of_measurement": "MiB",
+            "state_class": "measurement",
+            "bytes": None,
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_nas_compressed_size",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas compressed size",
+            "icon": "mdi:harddisk",
+            "device_class": "data_size",
+            "unit_of_measurement": "MiB",
+            "state_class": "measurement",
+            "bytes": None,
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_nas_deduplicated_size",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas deduplicated size",
+            "icon": "mdi:harddisk",
+            "device_class": "data_size",
+            "unit_of_measurement": "MiB",
+            "state_class": "measurement",
+            "bytes": None,
+        },
+    ),
+    Publication(
+        entity_id="binary_sensor.backup_nas_problem",
+        state="off",
+        attributes={
+            "friendly_name": "nas problem",
+            "device_class": "problem",
+            "reason": "none",
+            "consecutive_failures": 0,
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_nas_last_error",
+        state="none",
+        attributes={
+            "friendly_name": "nas last error",
+            "icon": "mdi:alert-circle-outline",
+            "kind": "none",
+            "hint": "",
+        },
+    ),
+]
+
+BUSY_NAS = [
+    Publication(
+        entity_id="sensor.home_backup_nas_state",
+        state="creating",
+        attributes={
+            "friendly_name": "nas state",
+            "icon": "mdi:state-machine",
+            "device_class": "enum",
+            "options": [
+                "idle",
+                "creating",
+                "pruning",
+                "updating_stats",
+                "checking",
+                "offsite",
+                "error",
+                "unreachable",
+            ],
+            "operation": "create",
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_last_backup",
+        state="2026-11-01T12:30:05+00:00",
+        attributes={
+            "friendly_name": "nas last backup",
+            "icon": "mdi:history",
+            "device_class": "timestamp",
+            "archive": "nas-2026-11-01T12:30:05",
+            "files": 1234,
+            "duration_s": 61.5,
+            "archive_count": 12,
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_last_prune",
+        state="2026-10-31T23:00:00+02:00",
+        attributes={
+            "friendly_name": "nas last prune",
+            "icon": "mdi:content-cut",
+            "device_class": "timestamp",
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_next_backup",
+        state="2026-11-02T12:30:05+00:00",
+        attributes={
+            "friendly_name": "nas next backup",
+            "icon": "mdi:calendar-clock",
+            "device_class": "timestamp",
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_total_size",
+        state="5.00",
+        attributes={
+            "friendly_name": "nas total size",
+            "icon": "mdi:harddisk",
+            "device_class": "data_size",
+            "unit_of_measurement": "MiB",
+            "state_class": "measurement",
+            "bytes": 5243003,
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_compressed_size",
+        state="0.00",
+        attributes={
+            "friendly_name": "nas compressed size",
+            "icon": "mdi:harddisk",
+            "device_class": "data_size",
+            "unit_of_measurement": "MiB",
+            "state_class": "measurement",
+            "bytes": 0,
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_deduplicated_size",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas deduplicated size",
+            "icon": "mdi:harddisk",
+            "device_class": "data_size",
+            "unit_of_measurement": "MiB",
+            "state_class": "measurement",
+            "bytes": None,
+        },
+    ),
+    Publication(
+        entity_id="binary_sensor.home_backup_nas_problem",
+        state="on",
+        attributes={
+            "friendly_name": "nas problem",
+            "device_class": "problem",
+            "reason": "overdue: no backup for 3 days; keep within rejected: '7x'",
+            "consecutive_failures": 2,
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_last_error",
+        state="x" * 254 + "…",
+        attributes={
+            "friendly_name": "nas last error",
+            "icon": "mdi:alert-circle-outline",
+            "kind": "borg_error",
+            "hint": "run borg check",
+        },
+    ),
+]
+
+MY_PC2_HELPERS = [
+    HelperSpec(
+        domain="input_number",
+        object_id="backup_my_pc2_frequency",
+        name="Backup my_pc2 frequency",
+        icon="mdi:timer-sync-outline",
+        create_fields={
+            "min": 1,
+            "max": 43200,
+            "step": 1,
+            "mode": "box",
+            "unit_of_measurement": "min",
+        },
+        first_value=60,
+        drone="my_pc2",
+        setting="frequency",
+        operation=None,
+    ),
+    HelperSpec(
+        domain="input_select",
+        object_id="backup_my_pc2_mode",
+        name="Backup my_pc2 mode",
+        icon="mdi:cog-outline",
+        create_fields={"options": ["scheduled", "manual", "disabled"]},
+        first_value="manual",
+        drone="my_pc2",
+        setting="mode",
+        operation=None,
+    ),
+    HelperSpec(
+        domain="input_text",
+        object_id="backup_my_pc2_keep_within",
+        name="Backup my_pc2 keep within",
+        icon="mdi:calendar-range",
+        create_fields={"min": 0, "max": 16, "pattern": "^$|^[1-9][0-9]{0,5}[Hdwmy]$"},
+        first_value="7d",
+        drone="my_pc2",
+        setting="keep_within",
+        operation=None,
+    ),
+    HelperSpec(
+        domain="input_number",
+        object_id="backup_my_pc2_keep_weekly",
+        name="Backup my_pc2 keep weekly",
+        icon="mdi:calendar-week",
+        create_fields={"min": 0, "max": 1000, "step": 1, "mode": "box"},
+        first_value=0,
+        drone="my_pc2",
+        setting="keep_weekly",
+        operation=None,
+    ),
+    HelperSpec(
+        domain="input_number",
+        object_id="backup_my_pc2_keep_monthly",
+        name="Backup my_pc2 keep monthly",
+        icon="mdi:calendar-month",
+        create_fields={"min": 0, "max": 1000, "step": 1, "mode": "box"},
+        first_value=3,
+        drone="my_pc2",
+        setting="keep_monthly",
+        operation=None,
+    ),
+    HelperSpec(
+        domain="input_number",
+        object_id="backup_my_pc2_keep_yearly",
+        name="Backup my_pc2 keep yearly",
+        icon="mdi:calendar-star",
+        create_fields={"min": 0, "max": 1000, "step": 1, "mode": "box"},
+        first_value=10,
+        drone="my_pc2",
+        setting="keep_yearly",
+        operation=None,
+    ),
+    HelperSpec(
+        domain="input_button",
+        object_id="backup_my_pc2_create",
+        name="Backup my_pc2 create",
+        icon="mdi:backup-restore",
+        create_fields={},
+        first_value=None,
+        drone="my_pc2",
+        setting=None,
+        operation=Operation.CREATE,
+    ),
+    HelperSpec(
+        domain="input_button",
+        object_id="backup_my_pc2_prune",
+        name="Backup my_pc2 prune",
+        icon="mdi:content-cut",
+        create_fields={},
+        first_value=None,
+        drone="my_pc2",
+        setting=None,
+        operation=Operation.PRUNE,
+    ),
+    HelperSpec(
+        domain="input_button",
+        object_id="backup_my_pc2_update_stats",
+        name="Backup my_pc2 update stats",
+        icon="mdi:chart-box-outline",
+        create_fields={},
+        first_value=None,
+        drone="my_pc2",
+        setting=None,
+        operation=Operation.STATS,
+    ),
+    HelperSpec(
+        domain="input_button",
+        object_id="backup_my_pc2_scheduled_backup",
+        name="Backup my_pc2 scheduled backup",
+        icon="mdi:calendar-sync",
+        create_fields={},
+        first_value=None,
+        drone="my_pc2",
+        setting=None,
+        operation=Operation.SCHEDULED,
+    ),
+]
+
+COORDINATOR_HELPERS = [
+    HelperSpec(
+        domain="input_select",
+        object_id="backup_coordinator_mode",
+        name="Backup coordinator mode",
+        icon="mdi:play-pause",
+        create_fields={"options": ["running", "paused"]},
+        first_value="running",
+        drone=None,
+        setting="global_mode",
+        operation=None,
+    )
+]
+
+NO_PROGRESS = Publication(
+    entity_id="sensor.backup_progress",
+    state="unknown",
+    attributes={
+        "friendly_name": "Backup progress",
+        "icon": "mdi:progress-upload",
+        "unit_of_measurement": "%",
+        "drone": "none",
+        "operation": "none",
+    },
+)
+
+PROGRESS = Publication(
+    entity_id="sensor.backup_progress",
+    state="12.3",
+    attributes={
+        "friendly_name": "Backup progress",
+        "icon": "mdi:progress-upload",
+        "unit_of_measurement": "%",
+        "drone": "nas",
+        "operation": "create",
+        "files": 0,
+        "original_size": 10,
+        "compressed_size": 5,
+        "deduplicated_size": 0,
+        "speed_bytes_per_s": 1235,
+        "eta_s": None,
+    },
+)
+
+FINAL_PROGRESS = Publication(
+    entity_id="sensor.backup_progress",
+    state="unknown",
+    attributes={
+        "friendly_name": "Backup progress",
+        "icon": "mdi:progress-upload",
+        "unit_of_measurement": "%",
+        "drone": "nas",
+        "operation": "scheduled",
+        "files": 3,
+        "original_size": 10,
+        "compressed_size": 5,
+        "deduplicated_size": 1,
+        "speed_bytes_per_s": None,
+        "eta_s": 8,
+    },
+)
+
+IDLE_COORDINATOR = [
+    Publication(
+        entity_id="sensor.backup_active",
+        state="idle",
+        attributes={
+            "friendly_name": "Backup active",
+            "icon": "mdi:run",
+            "drones": [],
+            "operations": [],
+            "global_mode": "running",
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_queue",
+        state="0",
+        attributes={
+            "friendly_name": "Backup queue",
+            "icon": "mdi:tray-full",
+            "requested": [],
+            "round_robin": [],
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_failing",
+        state="0",
+        attributes={"friendly_name": "Backup failing drones", "icon": "mdi:alert", "drones": []},
+    ),
+]
+
+BUSY_COORDINATOR = [
+    Publication(
+        entity_id="sensor.backup_active",
+        state="nas: create, pc: prune",
+        attributes={
+            "friendly_name": "Backup active",
+            "icon": "mdi:run",
+            "drones": ["nas", "pc"],
+            "operations": ["create", "prune"],
+            "global_mode": "paused",
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_queue",
+        state="2",
+        attributes={
+            "friendly_name": "Backup queue",
+            "icon": "mdi:tray-full",
+            "requested": ["nas: stats", "pc: scheduled"],
+            "round_robin": ["pc", "nas"],
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_failing",
+        state="1",
+        attributes={
+            "friendly_name": "Backup failing drones",
+            "icon": "mdi:alert",
+            "drones": ["pc"],
+        },
+    ),
+]
