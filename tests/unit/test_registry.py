@@ -23,7 +23,12 @@ agent = load_agent()
 # What the agent's result data looks like for each step (docs/protocol.md, result.data).
 STEP_DATA: dict[str, dict[str, Any]] = {
     "create": {
-        "archive": {"name": "nas-2026-12-03T10:00:00", "nfiles": 3, "original_size": 10},
+        "archive": {
+            "name": "nas-2026-12-03T10:00:00",
+            "nfiles": 3,
+            "original_size": 10,
+            "deduplicated_size": 5,
+        },
         "repository": {"total_size": 10, "compressed_size": 5, "deduplicated_size": 4},
     },
     "prune": {"kept": ["nas-2026-12-03T10:00:00"], "pruned": [], "compact": {"freed_bytes": 0}},
