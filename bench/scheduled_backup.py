@@ -44,6 +44,7 @@ from bench.common import (
     BenchError,
     argument_parser,
     bench_root,
+    command_output,
     median,
     progress,
     rounds_of,
@@ -64,7 +65,6 @@ FULL, INCREMENTAL = "full", "incremental"
 CASES = (FULL, INCREMENTAL)
 TARGET_FULL = 1.03  # x plain borg
 TARGET_INCREMENTAL = 1.15
-BORGMATIC_VERSION = "2.1.10"
 DRONE_NAME = "bench"
 
 
@@ -163,23 +163,18 @@ class PlainBorg(Contender):
 
 
 def borgmatic_binary() -> Path:
-    cache = Path(
-        os.environ.get("BACKUP_COORDINATOR_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "backup-coordinator"
-    )
-    default = cache / f"borgmatic-{BORGMATIC_VERSION}" / "bin" / "borgmatic"
-    path = Path(os.environ.get("BACKUP_COORDINATOR_BORGMATIC") or default)
+    """borgmatic as scripts/bench installs it (pinned there) into its own venv."""
+    path = Path(os.environ.get("BACKUP_COORDINATOR_BORGMATIC", ""))
     if not path.is_file():
-        raise BenchError(f"{path} is missing: run scripts/bench, which installs borgmatic")
+        raise BenchError("BACKUP_COORDINATOR_BORGMATIC names no borgmatic: run scripts/bench")
     return path
 
 
 class Borgmatic(Contender):
-    label = f"borgmatic {BORGMATIC_VERSION}"
-
     def __init__(self, root: Path, data: DataSet, passphrase: str) -> None:
         super().__init__(root, data, passphrase)
         self.binary = borgmatic_binary()
+        self.label = f"borgmatic {command_output([str(self.binary), '--version'])}"
         self.config = root / "borgmatic.yaml"
         keep = "".join(f"keep_{rule}: {count}\n" for rule, count in KEEP.items())
         # Microseconds in the name: two runs within one second would collide otherwise.
@@ -413,13 +408,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "The scheduled backup (create, prune, compact, stats) by plain borg, borgmatic and the "
         "coordinator on the same data in the same run.",
     )
-    parser.add_argument("--size-mb", type=float, help="size of the data set (200; quick 40)")
-    parser.add_argument("--files", type=int, help="number of files (4500; quick 1000)")
+    parser.add_argument("--size-mb", type=float, help="size of the data set (200; quick 20)")
+    parser.add_argument("--files", type=int, help="number of files (4500; quick 600)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated data")
     args = parser.parse_args(argv)
     rounds = rounds_of(args, quick=2, full=3)
-    size_mb = args.size_mb or (40 if args.quick else 200)
-    files = args.files or (1000 if args.quick else 4500)
+    size_mb = args.size_mb or (20 if args.quick else 200)
+    files = args.files or (600 if args.quick else 4500)
 
     def body() -> str:
         with bench_root("scheduled", args.workdir) as root:
