@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import BenchError, progress
+from devstack.borg import AGENT_PATH
 
 DRONE_USER = "bcbench-drone"
 PLAIN_SHELL = "/bin/sh"
@@ -43,6 +44,16 @@ class Account:
 def this_account() -> Account:
     name = pwd.getpwuid(os.geteuid()).pw_name
     return Account(name, f"{name} (shell {pwd.getpwnam(name).pw_shell})")
+
+
+def installed_agent(root: Path) -> list[str]:
+    """The agent copied to ``root`` as on a drone host (readable by every account, wherever
+    the checkout is), and the forced command that runs it."""
+    path = root / "bin" / AGENT_PATH.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(AGENT_PATH, path)
+    path.chmod(0o755)
+    return [drone_python(), str(path), "serve"]
 
 
 def drone_python() -> str:

@@ -2,7 +2,8 @@
 
 ``transport.run_agent(target, "hello", hello_job())`` is the cheapest complete agent session:
 connect, verify the host key, authenticate, start the forced command through the account's
-login shell, start Python, run the agent (which answers hello), close. Beside it, each part
+login shell, start Python, run the agent (which answers hello), close.
+The agent is a copy of the checkout's, as installed on a drone host. Beside it, each part
 is measured on its own through a real OpenSSH sshd on 127.0.0.1 whose key forces:
 
 - nothing at all (``transport.open_connection`` and ``close_connection`` only): connect + auth;
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -36,7 +38,13 @@ import asyncssh
 from backup_coordinator.jobs import hello_job
 from backup_coordinator.protocol import Hello, Result, parse_line
 from backup_coordinator.transport import close_connection, open_connection, run_agent
-from bench.accounts import Account, dedicated_account, drone_python, this_account
+from bench.accounts import (
+    Account,
+    dedicated_account,
+    drone_python,
+    installed_agent,
+    this_account,
+)
 from bench.common import (
     BenchError,
     argument_parser,
@@ -49,7 +57,6 @@ from bench.common import (
     table,
     verdict,
 )
-from devstack.borg import AGENT_PATH
 from devstack.sshd import LoopbackDrone
 
 TARGET_SECONDS = 0.25
@@ -71,11 +78,11 @@ class AccountDrones:
 
     def __init__(self, root: Path, account: Account, stack: ExitStack) -> None:
         self.account = account
-        python = drone_python()
+        self.agent = agent = installed_agent(root)
         commands = {
             SHELL: ["/bin/true"],
-            PYTHON: [python, "-c", "pass"],
-            HELLO: [python, str(AGENT_PATH), "serve"],
+            PYTHON: [drone_python(), "-c", "pass"],
+            HELLO: agent,
         }
         self.sshd: dict[str, LoopbackDrone] = {}
         for what, command in commands.items():
@@ -117,11 +124,11 @@ def borg_version() -> None:
     subprocess.run(["borg", "--version"], capture_output=True, check=True, stdin=subprocess.DEVNULL)
 
 
-def local_hello() -> None:
+def local_hello(agent: list[str]) -> None:
     """The agent as sshd starts it, with the hello job on stdin; it must answer hello + ok."""
     env = {**os.environ, "SSH_ORIGINAL_COMMAND": "hello"}
     done = subprocess.run(
-        [drone_python(), str(AGENT_PATH), "serve"],
+        agent,
         input=json.dumps(hello_job()) + "\n",
         capture_output=True,
         text=True,
@@ -142,7 +149,7 @@ async def run_rounds(drones: Sequence[AccountDrones], rounds: int) -> Measuremen
         await step()
     local: list[tuple[str, Callable[[], None]]] = [
         (BORG_VERSION, borg_version),
-        (LOCAL_HELLO, local_hello),
+        (LOCAL_HELLO, lambda: local_hello(drones[0].agent)),
     ]
     for number in range(rounds):
         shift = number % len(steps)
@@ -189,7 +196,7 @@ def report(drones: Sequence[AccountDrones], measured: Measurements, rounds: int)
     value = of(judged.name, HELLO)
     lines = [
         f"hello over ssh and its fixed costs; {rounds} rounds, medians in seconds",
-        f"agent: {drone_python()} {AGENT_PATH}",
+        f"agent: {shlex.join(drones[0].agent)}",
         "",
         *table(header, rows, 42),
         "",

@@ -45,7 +45,7 @@ from backup_coordinator.coordinator import EVENT_FINISHED, EVENT_PROGRESS, Coord
 from backup_coordinator.model import Operation, SshTarget
 from backup_coordinator.protocol import AgentEvent, Progress, Result
 from backup_coordinator.transport import run_agent
-from bench.accounts import drone_python
+from bench.accounts import installed_agent
 from bench.common import (
     MB,
     BenchError,
@@ -61,7 +61,7 @@ from bench.common import (
 )
 from bench.data import DataSet, generate_data
 from devstack.appdaemon import AppDaemon
-from devstack.borg import AGENT_PATH, PROJECT_ROOT, init_repository
+from devstack.borg import PROJECT_ROOT, init_repository
 from devstack.drones import LocalDrone, app_config
 from devstack.haclient import EventSubscription, HaClient
 from devstack.homeassistant import HomeAssistant
@@ -243,10 +243,9 @@ async def home_assistant_create(
     return arrivals
 
 
-def tee_command(output: Path) -> list[str]:
+def tee_command(agent: list[str], output: Path) -> list[str]:
     """The agent with its stdout copied to ``output`` (tee writes each line through at once)."""
-    agent = f"{shlex.quote(drone_python())} {shlex.quote(str(AGENT_PATH))} serve"
-    return ["/bin/sh", "-c", f"{agent} | tee {shlex.quote(str(output))}"]
+    return ["/bin/sh", "-c", f"{shlex.join(agent)} | tee {shlex.quote(str(output))}"]
 
 
 def teed_lines(output: Path) -> list[Line]:
@@ -340,11 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with bench_root("relay", args.workdir) as root, ExitStack() as stack:
             progress(f"generating {size_mb:g} MB in {files} files under {root}")
             data = generate_data(root / "data", int(size_mb * MB), files, 1)
-            direct = BenchDrone(
-                root / "direct", data, [drone_python(), str(AGENT_PATH), "serve"], stack
-            )
+            agent = installed_agent(root)
+            direct = BenchDrone(root / "direct", data, agent, stack)
             teed = root / "teed" / "agent-output.jsonl"
-            through_ha = BenchDrone(root / "teed", data, tee_command(teed), stack)
+            through_ha = BenchDrone(root / "teed", data, tee_command(agent, teed), stack)
             ha = HomeAssistant(root / "homeassistant", hass)
             ha.write_config()
             stack.enter_context(ha.running())

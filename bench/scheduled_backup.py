@@ -38,7 +38,7 @@ from backup_coordinator.config import parse_config
 from backup_coordinator.coordinator import EVENT_FINISHED, Coordinator
 from backup_coordinator.model import Operation
 from backup_coordinator.transport import run_agent
-from bench.accounts import Account, dedicated_account, drone_python
+from bench.accounts import Account, dedicated_account, installed_agent
 from bench.common import (
     MB,
     BenchError,
@@ -54,7 +54,7 @@ from bench.common import (
     verdict,
 )
 from bench.data import DAY_CHANGE, DataSet, check_archive, generate_data
-from devstack.borg import AGENT_PATH, borg_env, init_repository, list_archives, run_borg
+from devstack.borg import borg_env, init_repository, list_archives, run_borg
 from devstack.sshd import LoopbackDrone
 from tests.memory_port import MemoryPort
 
@@ -205,7 +205,7 @@ class CoordinatorPath(Contender):
         # The forced command's BORG_BASE_DIR is fixed; prepare() empties it every round.
         self.sshd = LoopbackDrone(
             root / "sshd",
-            [drone_python(), str(AGENT_PATH), "serve"],
+            installed_agent(root),
             env={"BORG_BASE_DIR": str(self.base_dir)},
             user=account.name,
         )

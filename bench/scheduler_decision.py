@@ -31,7 +31,7 @@ from bench.common import (
 
 TARGET_MS = 2.0
 MAX_CONCURRENT = 4
-REQUESTABLE = (Operation.CREATE, Operation.PRUNE, Operation.STATS, Operation.SCHEDULED)
+REQUESTABLE = tuple(Operation)  # whatever a button can ask for
 
 
 def drone_views(count: int, now: datetime, seed: int) -> list[scheduler.DroneView]:
