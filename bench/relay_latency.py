@@ -211,9 +211,8 @@ async def collect(subscription: EventSubscription, arrivals: list[Arrival]) -> N
             )
 
 
-async def home_assistant_create(
-    ha: HomeAssistant, token: str, drone: BenchDrone, timeout: float
-) -> list[Arrival]:
+async def home_assistant_create(ha: HomeAssistant, token: str, timeout: float) -> list[Arrival]:
+    """Presses the drone's create button; the progress events until the create finished."""
     arrivals: list[Arrival] = []
 
     async def final_seen() -> bool:
@@ -241,6 +240,37 @@ async def home_assistant_create(
     if not finished["data"].get("ok"):
         raise BenchError(f"the create started from Home Assistant failed: {finished['data']}")
     return arrivals
+
+
+def start_app(
+    config_dir: Path,
+    appdaemon_bin: Path,
+    ha: HomeAssistant,
+    token: str,
+    drone: BenchDrone,
+    stack: ExitStack,
+) -> None:
+    """AppDaemon running the app for the one drone (manual mode: only the button starts it)."""
+    local = LocalDrone(DRONE, drone.root, drone.passphrase, drone.sshd)
+    settings = {"mode": "manual", "compression": COMPRESSION, "paths": [str(drone.data.path)]}
+    apps_yaml, app_secrets = app_config(
+        [local],
+        config_dir.parent / "app-state.json",
+        progress_interval=PROGRESS_INTERVAL,
+        drone_settings={DRONE: settings},
+    )
+    appdaemon = AppDaemon(
+        config_dir,
+        appdaemon_bin,
+        ha.url,
+        token,
+        apps_source=PROJECT_ROOT / "apps" / "backup_coordinator",
+        apps_yaml=apps_yaml,
+        secrets=app_secrets,
+    )
+    stack.callback(appdaemon.stop)
+    appdaemon.start()
+    appdaemon.wait_for_log("watching 1 drone(s)", START_TIMEOUT)
 
 
 def tee_command(agent: list[str], output: Path) -> list[str]:
@@ -326,12 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench/relay_latency.py",
         "Latency from a borg progress line to the coordinator and to Home Assistant.",
     )
-    parser.add_argument("--size-mb", type=float, help="data to back up (60; quick 15)")
-    parser.add_argument("--files", type=int, help="number of files (40000; quick 10000)")
+    parser.add_argument("--size-mb", type=float, help="data to back up (60; quick 20)")
+    parser.add_argument("--files", type=int, help="number of files (40000; quick 15000)")
     args = parser.parse_args(argv)
     rounds = rounds_of(args, quick=1, full=2)
-    size_mb = args.size_mb or (15 if args.quick else 60)
-    files = args.files or (10000 if args.quick else 40000)
+    size_mb = args.size_mb or (20 if args.quick else 60)
+    files = args.files or (15000 if args.quick else 40000)
 
     def body() -> str:
         hass = stack_binary("BACKUP_COORDINATOR_HASS")
@@ -347,27 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ha.write_config()
             stack.enter_context(ha.running())
             token = ha.ensure_token()
-            local = LocalDrone(DRONE, through_ha.root, through_ha.passphrase, through_ha.sshd)
-            apps_yaml, app_secrets = app_config(
-                [local],
-                root / "app-state.json",
-                progress_interval=PROGRESS_INTERVAL,
-                drone_settings={
-                    DRONE: {"mode": "manual", "compression": COMPRESSION, "paths": [str(data.path)]}
-                },
-            )
-            appdaemon = AppDaemon(
-                root / "appdaemon",
-                appdaemon_bin,
-                ha.url,
-                token,
-                apps_source=PROJECT_ROOT / "apps" / "backup_coordinator",
-                apps_yaml=apps_yaml,
-                secrets=app_secrets,
-            )
-            stack.callback(appdaemon.stop)
-            appdaemon.start()
-            appdaemon.wait_for_log("watching 1 drone(s)", START_TIMEOUT)
+            start_app(root / "appdaemon", appdaemon_bin, ha, token, through_ha, stack)
             on_event: list[float] = []
             relayed: list[float] = []
             every: list[float] = []
@@ -375,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 direct.fresh_repository()
                 on_event += asyncio.run(on_event_latencies(direct))
                 through_ha.fresh_repository()
-                arrivals = asyncio.run(home_assistant_create(ha, token, through_ha, 600))
+                arrivals = asyncio.run(home_assistant_create(ha, token, 600))
                 lines = teed_lines(teed)
                 round_relayed, round_every = staleness(lines, arrivals)
                 relayed += round_relayed
