@@ -79,13 +79,17 @@ class LoopbackDrone:
         workdir: Path,
         agent_command: Sequence[str],
         env: Mapping[str, str] | None = None,
+        user: str | None = None,
     ) -> None:
+        """``user``: the account the agent runs as (default: this process's). For another
+        account, ``workdir`` and everything the agent touches must be reachable by it: sshd
+        reads authorized_keys as that user."""
         self.workdir = Path(workdir)
         self.agent_command = list(agent_command)
         self.env = dict(env or {})
         self.host = HOST
         self.port = free_port()
-        self.user = pwd.getpwuid(os.geteuid()).pw_name
+        self.user = user or pwd.getpwuid(os.geteuid()).pw_name
         self.host_key = self.workdir / "ssh_host_ed25519_key"
         self.client_key = self.workdir / "client_ed25519_key"
         self.known_hosts = self.workdir / "known_hosts"

@@ -1,0 +1,1 @@
+"""Benchmarks of backup-coordinator: run them through scripts/bench (see README.md)."""
