@@ -1194,7 +1194,7 @@ def is_executable_file(path: str) -> bool:
 # resolved path and its inode, size and mtime: an upgrade replaces or rewrites the file.
 VERSION_CACHE_FILE = os.path.join("backup-drone", "borg-versions.json")
 VERSION_CACHE_ENTRIES = 8  # binaries remembered; the least recently written is dropped
-BORG_VERSION_TEXT = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
+BORG_VERSION_TEXT = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 
 
 def borg_version(borg: Optional[str], env: Dict[str, str]) -> str:
@@ -1210,7 +1210,7 @@ def borg_version(borg: Optional[str], env: Dict[str, str]) -> str:
         if isinstance(cached, dict) and cached_version_matches(cached, identity[1]):
             return str(cached["version"])
     version = ask_borg_version(borg, env)
-    if identity is not None and cache_path and BORG_VERSION_TEXT.match(version):
+    if identity is not None and cache_path and BORG_VERSION_TEXT.fullmatch(version):
         entries.pop(identity[0], None)
         entries[identity[0]] = {**identity[1], "version": version}
         write_version_cache(cache_path, dict(list(entries.items())[-VERSION_CACHE_ENTRIES:]))
@@ -1234,7 +1234,7 @@ def binary_identity(borg: str) -> Optional[Tuple[str, Dict[str, int]]]:
 def cached_version_matches(entry: Dict[str, Any], identity: Dict[str, int]) -> bool:
     version = entry.get("version")
     same_file = all(entry.get(key) == value for key, value in identity.items())
-    return same_file and isinstance(version, str) and bool(BORG_VERSION_TEXT.match(version))
+    return same_file and isinstance(version, str) and bool(BORG_VERSION_TEXT.fullmatch(version))
 
 
 def version_cache_path(environ: Mapping[str, str]) -> str:
