@@ -35,6 +35,8 @@ AGENT_VERSION = "1.1.0"
 PROTOCOL_VERSION = 2  # the newest protocol this agent speaks
 SUPPORTED_PROTOCOLS = (1, 2)
 SEQUENCE = "sequence"
+# OPERATIONS (every word the agent accepts) and STEP_OPERATIONS (what a sequence may run) come
+# from OPERATION_TABLE, next to the functions it names (section "The operations").
 RESERVED_OPERATIONS = ("offsite",)
 DEFAULT_POLICY_PATH = "/etc/backup-drone/policy.json"
 
@@ -1290,7 +1292,7 @@ def ask_borg_version(borg: str, env: Dict[str, str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The operations: each runs borg and returns its result data (or an error)
+# The operations: each runs borg and returns its result data (or an error); the registry
 # ---------------------------------------------------------------------------------------------
 
 
