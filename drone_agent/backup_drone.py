@@ -15,7 +15,6 @@ rarely needed modules are imported where they are used).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -29,6 +28,7 @@ import time
 
 TYPE_CHECKING = False  # typing costs start-up time and is only needed by the type checker
 if TYPE_CHECKING:
+    import argparse
     from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 AGENT_VERSION = "1.1.0"
@@ -1959,13 +1959,15 @@ def read_job_file(path: Optional[str], operation: str) -> object:
         raise Rejected("job", f"cannot read {path}: {error.strerror}") from None
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # exit 3 like every other rejected request
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_REJECTED, f"{self.prog}: error: {message}\n")
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line, with one by-hand command per operation of the registry."""
+    import argparse  # not needed by the forced command's usual forms (see main)
 
+    class ArgumentParser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:  # exit 3 like every other rejected request
+            self.print_usage(sys.stderr)
+            self.exit(EXIT_REJECTED, f"{self.prog}: error: {message}\n")
 
-def argument_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="backup_drone.py",
         description="Runs borg for the backup coordinator (serve) or by hand on this host.",
@@ -1991,9 +1993,34 @@ def argument_parser() -> ArgumentParser:
     return parser
 
 
+def plain_serve_arguments(arguments: List[str]) -> Optional[Tuple[Optional[str], Optional[str]]]:
+    """(operation, policy) of ``serve [OPERATION] [--policy FILE]`` in its plain forms, the
+    ones a forced command uses; None for anything else, which argparse then reads (with its
+    help and its errors). Importing and building the parser is a good part of the agent's
+    start-up, paid by every request otherwise."""
+    if arguments[:1] != ["serve"]:
+        return None
+    rest = arguments[1:]
+    policy = None
+    if "--policy" in rest:
+        at = rest.index("--policy")
+        if at + 1 == len(rest):
+            return None
+        policy = rest[at + 1]
+        rest = rest[:at] + rest[at + 2 :]
+    words = [*rest, *([policy] if policy is not None else [])]
+    if len(rest) > 1 or any(word.startswith("-") for word in words):
+        return None
+    return (rest[0] if rest else None), policy
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = argument_parser().parse_args(argv)
-    try:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:  # argparse's exits (--help, a usage error) are SystemExit and pass through
+        plain_serve = plain_serve_arguments(arguments)
+        if plain_serve is not None:
+            return serve(*plain_serve)
+        args = argument_parser().parse_args(arguments)
         if args.command == "serve":
             return serve(args.operation, args.policy)
         return run_by_hand(args.command, args.job, args.policy, args.json)

@@ -9,6 +9,8 @@ import sys
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devstack.borg import AGENT_PATH
 from tests.integration.agent_support import load_agent
@@ -64,6 +66,56 @@ def test_argparse_offers_exactly_the_registry() -> None:
         assert helps[operation.name] == operation.help
         args = parser.parse_args([operation.name, "--job", "j.json", "--json"])
         assert (args.command, args.job, args.json) == (operation.name, "j.json", True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "serve",
+                "--policy",
+                "p.json",
+                "create",
+                "sequence",
+                "",
+                "-x",
+                "--",
+                "--policy=q",
+                "-h",
+            ]
+        ),
+        max_size=5,
+    )
+)
+def test_the_quick_serve_reading_agrees_with_argparse(arguments: list[str]) -> None:
+    """The forced command's plain forms skip argparse; whatever they accept, argparse reads
+    the same way (everything else goes to argparse itself)."""
+    quick = agent.plain_serve_arguments(arguments)
+    if quick is None:
+        return
+    args = agent.argument_parser().parse_args(arguments)
+    assert (args.command, args.operation, args.policy) == ("serve", *quick)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["serve"], (None, None)),
+        (["serve", "create"], ("create", None)),
+        (["serve", "--policy", "/etc/p.json"], (None, "/etc/p.json")),
+        (["serve", "--policy", "/etc/p.json", "list"], ("list", "/etc/p.json")),
+        (["serve", "list", "--policy", "/etc/p.json"], ("list", "/etc/p.json")),
+        (["serve", "--policy=/etc/p.json"], None),
+        (["serve", "--policy"], None),
+        (["serve", "a", "b"], None),
+        (["serve", "--help"], None),
+        (["hello"], None),
+        ([], None),
+    ],
+)
+def test_the_quick_serve_reading(arguments: list[str], expected: object) -> None:
+    assert agent.plain_serve_arguments(arguments) == expected
 
 
 @pytest.mark.parametrize("operation", agent.OPERATION_TABLE)
