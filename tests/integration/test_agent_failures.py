@@ -111,6 +111,24 @@ def test_missing_borg(agent_python: str, repo: Repo, tmp_path: Path) -> None:
     assert result.error["msgid"] == "BorgNotFound"
 
 
+def test_missing_borg_ends_a_sequence_before_its_first_step(
+    agent_python: str, repo: Repo, tmp_path: Path
+) -> None:
+    policy = write_policy(
+        tmp_path / "policy.json", repositories=["/"], paths=["/"], borg="/nonexistent/borg"
+    )
+    job = repo.sequence_job(["create", "prune", "stats"])
+    result = run_agent(
+        agent_python, "sequence", job, repo.env(), args=("serve", "--policy", str(policy))
+    )
+    assert_framing(result)
+    assert result.exit_code == 2
+    assert [event["type"] for event in result.events] == ["hello", "result"]
+    assert result.result["data"] == {"completed": []}
+    assert result.error["msgid"] == "BorgNotFound"
+    assert result.error["step"] == "create"
+
+
 def test_missing_source_path_is_a_warning(agent_python: str, repo: Repo) -> None:
     job = repo.job(paths=[str(repo.data), str(repo.data / "not-there")])
     result = run_agent(agent_python, "create", job, repo.env())
