@@ -2,38 +2,41 @@
 """backup-drone: the only program that runs borg on this host.
 
 Installed as the forced command of one SSH key, it lets the coordinator ask for one of a few
-operations (hello, create, prune, stats, list, check) and nothing else. The job arrives as one
-JSON line on stdin, is validated completely (and checked against the host's policy file) before
-anything runs, and the agent answers with JSON lines on stdout (docs/protocol.md). Run by hand
-(`backup_drone.py create --job job.json`) it does the same and prints readable progress.
+operations (the table OPERATION_TABLE below) and nothing else. The job arrives as one JSON line
+on stdin, is validated completely (and checked against the host's policy file) before anything
+runs, and the agent answers with JSON lines on stdout (docs/protocol.md). A ``sequence`` runs
+several operations as steps of one request. Run by hand (``backup_drone.py create --job
+job.json``) it does the same and prints readable progress.
 
-Python standard library only; runs on Python 3.9 to 3.13 with borg 1.2 or 1.4.
+Python standard library only; runs on Python 3.9 to 3.13 with borg 1.2 or 1.4. It starts for
+every request, so it imports only what every request needs (typing is for the type checker only;
+rarely needed modules are imported where they are used).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
-import platform
 import queue
 import re
-import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-AGENT_VERSION = "1.0.0"
-PROTOCOL_VERSION = 1
-OPERATIONS = ("hello", "create", "prune", "stats", "list", "check")
+TYPE_CHECKING = False  # typing costs start-up time and is only needed by the type checker
+if TYPE_CHECKING:
+    import argparse
+    from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+AGENT_VERSION = "1.1.0"
+PROTOCOL_VERSION = 2  # the newest protocol this agent speaks
+SUPPORTED_PROTOCOLS = (1, 2)
+SEQUENCE = "sequence"
+# OPERATIONS (every word the agent accepts) and STEP_OPERATIONS (what a sequence may run) come
+# from OPERATION_TABLE, next to the functions it names (section "The operations").
 RESERVED_OPERATIONS = ("offsite",)
 DEFAULT_POLICY_PATH = "/etc/backup-drone/policy.json"
 
@@ -66,41 +69,97 @@ class Rejected(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
+# Plain classes rather than dataclasses: importing dataclasses is the largest part of the
+# agent's start-up time, paid by every request.
+
+
 class KeepRules:
-    within: Optional[str] = None
-    counts: Tuple[Tuple[str, int], ...] = ()  # (rule, count) for non-zero counts, in borg order
+    """prune's rules: ``within`` and the non-zero counts as (rule, count), in borg's order."""
+
+    __slots__ = ("counts", "within")
+
+    def __init__(
+        self, within: Optional[str] = None, counts: Tuple[Tuple[str, int], ...] = ()
+    ) -> None:
+        self.within = within
+        self.counts = counts
 
     def is_empty(self) -> bool:
         return self.within is None and not self.counts
 
 
-@dataclass(frozen=True)
 class Job:
-    repository: str = ""
-    passphrase: Optional[str] = field(default=None, repr=False)
-    archive_prefix: str = ""
-    paths: Tuple[str, ...] = ()
-    exclude_patterns: Tuple[str, ...] = ()
-    exclude_if_present: Tuple[str, ...] = (".nobackup",)
-    one_file_system: bool = False
-    compression: str = ""
-    keep: KeepRules = KeepRules()
-    lock_wait: int = 60
-    borg_rsh: str = ""
-    borg_remote_path: str = ""
+    """A validated job. A field the job left out has the default given here."""
+
+    __slots__ = (
+        "archive_prefix",
+        "borg_remote_path",
+        "borg_rsh",
+        "compression",
+        "exclude_if_present",
+        "exclude_patterns",
+        "keep",
+        "lock_wait",
+        "one_file_system",
+        "passphrase",
+        "paths",
+        "protocol",
+        "repository",
+        "steps",
+    )
+
+    def __init__(
+        self,
+        *,
+        protocol: int = PROTOCOL_VERSION,
+        steps: Tuple[str, ...] = (),
+        repository: str = "",
+        passphrase: Optional[str] = None,
+        archive_prefix: str = "",
+        paths: Tuple[str, ...] = (),
+        exclude_patterns: Tuple[str, ...] = (),
+        exclude_if_present: Tuple[str, ...] = (".nobackup",),
+        one_file_system: bool = False,
+        compression: str = "",
+        keep: Optional[KeepRules] = None,
+        lock_wait: int = 60,
+        borg_rsh: str = "",
+        borg_remote_path: str = "",
+    ) -> None:
+        self.protocol = protocol
+        self.steps = steps
+        self.repository = repository
+        self.passphrase = passphrase
+        self.archive_prefix = archive_prefix
+        self.paths = paths
+        self.exclude_patterns = exclude_patterns
+        self.exclude_if_present = exclude_if_present
+        self.one_file_system = one_file_system
+        self.compression = compression
+        self.keep = keep or KeepRules()
+        self.lock_wait = lock_wait
+        self.borg_rsh = borg_rsh
+        self.borg_remote_path = borg_remote_path
+
+    def __repr__(self) -> str:  # never the passphrase
+        shown = (
+            f"{name}={getattr(self, name)!r}" for name in self.__slots__ if name != "passphrase"
+        )
+        return f"Job({', '.join(shown)})"
 
 
-@dataclass(frozen=True)
 class Location:
     """A borg repository location reduced to what policy matching compares."""
 
-    authority: str  # "" for a local path, else "[user@]host[:port]" as written
-    # Where the path starts, as borg's server resolves it: "/" (absolute), "." (the login
-    # directory: "host:path", "ssh://host/./path"), "~/" (borg's base directory: "~/path",
-    # "/~/path") or "~NAME" (a user's home: "~zoe/path", "/~zoe", bare "~" or "/~").
-    root: str
-    components: Tuple[str, ...]
+    __slots__ = ("authority", "components", "root")
+
+    def __init__(self, authority: str, root: str, components: Tuple[str, ...]) -> None:
+        self.authority = authority  # "" for a local path, else "[user@]host[:port]" as written
+        # Where the path starts, as borg's server resolves it: "/" (absolute), "." (the login
+        # directory: "host:path", "ssh://host/./path"), "~/" (borg's base directory: "~/path",
+        # "/~/path") or "~NAME" (a user's home: "~zoe/path", "/~zoe", bare "~" or "/~").
+        self.root = root
+        self.components = components
 
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -324,6 +383,8 @@ def validate_keep(value: object, name: str) -> KeepRules:
 
 
 def validate_borg_rsh(value: object, name: str) -> str:
+    import shlex  # only jobs with a borg_rsh need it
+
     text = require_text(value, name, 1024)
     try:
         words = shlex.split(text)  # as borg splits BORG_RSH
@@ -387,13 +448,29 @@ def validate_remote_path(value: object, name: str) -> str:
 
 
 def validate_protocol(value: object, name: str) -> int:
-    if isinstance(value, bool) or value != PROTOCOL_VERSION:
-        raise Rejected(name, f"unsupported protocol version, this agent speaks {PROTOCOL_VERSION}")
-    return PROTOCOL_VERSION
+    if isinstance(value, bool) or not isinstance(value, int) or value not in SUPPORTED_PROTOCOLS:
+        speaks = " and ".join(map(str, SUPPORTED_PROTOCOLS))
+        raise Rejected(name, f"unsupported protocol version, this agent speaks {speaks}")
+    return value
+
+
+def validate_steps(value: object, name: str) -> Tuple[str, ...]:
+    items = require_list(value, name, len(STEP_OPERATIONS))
+    if not items:
+        raise Rejected(name, "must name at least one step")
+    steps: List[str] = []
+    for i, item in enumerate(items):
+        if item not in STEP_OPERATIONS:
+            raise Rejected(f"{name}[{i}]", "must be one of " + ", ".join(STEP_OPERATIONS))
+        if item in steps:
+            raise Rejected(f"{name}[{i}]", "names a step that is already listed")
+        steps.append(str(item))
+    return tuple(steps)
 
 
 FIELD_VALIDATORS: Dict[str, Callable[[object, str], Any]] = {
     "protocol": validate_protocol,
+    "steps": validate_steps,
     "repository": validate_repository,
     "passphrase": validate_passphrase,
     "archive_prefix": lambda v, n: require_match(v, n, ARCHIVE_PREFIX, "letters, digits, . _ -"),
@@ -421,21 +498,50 @@ def validate_job(operation: str, raw: object) -> Job:
     values = {
         name: check(raw[name], name) for name, check in FIELD_VALIDATORS.items() if name in raw
     }
-    values.pop("protocol")
     job = Job(**values)
+    check_steps_field(operation, job, "steps" in raw)
     check_required_fields(operation, job)
     return job
 
 
+def check_steps_field(operation: str, job: Job, given: bool) -> None:
+    """``steps`` belongs to ``sequence`` (protocol 2 and later) and to nothing else."""
+    if operation != SEQUENCE:
+        if given:
+            raise Rejected("steps", f"is only valid for {SEQUENCE}")
+        return
+    if job.protocol < 2:
+        raise Rejected("protocol", f"{SEQUENCE} needs protocol 2 or later")
+    if not given:
+        raise Rejected("steps", f"is required for {SEQUENCE}")
+
+
 def check_required_fields(operation: str, job: Job) -> None:
-    if operation != "hello" and not job.repository:
-        raise Rejected("repository", f"is required for {operation}")
-    if operation in ("create", "prune") and not job.archive_prefix:
-        raise Rejected("archive_prefix", f"is required for {operation}")
-    if operation == "create" and not job.paths:
-        raise Rejected("paths", "is required for create")
-    if operation == "prune" and job.keep.is_empty():
-        raise Rejected("keep", "prune needs at least one keep rule")
+    """Every field that the operation, or each step of a sequence, requires (the registry says
+    which), checked in the order the steps run."""
+    for name in job.steps or (operation,):
+        for field_name in REGISTRY[name].requires:
+            if not is_set(getattr(job, field_name)):
+                raise Rejected(field_name, missing_field_message(field_name, name))
+
+
+def is_set(value: object) -> bool:
+    return not value.is_empty() if isinstance(value, KeepRules) else bool(value)
+
+
+def missing_field_message(field_name: str, operation: str) -> str:
+    if field_name == "keep":
+        return f"{operation} needs at least one keep rule"
+    return f"is required for {operation}"
+
+
+def requested_protocol(raw: object) -> int:
+    """The protocol a job line asks for, when this agent speaks it (else the newest): what the
+    hello line says, even when the job is then rejected for another reason."""
+    asked = raw.get("protocol") if isinstance(raw, dict) else None
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked in SUPPORTED_PROTOCOLS:
+        return asked
+    return PROTOCOL_VERSION
 
 
 def validate_operation(from_ssh: Optional[str], from_argv: Optional[str]) -> str:
@@ -447,19 +553,27 @@ def validate_operation(from_ssh: Optional[str], from_argv: Optional[str]) -> str
         raise Rejected("operation", "no operation given")
     if word in RESERVED_OPERATIONS:
         raise Rejected("operation", f"{word} is not supported by this agent version")
-    if word not in OPERATIONS:
+    if word not in REGISTRY:
         raise Rejected("operation", "must be exactly one of " + ", ".join(OPERATIONS))
     return word
 
 
-@dataclass(frozen=True)
 class Policy:
     """What the host admin allows; None means "no restriction" (no policy file)."""
 
-    repositories: Optional[Tuple[Location, ...]] = None
-    paths: Optional[Tuple[Tuple[str, ...], ...]] = None
-    operations: Optional[Tuple[str, ...]] = None
-    borg: Optional[str] = None
+    __slots__ = ("borg", "operations", "paths", "repositories")
+
+    def __init__(
+        self,
+        repositories: Optional[Tuple[Location, ...]] = None,
+        paths: Optional[Tuple[Tuple[str, ...], ...]] = None,
+        operations: Optional[Tuple[str, ...]] = None,
+        borg: Optional[str] = None,
+    ) -> None:
+        self.repositories = repositories
+        self.paths = paths
+        self.operations = operations
+        self.borg = borg
 
 
 POLICY_KEYS = ("repositories", "paths", "operations", "borg")
@@ -528,12 +642,7 @@ def location_allowed(location: Location, allowed: Tuple[Location, ...]) -> bool:
 
 
 def check_policy(policy: Policy, operation: str, job: Job) -> None:
-    if (
-        policy.operations is not None
-        and operation != "hello"
-        and operation not in policy.operations
-    ):
-        raise Rejected("operation", "not allowed by this host's policy")
+    check_policy_operations(policy, operation, job)
     if job.repository and policy.repositories is not None:
         location = parse_location(job.repository)
         if location is None or not location_allowed(location, policy.repositories):
@@ -543,6 +652,18 @@ def check_policy(policy: Policy, operation: str, job: Job) -> None:
             components = path_components(path)
             if not any(is_under(components, prefix) for prefix in policy.paths):
                 raise Rejected(f"paths[{i}]", "not allowed by this host's policy")
+
+
+def check_policy_operations(policy: Policy, operation: str, job: Job) -> None:
+    """The policy's ``operations`` names what may run: each step of a sequence must be listed
+    (``sequence`` itself needs no entry), and ``hello`` is always allowed."""
+    if policy.operations is None or operation == "hello":
+        return
+    if operation != SEQUENCE and operation not in policy.operations:
+        raise Rejected("operation", "not allowed by this host's policy")
+    for i, step in enumerate(job.steps):
+        if step not in policy.operations:
+            raise Rejected(f"steps[{i}]", "not allowed by this host's policy")
 
 
 def parse_job_line(line: bytes) -> object:
@@ -561,8 +682,9 @@ def parse_job_line(line: bytes) -> object:
 # ---------------------------------------------------------------------------------------------
 
 
-def archive_name(prefix: str, now: datetime) -> str:
-    return f"{prefix}-{now.astimezone(timezone.utc).strftime('%Y-%m-%dT%H:%M:%S')}"
+def archive_name(prefix: str, now: float) -> str:
+    """``PREFIX-YYYY-MM-DDTHH:MM:SS`` in UTC for ``now`` (seconds since the epoch)."""
+    return f"{prefix}-{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}"
 
 
 def archive_glob(prefix: str) -> str:
@@ -659,8 +781,11 @@ ERROR_LEVELS = ("ERROR", "CRITICAL")
 PRUNE_LINE = re.compile(
     r"^(?P<label>Keeping archive \(rule: [^)]*\):|Keeping checkpoint archive:"
     r"|Pruning archive \(\d+/\d+\):|Would prune:)\s+(?P<name>.+?)\s+"
-    r"[A-Z][a-z]{2}, \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}( [+-]\d{4})? \[[0-9a-f]+\]\s*$"
+    r"[A-Z][a-z]{2}, (?P<date>\d{4}-\d{2}-\d{2}) (?P<time>\d{2}:\d{2}:\d{2})"
+    r"( (?P<offset>[+-]\d{4}))? \[[0-9a-f]+\]\s*$"
 )
+# The names borg's own `borg list` hides (without --consider-checkpoints).
+CHECKPOINT_NAME = re.compile(r"\.checkpoint(\.\d+)?$")
 FREED_LINE = re.compile(r"freed about (?P<number>[0-9.]+) (?P<unit>[A-Za-z]+) repository space")
 SIZE_UNITS = {
     "B": 1,
@@ -730,13 +855,22 @@ def log_event(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     }
 
 
-def parse_prune_line(message: str) -> Optional[Tuple[str, str]]:
-    """A prune --list line (borg 1.2 or 1.4 wording) -> ("kept" | "pruned", archive name)."""
+def parse_prune_line(message: str) -> Optional[Tuple[str, str, str]]:
+    """A prune --list line (borg 1.2 or 1.4 wording) -> ("kept" | "pruned", archive name,
+    archive time). The time is written the way `borg list --json` writes it: local time to the
+    second with ".000000" (borg 1.2 drops the fraction for both), plus the UTC offset when the
+    line has one."""
     match = PRUNE_LINE.match(message)
     if not match:
         return None
     kept = match["label"].startswith("Keeping")
-    return ("kept" if kept else "pruned", match["name"])
+    offset = match["offset"]
+    zone = f"{offset[:3]}:{offset[3:]}" if offset else ""
+    return (
+        "kept" if kept else "pruned",
+        match["name"],
+        f"{match['date']}T{match['time']}.000000{zone}",
+    )
 
 
 def parse_freed_bytes(message: str) -> Optional[int]:
@@ -787,9 +921,9 @@ def archive_summaries(listing: Dict[str, Any]) -> List[Dict[str, Any]]:
     ]
 
 
-def stats_data(info: Dict[str, Any], listing: Dict[str, Any]) -> Dict[str, Any]:
+def stats_data(info: Dict[str, Any], archives: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The repository totals of `borg info --json` and this prefix's archives, oldest first."""
     totals = repository_totals((info.get("cache") or {}).get("stats") or {})
-    archives = archive_summaries(listing)
     last = archives[-1] if archives else None
     return {
         "total_size": totals["total_size"],
@@ -804,14 +938,29 @@ def prune_data(
     prune_records: List[Dict[str, Any]], compact_records: List[Dict[str, Any]]
 ) -> Dict[str, Any]:
     decided: Dict[str, List[str]] = {"kept": [], "pruned": []}
-    for record in prune_records:
-        parsed = parse_prune_line(str(record.get("message", "")))
-        if parsed:
-            decided[parsed[0]].append(parsed[1])
+    for decision, name, _time in prune_decisions(prune_records):
+        decided[decision].append(name)
     freed = None
     for record in compact_records:
         freed = parse_freed_bytes(str(record.get("message", ""))) or freed
     return {"kept": decided["kept"], "pruned": decided["pruned"], "compact": {"freed_bytes": freed}}
+
+
+def prune_decisions(records: List[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
+    """Every archive prune --list named, in borg's order (newest first)."""
+    parsed = (parse_prune_line(str(record.get("message", ""))) for record in records)
+    return [decision for decision in parsed if decision]
+
+
+def archives_kept_by_prune(prune_records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The archives a successful prune kept, oldest first, as `borg list` would list them
+    (checkpoints left out): what a stats step right after the prune reports."""
+    kept = [
+        {"name": name, "time": when}
+        for decision, name, when in prune_decisions(prune_records)
+        if decision == "kept" and not CHECKPOINT_NAME.search(name)
+    ]
+    return kept[::-1]
 
 
 def borg_error(records: List[Dict[str, Any]], rc: int) -> Dict[str, str]:
@@ -831,11 +980,15 @@ def borg_error(records: List[Dict[str, Any]], rc: int) -> Dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
 class BorgRun:
-    rc: int
-    stdout: bytes
-    records: List[Dict[str, Any]]  # every log_message and text record, in order
+    """One finished borg command."""
+
+    __slots__ = ("rc", "records", "stdout")
+
+    def __init__(self, rc: int, stdout: bytes, records: List[Dict[str, Any]]) -> None:
+        self.rc = rc
+        self.stdout = stdout
+        self.records = records  # every log_message and text record, in order
 
 
 class Session:
@@ -844,10 +997,14 @@ class Session:
     def __init__(self, operation: str, output: Output) -> None:
         self.operation = operation
         self.output = output
+        self.protocol = PROTOCOL_VERSION  # what the hello line says
+        self.steps: Tuple[str, ...] = ()  # a sequence's steps, once its job is valid
+        self.step: Optional[str] = None  # the step of a sequence that runs (or did not start)
+        self.completed: List[str] = []  # the steps that ended ok, in order
         self.stop_reason: Optional[Dict[str, str]] = None
         self.interrupted = False  # a borg run was stopped because of stop_reason
         self.warnings = 0
-        self.borg_rc: Optional[int] = None
+        self.borg_rcs: List[int] = []  # every borg run's return code, in order
         self.process: Optional[subprocess.Popen[bytes]] = None  # the borg that is running
         self.hello_sent = False
         self.result_sent = False
@@ -862,13 +1019,43 @@ class Session:
             self.request_stop("CoordinatorGone", "the agent's output was closed")
 
     def handle_record(self, record: Dict[str, Any]) -> None:
-        progress = progress_event(record) if self.operation == "create" else None
+        running = self.step or self.operation
+        progress = progress_event(record) if running == "create" else None
         if progress:
             self.emit(progress)
         log = log_event(record)
         if log:
             self.warnings += log["level"] == "warning"
+            if self.step:
+                log["step"] = self.step
             self.emit(log)
+
+    def borg_finished(self, returncode: int) -> int:
+        rc = exit_status(returncode)
+        self.borg_rcs.append(rc)
+        self.process = None
+        return rc
+
+
+class Span:
+    """Where one request, or one step of a sequence, began in the session's running totals:
+    its result line reports only what happened since."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.started = time.monotonic()
+        self.warnings_before = session.warnings
+        self.runs_before = len(session.borg_rcs)
+
+    def borg_rc(self) -> Optional[int]:
+        """The highest return code of the borg runs since (None when borg did not run)."""
+        return max(self.session.borg_rcs[self.runs_before :], default=None)
+
+    def warnings(self) -> int:
+        return self.session.warnings - self.warnings_before
+
+    def duration(self) -> float:
+        return round(time.monotonic() - self.started, 3)
 
 
 def run_borg(session: Session, argv: List[str], env: Dict[str, str]) -> BorgRun:
@@ -891,9 +1078,7 @@ def run_borg(session: Session, argv: List[str], env: Dict[str, str]) -> BorgRun:
     run = BorgRun(0, b"", [])
     session.process = process
     collect_output(session, process, events, run)
-    run.rc = exit_status(process.wait())
-    session.process = None
-    session.borg_rc = max(session.borg_rc or 0, run.rc)
+    run.rc = session.borg_finished(process.wait())
     return run
 
 
@@ -988,13 +1173,109 @@ def exit_status(returncode: int) -> int:
 
 def find_borg(policy: Policy, env: Dict[str, str]) -> Optional[str]:
     if policy.borg is not None:
-        return policy.borg if os.access(policy.borg, os.X_OK) else None
-    return shutil.which("borg", path=env.get("PATH", os.defpath))
+        return policy.borg if is_executable_file(policy.borg) else None
+    return find_on_path("borg", env.get("PATH", os.defpath))
+
+
+def find_on_path(name: str, search_path: str) -> Optional[str]:
+    """Like shutil.which (whose import costs more than this), but only absolute directories:
+    a relative PATH entry would depend on the agent's working directory."""
+    for directory in search_path.split(os.pathsep):
+        candidate = os.path.join(directory, name)
+        if os.path.isabs(directory) and is_executable_file(candidate):
+            return candidate
+    return None
+
+
+def is_executable_file(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+# borg's version, cached per binary so that a request does not start borg just to ask it (an
+# interpreter start that costs more than the rest of a small request). The key is the binary's
+# resolved path and its inode, size and mtime: an upgrade replaces or rewrites the file.
+VERSION_CACHE_FILE = os.path.join("backup-drone", "borg-versions.json")
+VERSION_CACHE_ENTRIES = 8  # binaries remembered; the least recently written is dropped
+BORG_VERSION_TEXT = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 
 
 def borg_version(borg: Optional[str], env: Dict[str, str]) -> str:
+    """The version of this borg binary ("" when it does not run): from the cache when the
+    binary is unchanged, else from `borg --version` (then cached)."""
     if borg is None:
         return ""
+    identity = binary_identity(borg)
+    cache_path = version_cache_path(os.environ)
+    entries = read_version_cache(cache_path) if cache_path else {}
+    if identity is not None:
+        cached = entries.get(identity[0])
+        if isinstance(cached, dict) and cached_version_matches(cached, identity[1]):
+            return str(cached["version"])
+    version = ask_borg_version(borg, env)
+    if identity is not None and cache_path and BORG_VERSION_TEXT.fullmatch(version):
+        entries.pop(identity[0], None)
+        entries[identity[0]] = {**identity[1], "version": version}
+        write_version_cache(cache_path, dict(list(entries.items())[-VERSION_CACHE_ENTRIES:]))
+    return version
+
+
+def binary_identity(borg: str) -> Optional[Tuple[str, Dict[str, int]]]:
+    """(resolved path, {inode, size, mtime_ns}) of the binary, or None when it cannot be read."""
+    resolved = os.path.realpath(borg)
+    try:
+        status = os.stat(resolved)
+    except OSError:
+        return None
+    return resolved, {
+        "inode": status.st_ino,
+        "size": status.st_size,
+        "mtime_ns": status.st_mtime_ns,
+    }
+
+
+def cached_version_matches(entry: Dict[str, Any], identity: Dict[str, int]) -> bool:
+    version = entry.get("version")
+    same_file = all(entry.get(key) == value for key, value in identity.items())
+    return same_file and isinstance(version, str) and bool(BORG_VERSION_TEXT.fullmatch(version))
+
+
+def version_cache_path(environ: Mapping[str, str]) -> str:
+    """$XDG_CACHE_HOME (when absolute, as the XDG spec says) or ~/.cache; "" when neither is
+    known."""
+    base = environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):
+            return ""
+        base = os.path.join(home, ".cache")
+    return os.path.join(base, VERSION_CACHE_FILE)
+
+
+def read_version_cache(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+    except (OSError, ValueError):
+        return {}  # no cache yet, or an unreadable one: ask borg
+    return content if isinstance(content, dict) else {}
+
+
+def write_version_cache(path: str, entries: Dict[str, Any]) -> None:
+    """Written atomically (a temporary file renamed over the old one); a cache that cannot be
+    written only means asking borg again next time."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(entries, handle)
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+
+
+def ask_borg_version(borg: str, env: Dict[str, str]) -> str:
     try:
         completed = subprocess.run(
             [borg, "--version"],
@@ -1011,15 +1292,21 @@ def borg_version(borg: Optional[str], env: Dict[str, str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The operations: each runs borg and returns its result data (or an error)
+# The operations: each runs borg and returns its result data (or an error); the registry
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
 class Outcome:
-    data: Dict[str, Any]
-    ok: bool = True
-    error: Optional[Dict[str, str]] = None
+    """What an operation (or a step) ended with: its result line's data, ok and error."""
+
+    __slots__ = ("data", "error", "ok")
+
+    def __init__(
+        self, data: Dict[str, Any], ok: bool = True, error: Optional[Dict[str, str]] = None
+    ) -> None:
+        self.data = data
+        self.ok = ok
+        self.error = error
 
 
 def failure(msgid: str, message: str) -> Outcome:
@@ -1033,6 +1320,10 @@ def failed(run: BorgRun) -> Optional[Outcome]:
     return Outcome({}, ok=False, error=borg_error(run.records, run.rc))
 
 
+def stopped(session: Session) -> Outcome:
+    return Outcome({}, ok=False, error=dict(session.stop_reason or {}))
+
+
 def parse_stdout_json(run: BorgRun) -> Dict[str, Any]:
     value = json_object(run.stdout.decode("utf-8", "surrogateescape").strip())
     if value is None:
@@ -1044,77 +1335,264 @@ class BorgOutputInvalid(Exception):
     """borg said it succeeded but its JSON output is missing or unreadable."""
 
 
-class Operations:
-    """One method per operation; each returns the Outcome that becomes the result line."""
+class Runner:
+    """What the operations of one request share: the session, the job, which borg to run and
+    with which environment, and what an earlier step learnt about the repository."""
 
-    def __init__(self, session: Session, job: Job, borg: str, env: Dict[str, str]) -> None:
+    def __init__(
+        self, session: Session, job: Job, borg: str, env: Dict[str, str], version: str
+    ) -> None:
         self.session = session
         self.job = job
         self.borg = borg
         self.env = env
+        self.version = version
+        # This prefix's archives (oldest first) as a prune step of this sequence left them;
+        # None when not known (no prune yet, or a create ran since).
+        self.archives: Optional[List[Dict[str, Any]]] = None
 
     def run(self, argv: List[str]) -> BorgRun:
         return run_borg(self.session, argv, self.env)
 
     def halted(self, run: BorgRun) -> Optional[Outcome]:
         """Why not to go on after this run: borg failed, or the request is being stopped."""
-        reason = self.session.stop_reason
-        return failed(run) or (Outcome({}, ok=False, error=reason) if reason else None)
-
-    def create(self) -> Outcome:
-        name = archive_name(self.job.archive_prefix, datetime.now(timezone.utc))
-        run = self.run(create_argv(self.borg, self.job, name))
-        return failed(run) or Outcome(create_data(parse_stdout_json(run)))
-
-    def prune(self) -> Outcome:
-        pruning = self.run(prune_argv(self.borg, self.job))
-        halted = self.halted(pruning)
-        if halted:
-            return halted
-        compacting = self.run(compact_argv(self.borg, self.job))
-        return failed(compacting) or Outcome(prune_data(pruning.records, compacting.records))
-
-    def stats(self) -> Outcome:
-        info = self.run(info_argv(self.borg, self.job))
-        halted = self.halted(info)
-        if halted:
-            return halted
-        listing = self.run(list_argv(self.borg, self.job))
-        return failed(listing) or Outcome(
-            stats_data(parse_stdout_json(info), parse_stdout_json(listing))
-        )
-
-    def list(self) -> Outcome:
-        run = self.run(list_argv(self.borg, self.job))
-        return failed(run) or Outcome({"archives": archive_summaries(parse_stdout_json(run))})
-
-    def check(self) -> Outcome:
-        run = self.run(check_argv(self.borg, self.job))
-        findings = [str(event["message"]) for event in map(log_event, run.records) if event]
-        repository_ok = run.rc == EXIT_OK and not findings
-        error = None if repository_ok else borg_error(run.records, run.rc)
-        if error and run.rc < EXIT_FAILED:
-            error = {
-                "msgid": "CheckFoundProblems",
-                "message": "; ".join(findings[:5]) or error["message"],
-            }
-        return Outcome(
-            {"findings": findings, "repository_ok": repository_ok}, ok=repository_ok, error=error
-        )
+        return failed(run) or (stopped(self.session) if self.session.stop_reason else None)
 
 
-def hello_data(version: str) -> Dict[str, Any]:
+def run_hello(runner: Runner) -> Outcome:
+    return Outcome(hello_data(runner.version, runner.session.protocol))
+
+
+def run_create(runner: Runner) -> Outcome:
+    runner.archives = None  # a new archive: what an earlier prune listed is out of date
+    name = archive_name(runner.job.archive_prefix, time.time())
+    run = runner.run(create_argv(runner.borg, runner.job, name))
+    return failed(run) or Outcome(create_data(parse_stdout_json(run)))
+
+
+def run_prune(runner: Runner) -> Outcome:
+    """prune, then compact (which frees the space; not when prune failed or a stop came)."""
+    pruning = runner.run(prune_argv(runner.borg, runner.job))
+    halted = runner.halted(pruning)
+    if halted:
+        return halted
+    compacting = runner.run(compact_argv(runner.borg, runner.job))
+    outcome = failed(compacting) or Outcome(prune_data(pruning.records, compacting.records))
+    if outcome.ok:
+        runner.archives = archives_kept_by_prune(pruning.records)
+    return outcome
+
+
+def run_stats(runner: Runner) -> Outcome:
+    """borg info for the totals and borg list for the archives; right after a prune of the same
+    sequence, prune's own list of kept archives stands in for borg list."""
+    info = runner.run(info_argv(runner.borg, runner.job))
+    halted = runner.halted(info)
+    if halted:
+        return halted
+    if runner.archives is not None:
+        return Outcome(stats_data(parse_stdout_json(info), runner.archives))
+    listing = runner.run(list_argv(runner.borg, runner.job))
+    return failed(listing) or Outcome(
+        stats_data(parse_stdout_json(info), archive_summaries(parse_stdout_json(listing)))
+    )
+
+
+def run_list(runner: Runner) -> Outcome:
+    run = runner.run(list_argv(runner.borg, runner.job))
+    return failed(run) or Outcome({"archives": archive_summaries(parse_stdout_json(run))})
+
+
+def run_check(runner: Runner) -> Outcome:
+    """Finds problems (warnings are its findings, so borg rc 1 is a failure here too)."""
+    run = runner.run(check_argv(runner.borg, runner.job))
+    findings = [str(event["message"]) for event in map(log_event, run.records) if event]
+    repository_ok = run.rc == EXIT_OK and not findings
+    error = None if repository_ok else borg_error(run.records, run.rc)
+    if error and run.rc < EXIT_FAILED:
+        error = {
+            "msgid": "CheckFoundProblems",
+            "message": "; ".join(findings[:5]) or error["message"],
+        }
+    return Outcome(
+        {"findings": findings, "repository_ok": repository_ok}, ok=repository_ok, error=error
+    )
+
+
+def run_sequence(runner: Runner) -> Outcome:
+    """Each step in order, each reported by a ``step`` line; the first step that fails, or a
+    stop (coordinator gone, a signal), ends the sequence. The final result's data and the step
+    its error names are filled in from the session (Request.result)."""
+    session = runner.session
+    for name in runner.job.steps:
+        session.step = name
+        if session.stop_reason:
+            return stopped(session)  # this step does not start
+        span = Span(session)
+        outcome = run_operation(runner, name)
+        write_outcome(session, "step", name, outcome, span)
+        if not outcome.ok:
+            return outcome
+        session.completed.append(name)
+    return Outcome({})
+
+
+def run_operation(runner: Runner, name: str) -> Outcome:
+    """One operation (or one step), under the liveness rule: not started when a stop came
+    first, failed when borg had to be stopped."""
+    session = runner.session
+    if session.stop_reason and name != "hello":  # hello runs nothing: its answer is ready
+        return stopped(session)
+    try:
+        outcome = REGISTRY[name].run(runner)
+    except BorgOutputInvalid:
+        outcome = failure("BorgOutputInvalid", "borg's JSON output is missing or unreadable")
+    if session.interrupted:
+        outcome = Outcome(outcome.data, ok=False, error=dict(session.stop_reason or {}))
+    return outcome
+
+
+def hello_data(version: str, protocol: int) -> Dict[str, Any]:
     return {
         "agent_version": AGENT_VERSION,
         "borg_version": version,
-        "python_version": platform.python_version(),
-        "hostname": socket.gethostname(),
-        "protocol": PROTOCOL_VERSION,
+        "python_version": sys.version.split()[0],
+        "hostname": os.uname().nodename,
+        "protocol": protocol,
+        "protocols": list(SUPPORTED_PROTOCOLS),
     }
 
 
-def hello_event(operation: str, version: str) -> Dict[str, Any]:
-    return {"type": "hello", "operation": operation, **hello_data(version)}
+def hello_event(session: Session, version: str) -> Dict[str, Any]:
+    event = {
+        "type": "hello",
+        "operation": session.operation,
+        **hello_data(version, session.protocol),
+    }
+    if session.steps:
+        event["steps"] = list(session.steps)
+    return event
+
+
+# -- how a person sees each result (by hand) ---------------------------------------------------
+
+
+def hello_summary(data: Dict[str, Any]) -> List[str]:
+    return [f"agent {data['agent_version']}, protocol {data['protocol']}"]
+
+
+def create_summary(data: Dict[str, Any]) -> List[str]:
+    archive, repository = data["archive"], data["repository"]
+    sizes = [
+        human_size(archive[key])
+        for key in ("original_size", "compressed_size", "deduplicated_size")
+    ]
+    return [
+        f"archive {archive['name']}: {archive['nfiles']} files, {sizes[0]} original, "
+        f"{sizes[1]} compressed, {sizes[2]} new",
+        f"repository: {human_size(repository['deduplicated_size'])} stored for "
+        f"{human_size(repository['total_size'])} of archives",
+    ]
+
+
+def prune_summary(data: Dict[str, Any]) -> List[str]:
+    freed = data["compact"]["freed_bytes"]
+    return [
+        *[f"kept    {name}" for name in data["kept"]],
+        *[f"pruned  {name}" for name in data["pruned"]],
+        "compact freed " + (human_size(freed) if freed is not None else "an unknown amount"),
+    ]
+
+
+def stats_summary(data: Dict[str, Any]) -> List[str]:
+    last = data["last_archive"]
+    return [
+        f"{data['archive_count']} archives, {human_size(data['total_size'])} original, "
+        f"{human_size(data['compressed_size'])} compressed, "
+        f"{human_size(data['deduplicated_size'])} stored",
+        f"last archive: {last['name']} ({last['time']})" if last else "no archives yet",
+    ]
+
+
+def list_summary(data: Dict[str, Any]) -> List[str]:
+    return [f"{a['name']}  {a['time']}" for a in data["archives"]] or ["no archives"]
+
+
+def check_summary(_data: Dict[str, Any]) -> List[str]:
+    return ["repository OK"]
+
+
+def sequence_summary(data: Dict[str, Any]) -> List[str]:
+    return ["completed: " + (", ".join(data["completed"]) or "no step")]
+
+
+# -- the registry: every operation the agent accepts, described once -------------------------
+
+
+class Operation:
+    """One word the agent accepts. The argparse commands, the operation check, the required
+    fields, the policy's ``operations``, the dispatch and the readable summaries all come from
+    the table below."""
+
+    __slots__ = ("help", "name", "requires", "run", "step", "summary")
+
+    def __init__(
+        self,
+        name: str,
+        help: str,
+        run: Callable[[Runner], Outcome],
+        requires: Tuple[str, ...],
+        summary: Callable[[Dict[str, Any]], List[str]],
+        step: bool,
+    ) -> None:
+        self.name = name
+        self.help = help  # one line for --help
+        self.run = run
+        self.requires = requires  # job fields that must be set (see is_set)
+        self.summary = summary  # the result's data -> lines for a person
+        self.step = step  # may be a step of a sequence
+
+
+OPERATION_TABLE = (
+    Operation("hello", "show the agent's and borg's versions", run_hello, (), hello_summary, False),
+    Operation(
+        "create",
+        "back up the job's paths into a new archive",
+        run_create,
+        ("repository", "archive_prefix", "paths"),
+        create_summary,
+        True,
+    ),
+    Operation(
+        "prune",
+        "prune this prefix's archives by the keep rules, then compact",
+        run_prune,
+        ("repository", "archive_prefix", "keep"),
+        prune_summary,
+        True,
+    ),
+    Operation(
+        "stats",
+        "repository totals and this prefix's archive count",
+        run_stats,
+        ("repository",),
+        stats_summary,
+        True,
+    ),
+    Operation("list", "list the archives", run_list, ("repository",), list_summary, True),
+    Operation("check", "check the repository", run_check, ("repository",), check_summary, True),
+    Operation(
+        SEQUENCE,
+        "run the job's steps in order as one request",
+        run_sequence,
+        (),
+        sequence_summary,
+        False,
+    ),
+)
+REGISTRY: Dict[str, Operation] = {operation.name: operation for operation in OPERATION_TABLE}
+OPERATIONS = tuple(REGISTRY)  # every word the agent accepts
+STEP_OPERATIONS = tuple(operation.name for operation in OPERATION_TABLE if operation.step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1173,6 +1651,8 @@ class HumanOutput(Output):
         borg = f"borg {event['borg_version']}, " if event["borg_version"] else ""
         python = event["python_version"]
         self.line(f"backup-drone {AGENT_VERSION} on {event['hostname']}: {borg}Python {python}")
+        if event.get("steps"):
+            self.line("steps: " + ", ".join(event["steps"]))
 
     def show_progress(self, event: Dict[str, Any]) -> None:
         text = (
@@ -1180,6 +1660,8 @@ class HumanOutput(Output):
             f"{human_size(event['deduplicated_size'])} new  {printable(event['path'])}"
         )
         if self.tty:
+            import shutil  # by hand only: the coordinator's requests never need it
+
             width = shutil.get_terminal_size().columns - 1
             self.stream.write("\r\x1b[K" + text[:width])
             self.progress_shown = True
@@ -1192,6 +1674,9 @@ class HumanOutput(Output):
         msgid = f" [{event['msgid']}]" if event["msgid"] else ""
         self.errors.write(f"{event['level']}{msgid}: {printable(event['message'])}\n")
         self.errors.flush()
+
+    def show_step(self, event: Dict[str, Any]) -> None:
+        self.show_result(event)
 
     def show_result(self, event: Dict[str, Any]) -> None:
         self.end_progress()
@@ -1226,14 +1711,18 @@ def human_size(value: object) -> str:
 
 
 def summary_lines(result: Dict[str, Any]) -> List[str]:
+    """A result or step line -> what a person reads: the operation's summary (from the
+    registry) when it succeeded, the error when not, then duration and exit code."""
     data = result.get("data") or {}
     operation = result["operation"]
-    lines = SUMMARIES[operation](data) if result["ok"] and operation in SUMMARIES else []
+    known = REGISTRY.get(operation)
+    lines = known.summary(data) if result["ok"] and known else []
     if result.get("warnings"):
         lines.append(f"{result['warnings']} warning(s), see above")
     if not result["ok"]:
         error = result.get("error") or {}
         where = f" ({error['field']})" if error.get("field") else ""
+        where = f" (step {error['step']})" if error.get("step") else where
         lines.append(
             f"FAILED: {error.get('msgid', '')}{where}: {printable(error.get('message', ''))}"
         )
@@ -1243,83 +1732,60 @@ def summary_lines(result: Dict[str, Any]) -> List[str]:
     return lines
 
 
-def create_summary(data: Dict[str, Any]) -> List[str]:
-    archive, repository = data["archive"], data["repository"]
-    sizes = [
-        human_size(archive[key])
-        for key in ("original_size", "compressed_size", "deduplicated_size")
-    ]
-    return [
-        f"archive {archive['name']}: {archive['nfiles']} files, {sizes[0]} original, "
-        f"{sizes[1]} compressed, {sizes[2]} new",
-        f"repository: {human_size(repository['deduplicated_size'])} stored for "
-        f"{human_size(repository['total_size'])} of archives",
-    ]
-
-
-def prune_summary(data: Dict[str, Any]) -> List[str]:
-    freed = data["compact"]["freed_bytes"]
-    return [
-        *[f"kept    {name}" for name in data["kept"]],
-        *[f"pruned  {name}" for name in data["pruned"]],
-        "compact freed " + (human_size(freed) if freed is not None else "an unknown amount"),
-    ]
-
-
-def stats_summary(data: Dict[str, Any]) -> List[str]:
-    last = data["last_archive"]
-    return [
-        f"{data['archive_count']} archives, {human_size(data['total_size'])} original, "
-        f"{human_size(data['compressed_size'])} compressed, "
-        f"{human_size(data['deduplicated_size'])} stored",
-        f"last archive: {last['name']} ({last['time']})" if last else "no archives yet",
-    ]
-
-
-SUMMARIES: Dict[str, Callable[[Dict[str, Any]], List[str]]] = {
-    "hello": lambda d: [f"agent {d['agent_version']}, protocol {d['protocol']}"],
-    "create": create_summary,
-    "prune": prune_summary,
-    "stats": stats_summary,
-    "list": lambda d: [f"{a['name']}  {a['time']}" for a in d["archives"]] or ["no archives"],
-    "check": lambda d: ["repository OK"],
-}
-
-
 # ---------------------------------------------------------------------------------------------
 # The request: validate, say hello, run, report
 # ---------------------------------------------------------------------------------------------
 
 
+def write_outcome(
+    session: Session, kind: str, operation: str, outcome: Outcome, span: Span, field_name: str = ""
+) -> int:
+    """Writes a ``result`` line (the request's last) or a ``step`` line (one step of a
+    sequence): the same fields, counted over ``span``. Returns the exit code it states."""
+    borg_rc = span.borg_rc()
+    code = exit_code(outcome, borg_rc, rejected=bool(field_name))
+    event: Dict[str, Any] = {
+        "type": kind,
+        "operation": operation,
+        "ok": outcome.ok,
+        "rc": code,
+        "borg_rc": borg_rc,
+        "duration": span.duration(),
+        "warnings": span.warnings(),
+        "data": outcome.data,
+    }
+    if not outcome.ok:
+        event["error"] = dict(outcome.error or {})
+        if field_name:
+            event["error"]["field"] = field_name
+    if kind == "step":
+        session.emit(event)  # a broken output stops what would come next
+    else:
+        session.output.write(event)
+    return code
+
+
 class Request:
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.started = time.monotonic()
+        self.span = Span(session)
 
     def result(self, outcome: Outcome, field_name: str = "") -> int:
-        """Writes the final ``result`` line; returns the exit code."""
+        """Writes the final ``result`` line; returns the exit code. A sequence's result lists
+        the steps that completed and, when it failed, names the step that failed or did not
+        start."""
         session = self.session
-        code = exit_code(outcome, session.borg_rc, rejected=bool(field_name))
-        event: Dict[str, Any] = {
-            "type": "result",
-            "operation": session.operation,
-            "ok": outcome.ok,
-            "rc": code,
-            "borg_rc": session.borg_rc,
-            "duration": round(time.monotonic() - self.started, 3),
-            "warnings": session.warnings,
-            "data": outcome.data,
-        }
-        if not outcome.ok:
-            event["error"] = dict(outcome.error or {})
-            if field_name:
-                event["error"]["field"] = field_name
-        session.output.write(event)
+        if session.operation == SEQUENCE and not field_name:
+            outcome = Outcome({"completed": list(session.completed)}, outcome.ok, outcome.error)
+            step = session.step or (session.steps[0] if session.steps else "")
+            if outcome.error is not None and step:
+                outcome.error = {**outcome.error, "step": step}
+        code = write_outcome(session, "result", session.operation, outcome, self.span, field_name)
         session.result_sent = True
         return code
 
     def reject(self, rejection: Rejected) -> int:
-        self.session.emit(hello_event(self.session.operation, ""))
+        self.session.emit(hello_event(self.session, ""))
         error = {"msgid": "JobRejected", "message": rejection.message}
         return self.result(Outcome({}, ok=False, error=error), field_name=rejection.field)
 
@@ -1333,7 +1799,7 @@ class Request:
             stop_running_borg(session)
             if not session.result_sent:
                 if not session.hello_sent:
-                    session.emit(hello_event(session.operation, ""))
+                    session.emit(hello_event(session, ""))
                 message = (
                     f"the agent failed unexpectedly ({type(error).__name__}); "
                     "the details are on the agent's stderr"
@@ -1346,6 +1812,8 @@ class Request:
 
 def report_traceback() -> None:
     try:
+        import traceback  # only ever needed for a bug
+
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
     except Exception:  # noqa: S110 - stderr is gone too: exit 2 says enough
@@ -1358,8 +1826,7 @@ def stop_running_borg(session: Session) -> None:
         session.interrupted = True
         stop_process(process, SIGINT_GRACE, SIGTERM_GRACE)
     if process is not None:
-        session.borg_rc = max(session.borg_rc or 0, exit_status(process.wait()))
-        session.process = None
+        session.borg_finished(process.wait())
 
 
 def exit_code(outcome: Outcome, borg_rc: Optional[int], rejected: bool) -> int:
@@ -1373,23 +1840,15 @@ def exit_code(outcome: Outcome, borg_rc: Optional[int], rejected: bool) -> int:
 def execute(request: Request, job: Job, policy: Policy) -> int:
     """Runs a validated job: hello first, then the operation, then the result."""
     session = request.session
+    session.steps = job.steps
     env = borg_environment(dict(os.environ), job)
     borg = find_borg(policy, env)
     version = borg_version(borg, env)
-    session.emit(hello_event(session.operation, version))
+    session.emit(hello_event(session, version))
     if borg is None or not version:
         return request.result(failure("BorgNotFound", "borg is not installed or does not run"))
-    if session.operation == "hello":
-        return request.result(Outcome(hello_data(version)))
-    if session.stop_reason:
-        return request.result(Outcome({}, ok=False, error=session.stop_reason))
-    try:
-        outcome: Outcome = getattr(Operations(session, job, borg, env), session.operation)()
-    except BorgOutputInvalid:
-        outcome = failure("BorgOutputInvalid", "borg's JSON output is missing or unreadable")
-    if session.interrupted:
-        outcome = Outcome(outcome.data, ok=False, error=session.stop_reason)
-    return request.result(outcome)
+    runner = Runner(session, job, borg, env, version)
+    return request.result(run_operation(runner, session.operation))
 
 
 def install_stop_signals(session: Session) -> None:
@@ -1458,7 +1917,7 @@ def serve(operation_argument: Optional[str], policy_path: Optional[str]) -> int:
         policy = load_policy(policy_path)
         watcher = StdinWatcher(sys.stdin.fileno(), session)
         watcher.start()
-        job = validate_job(session.operation, parse_job_line(watcher.job_line(JOB_READ_TIMEOUT)))
+        job = accept_job(session, parse_job_line(watcher.job_line(JOB_READ_TIMEOUT)))
         check_policy(policy, session.operation, job)
         return job, policy
 
@@ -1475,11 +1934,17 @@ def run_by_hand(
 
     def prepare() -> Tuple[Job, Policy]:
         policy = load_policy(policy_path)
-        job = validate_job(operation, read_job_file(job_path, operation))
+        job = accept_job(session, read_job_file(job_path, operation))
         check_policy(policy, operation, job)
         return job, policy
 
     return answer(Request(session), prepare)
+
+
+def accept_job(session: Session, raw: object) -> Job:
+    """The validated job; its hello line will speak the protocol the job asked for."""
+    session.protocol = requested_protocol(raw)
+    return validate_job(session.operation, raw)
 
 
 def read_job_file(path: Optional[str], operation: str) -> object:
@@ -1494,13 +1959,15 @@ def read_job_file(path: Optional[str], operation: str) -> object:
         raise Rejected("job", f"cannot read {path}: {error.strerror}") from None
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # exit 3 like every other rejected request
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_REJECTED, f"{self.prog}: error: {message}\n")
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line, with one by-hand command per operation of the registry."""
+    import argparse  # not needed by the forced command's usual forms (see main)
 
+    class ArgumentParser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:  # exit 3 like every other rejected request
+            self.print_usage(sys.stderr)
+            self.exit(EXIT_REJECTED, f"{self.prog}: error: {message}\n")
 
-def argument_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="backup_drone.py",
         description="Runs borg for the backup coordinator (serve) or by hand on this host.",
@@ -1516,8 +1983,8 @@ def argument_parser() -> ArgumentParser:
     serve_parser.add_argument(
         "--policy", metavar="FILE", help=f"policy file (default {DEFAULT_POLICY_PATH})"
     )
-    for operation in OPERATIONS:
-        command = commands.add_parser(operation, help=f"run {operation} by hand with a job file")
+    for operation in OPERATION_TABLE:
+        command = commands.add_parser(operation.name, help=operation.help)
         command.add_argument("--job", metavar="FILE", help="the job as a JSON file")
         command.add_argument(
             "--policy", metavar="FILE", help=f"policy file (default {DEFAULT_POLICY_PATH})"
@@ -1526,9 +1993,34 @@ def argument_parser() -> ArgumentParser:
     return parser
 
 
+def plain_serve_arguments(arguments: List[str]) -> Optional[Tuple[Optional[str], Optional[str]]]:
+    """(operation, policy) of ``serve [OPERATION] [--policy FILE]`` in its plain forms, the
+    ones a forced command uses; None for anything else, which argparse then reads (with its
+    help and its errors). Importing and building the parser is a good part of the agent's
+    start-up, paid by every request otherwise."""
+    if arguments[:1] != ["serve"]:
+        return None
+    rest = arguments[1:]
+    policy = None
+    if "--policy" in rest:
+        at = rest.index("--policy")
+        if at + 1 == len(rest):
+            return None
+        policy = rest[at + 1]
+        rest = rest[:at] + rest[at + 2 :]
+    words = [*rest, *([policy] if policy is not None else [])]
+    if len(rest) > 1 or any(word.startswith("-") for word in words):
+        return None
+    return (rest[0] if rest else None), policy
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = argument_parser().parse_args(argv)
-    try:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:  # argparse's exits (--help, a usage error) are SystemExit and pass through
+        plain_serve = plain_serve_arguments(arguments)
+        if plain_serve is not None:
+            return serve(*plain_serve)
+        args = argument_parser().parse_args(arguments)
         if args.command == "serve":
             return serve(args.operation, args.policy)
         return run_by_hand(args.command, args.job, args.policy, args.json)

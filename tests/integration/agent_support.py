@@ -70,8 +70,11 @@ class Repo:
     passphrase: str = PASSPHRASE
 
     def env(self, passphrase: str | None = None) -> dict[str, str]:
-        """The agent's environment (no passphrase: jobs carry theirs unless a test says so)."""
-        return borg_env(self.base_dir, passphrase)
+        """The agent's environment (no passphrase: jobs carry theirs unless a test says so),
+        with a cache directory of its own for the agent's borg version cache."""
+        env = borg_env(self.base_dir, passphrase)
+        env["XDG_CACHE_HOME"] = str(self.base_dir.parent / "agent-cache")
+        return env
 
     def job(self, **fields: Any) -> dict[str, Any]:
         job: dict[str, Any] = {
@@ -84,6 +87,10 @@ class Repo:
         }
         job.update(fields)
         return {k: v for k, v in job.items() if v is not None}
+
+    def sequence_job(self, steps: list[str], **fields: Any) -> dict[str, Any]:
+        """A protocol-2 job for ``sequence`` with everything its steps may need."""
+        return self.job(protocol=2, steps=steps, **{"keep": {"daily": 7}, **fields})
 
 
 def make_repo(root: Path) -> Repo:
@@ -263,6 +270,15 @@ def run_agent(
     return agent.finish()
 
 
+def lines_without_progress(result: AgentResult) -> list[tuple[str, str]]:
+    """(type, operation) of every line but progress and log lines."""
+    return [
+        (event["type"], event["operation"])
+        for event in result.events
+        if event["type"] not in ("progress", "log")
+    ]
+
+
 def assert_framing(result: AgentResult) -> None:
     """Every stdout line is one JSON object; hello first, result last."""
     lines = result.stdout.split(b"\n")
@@ -296,6 +312,10 @@ class RecordingBorg:
     def operations(self) -> list[list[str]]:
         """Invocations other than the ``--version`` probe behind the hello line."""
         return [argv for argv in self.invocations() if argv != ["--version"]]
+
+    def commands(self) -> list[str]:
+        """The borg command of each invocation, in order (``--version`` for the probe)."""
+        return [argv[0] for argv in self.invocations()]
 
 
 def make_recording_borg(directory: Path) -> RecordingBorg:

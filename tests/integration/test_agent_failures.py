@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tests.integration.agent_support import (
     Repo,
     agent_python,
     assert_framing,
+    lines_without_progress,
     make_repo,
     process_gone,
     repo,
@@ -109,6 +111,24 @@ def test_missing_borg(agent_python: str, repo: Repo, tmp_path: Path) -> None:
     assert result.error["msgid"] == "BorgNotFound"
 
 
+def test_missing_borg_ends_a_sequence_before_its_first_step(
+    agent_python: str, repo: Repo, tmp_path: Path
+) -> None:
+    policy = write_policy(
+        tmp_path / "policy.json", repositories=["/"], paths=["/"], borg="/nonexistent/borg"
+    )
+    job = repo.sequence_job(["create", "prune", "stats"])
+    result = run_agent(
+        agent_python, "sequence", job, repo.env(), args=("serve", "--policy", str(policy))
+    )
+    assert_framing(result)
+    assert result.exit_code == 2
+    assert [event["type"] for event in result.events] == ["hello", "result"]
+    assert result.result["data"] == {"completed": []}
+    assert result.error["msgid"] == "BorgNotFound"
+    assert result.error["step"] == "create"
+
+
 def test_missing_source_path_is_a_warning(agent_python: str, repo: Repo) -> None:
     job = repo.job(paths=[str(repo.data), str(repo.data / "not-there")])
     result = run_agent(agent_python, "create", job, repo.env())
@@ -171,6 +191,222 @@ def test_locked_repository(agent_python: str, repo: Repo) -> None:
         if holder.poll() is None:
             os.kill(holder.pid, 9)
             holder.wait()
+
+
+class LockHolder:
+    """`borg with-lock` holding the repository's lock until released."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.process = subprocess.Popen(
+            ["borg", "with-lock", str(repo.path), "cat"],  # holds the lock until stdin closes
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=repo.env(passphrase=repo.passphrase),
+        )
+        wait_until(lambda: (repo.path / "lock.exclusive").exists(), "the lock to be taken", 30)
+
+    def release(self) -> None:
+        assert self.process.stdin is not None
+        if not self.process.stdin.closed:
+            self.process.stdin.close()
+        assert self.process.wait(timeout=30) == 0
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, 9)
+            self.process.wait()
+
+
+@pytest.fixture
+def lock_holder(repo: Repo) -> Iterator[LockHolder]:
+    holder = LockHolder(repo)
+    yield holder
+    holder.kill()
+
+
+REAL_BORG = shutil.which("borg") or "borg"
+
+# A borg (named by the policy) that runs the real one, but holds one command back until the
+# test lets it go: so the test can take the repository's lock before that command starts.
+GATED_BORG = """#!{python}
+import os, sys, time
+if sys.argv[1:2] == [{command!r}]:
+    open({starting!r}, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists({go!r}) and time.monotonic() < deadline:
+        time.sleep(0.01)
+os.execv({real!r}, [{real!r}] + sys.argv[1:])
+"""
+
+
+class GatedBorg:
+    def __init__(self, directory: Path, command: str) -> None:
+        self.path = directory / "borg"
+        self.starting = directory / f"{command}-starting"
+        self.go = directory / f"{command}-go"
+        self.path.write_text(
+            GATED_BORG.format(
+                python=SYSTEM_PYTHON,
+                command=command,
+                starting=str(self.starting),
+                go=str(self.go),
+                real=REAL_BORG,
+            )
+        )
+        self.path.chmod(0o755)
+
+    def wait_until_held_back(self) -> None:
+        wait_until(self.starting.exists, "the gated borg command to start", 60)
+
+    def let_go(self) -> None:
+        self.go.write_text("")
+
+
+def gated_policy(directory: Path, borg: GatedBorg) -> Path:
+    return write_policy(
+        directory / "policy.json", repositories=["/"], paths=["/"], borg=str(borg.path)
+    )
+
+
+def borg_running(agent: AgentProcess, command: str) -> int:
+    """The PID of the agent's child that is the real borg running ``command``."""
+
+    def find() -> int | None:
+        for pid in agent.borg_children():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if REAL_BORG.encode() in argv and command.encode() in argv:
+                return pid
+        return None
+
+    return wait_until(find, f"borg {command} to run", 30)
+
+
+def test_a_wrong_passphrase_fails_the_first_step_and_ends_the_sequence(
+    agent_python: str, repo: Repo
+) -> None:
+    job = repo.sequence_job(["create", "prune", "stats"], passphrase="not the passphrase")
+    result = run_agent(agent_python, "sequence", job, repo.env())
+    assert_framing(result)
+    assert result.exit_code == 2
+    assert lines_without_progress(result) == [
+        ("hello", "sequence"),
+        ("step", "create"),
+        ("result", "sequence"),
+    ]
+    step = result.of_type("step")[0]
+    assert (step["ok"], step["rc"], step["error"]["msgid"]) == (False, 2, "PassphraseWrong")
+    assert result.result["ok"] is False
+    assert result.result["data"] == {"completed": []}
+    assert result.error == {**step["error"], "step": "create"}
+
+
+def test_a_prune_step_on_a_locked_repository_ends_the_sequence(
+    agent_python: str, repo: Repo, tmp_path: Path
+) -> None:
+    borg = GatedBorg(tmp_path, "prune")
+    args = ("serve", "--policy", str(gated_policy(tmp_path, borg)))
+    job = repo.sequence_job(["create", "prune", "stats"], lock_wait=1)
+    agent = AgentProcess(agent_python, job, repo.env(), ssh_command="sequence", args=args)
+    holder = None
+    try:
+        borg.wait_until_held_back()
+        holder = LockHolder(repo)
+        borg.let_go()
+        result = agent.finish()
+    finally:
+        agent.kill()
+        if holder is not None:
+            holder.release()
+    assert_framing(result)
+    assert result.exit_code == 2
+    assert lines_without_progress(result) == [
+        ("hello", "sequence"),
+        ("step", "create"),
+        ("step", "prune"),
+        ("result", "sequence"),
+    ]
+    create, prune = result.of_type("step")
+    assert (create["ok"], prune["ok"], prune["rc"]) == (True, False, 2)
+    assert result.result["data"] == {"completed": ["create"]}
+    assert result.error == {**prune["error"], "step": "prune"}
+    assert result.error["msgid"] == "LockTimeout"
+    assert lock_is_free(repo)
+
+
+def assert_stopped_in(result: AgentResult, step: str, completed: list[str]) -> None:
+    """The sequence ended in ``step`` because the coordinator went away: that step's line says
+    so, no later step ran, and the result names the step."""
+    assert result.exit_code == 2
+    lines = lines_without_progress(result)
+    assert lines[-2:] == [("step", step), ("result", "sequence")]
+    assert [operation for kind, operation in lines if kind == "step"] == [*completed, step]
+    assert result.of_type("step")[-1]["error"]["msgid"] == "CoordinatorGone"
+    assert result.error["msgid"] == "CoordinatorGone"
+    assert result.error["step"] == step
+    assert result.result["data"] == {"completed": completed}
+
+
+def test_coordinator_gone_during_the_create_step(
+    agent_python: str, repo: Repo, slow_data: Path
+) -> None:
+    job = repo.sequence_job(
+        ["create", "prune", "stats"], paths=[str(slow_data)], compression=SLOW_COMPRESSION
+    )
+    agent = AgentProcess(agent_python, job, repo.env(), ssh_command="sequence")
+    try:
+        agent.wait_for_event("progress")
+        borg_pid = borg_running(agent, "create")
+        agent.close_stdin()
+        result = agent.finish()
+    finally:
+        agent.kill()
+    assert process_gone(borg_pid)
+    assert_stopped_in(result, "create", [])
+    assert lock_is_free(repo)
+    assert list_archives(repo.path, repo.passphrase, repo.base_dir) == []  # only a checkpoint
+
+
+@pytest.mark.parametrize(
+    ("command", "stopped_in", "completed"),
+    [
+        ("prune", "prune", ["create"]),
+        ("compact", "prune", ["create"]),
+        ("info", "stats", ["create", "prune"]),
+    ],
+)
+def test_coordinator_gone_during_a_later_step(
+    agent_python: str,
+    repo: Repo,
+    tmp_path: Path,
+    command: str,
+    stopped_in: str,
+    completed: list[str],
+) -> None:
+    """The step's borg starts while the test holds the repository's lock, so it is still
+    running (waiting for the lock) when the coordinator goes."""
+    borg = GatedBorg(tmp_path, command)
+    args = ("serve", "--policy", str(gated_policy(tmp_path, borg)))
+    job = repo.sequence_job(["create", "prune", "stats"], lock_wait=120)
+    agent = AgentProcess(agent_python, job, repo.env(), ssh_command="sequence", args=args)
+    holder = None
+    try:
+        borg.wait_until_held_back()
+        holder = LockHolder(repo)
+        borg.let_go()
+        borg_pid = borg_running(agent, command)
+        agent.close_stdin()
+        result = agent.finish()
+    finally:
+        agent.kill()
+        if holder is not None:
+            holder.release()
+    assert process_gone(borg_pid)
+    assert_stopped_in(result, stopped_in, completed)
+    assert lock_is_free(repo)
+    assert len(list_archives(repo.path, repo.passphrase, repo.base_dir)) == 1  # create's
 
 
 def test_coordinator_gone_mid_create_stops_borg(

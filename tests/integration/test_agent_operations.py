@@ -19,9 +19,12 @@ from tests.integration.agent_support import (
     Repo,
     agent_python,
     assert_framing,
+    lines_without_progress,
+    make_recording_borg,
     repo,
     run_agent,
     wait_for_next_second,
+    write_policy,
 )
 
 pytestmark = pytest.mark.integration
@@ -59,12 +62,20 @@ def test_hello(agent_python: str, repo: Repo) -> None:
     assert_framing(result)
     assert result.exit_code == 0
     hello = result.events[0]
-    assert hello["protocol"] == 1
+    assert hello["protocol"] == 1  # what the job asked for: an older coordinator keeps working
+    assert hello["protocols"] == [1, 2]
     assert hello["operation"] == "hello"
     assert hello["borg_version"] == "1.2.4"
-    assert hello["agent_version"] == "1.0.0"
+    assert hello["agent_version"] == "1.1.0"
     data = result.result["data"]
-    assert set(data) == {"agent_version", "borg_version", "python_version", "hostname", "protocol"}
+    assert set(data) == {
+        "agent_version",
+        "borg_version",
+        "python_version",
+        "hostname",
+        "protocol",
+        "protocols",
+    }
     assert data["python_version"] == hello["python_version"]
     assert result.result["ok"] is True
 
@@ -260,7 +271,7 @@ def test_human_mode_prints_a_readable_summary(repo: Repo, tmp_path: Path) -> Non
     completed = run_by_hand("create", "--job", str(job_file), env=repo.env())
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
-    assert lines[0].startswith("backup-drone 1.0.0 on ")
+    assert lines[0].startswith("backup-drone 1.1.0 on ")
     assert any(line.startswith("archive drone-") and " files, " in line for line in lines)
     assert lines[-1].startswith("create finished in ")
     assert repo.passphrase not in completed.stdout + completed.stderr
@@ -290,3 +301,101 @@ def test_help() -> None:
     assert completed.returncode == 0
     assert "serve" in completed.stdout
     assert "Exit codes" in completed.stdout
+
+
+# -- protocol 2: a scheduled backup as one sequence -----------------------------------------------
+
+
+def borg_list_count(repo: Repo, prefix: str) -> int:
+    """How many archives `borg list --glob-archives` shows (it hides checkpoints)."""
+    glob = f"--glob-archives={prefix}-[0-9][0-9][0-9][0-9]-*"
+    listing = borg_json(["list", "--json", glob, str(repo.path)], repo.passphrase, repo.base_dir)
+    return len(listing["archives"])
+
+
+def test_hello_speaks_protocol_2_when_asked(agent_python: str, repo: Repo) -> None:
+    result = run_agent(agent_python, "hello", {"protocol": 2}, repo.env())
+    assert result.events[0]["protocol"] == result.result["data"]["protocol"] == 2
+
+
+def test_a_scheduled_backup_is_one_session(agent_python: str, repo: Repo, tmp_path: Path) -> None:
+    borg = make_recording_borg(tmp_path)
+    policy = write_policy(
+        tmp_path / "policy.json", repositories=["/"], paths=["/"], borg=str(borg.path)
+    )
+    args = ("serve", "--policy", str(policy))
+    for stamp in ("2024-01-01T00:00:00", "2024-01-02T00:00:00"):
+        make_archive(repo, f"drone-{stamp}", timestamp=stamp)
+    # Newer than anything: prune keeps it as a checkpoint, borg list hides it.
+    make_archive(repo, "drone-2030-01-01T00:00:00.checkpoint", timestamp="2030-01-01T00:00:00")
+    run_agent(agent_python, "hello", {"protocol": 2}, repo.env(), args=args)  # caches the version
+    probed = len(borg.invocations())
+
+    job = repo.sequence_job(["create", "prune", "stats"], keep={"daily": 2})
+    result = run_agent(agent_python, "sequence", job, repo.env(), args=args)
+    assert_framing(result)
+    assert result.exit_code == 0, result.events
+    assert lines_without_progress(result) == [
+        ("hello", "sequence"),
+        ("step", "create"),
+        ("step", "prune"),
+        ("step", "stats"),
+        ("result", "sequence"),
+    ]
+    assert result.events[0]["protocol"] == 2
+    assert result.events[0]["steps"] == ["create", "prune", "stats"]
+    assert all(event["operation"] == "create" for event in result.of_type("progress"))
+    # One borg per command, no `borg --version`: stats after prune runs borg info only.
+    assert borg.commands()[probed:] == ["create", "prune", "compact", "info"]
+
+    create, prune, stats = result.of_type("step")
+    assert all(
+        (step["ok"], step["rc"], step["borg_rc"]) == (True, 0, 0) for step in (create, prune)
+    )
+    new_archive = create["data"]["archive"]["name"]
+    assert prune["data"]["pruned"] == ["drone-2024-01-01T00:00:00"]
+    assert stats["data"]["archive_count"] == borg_list_count(repo, "drone") == 2
+    assert stats["data"]["last_archive"]["name"] == new_archive
+    outcome = result.result
+    assert (outcome["ok"], outcome["rc"], outcome["borg_rc"]) == (True, 0, 0)
+    assert outcome["data"] == {"completed": ["create", "prune", "stats"]}
+    # Exactly what a standalone stats (borg info + borg list) says.
+    standalone = run_agent(agent_python, "stats", repo.job(), repo.env(), args=args)
+    assert standalone.result["data"] == stats["data"]
+
+
+def test_a_step_with_warnings_does_not_stop_the_sequence(agent_python: str, repo: Repo) -> None:
+    job = repo.sequence_job(["create", "list"], paths=[str(repo.data), str(repo.data / "gone")])
+    result = run_agent(agent_python, "sequence", job, repo.env())
+    assert_framing(result)
+    assert result.exit_code == 1, result.events
+    create, listing = result.of_type("step")
+    assert (create["ok"], create["rc"], create["borg_rc"]) == (True, 1, 1)
+    assert create["warnings"] >= 1
+    assert (listing["ok"], listing["rc"], listing["warnings"]) == (True, 0, 0)
+    assert [a["name"] for a in listing["data"]["archives"]] == [create["data"]["archive"]["name"]]
+    logs = result.of_type("log")
+    assert logs
+    assert all(log["step"] == "create" for log in logs)
+    outcome = result.result
+    assert (outcome["ok"], outcome["rc"], outcome["borg_rc"]) == (True, 1, 1)
+    assert outcome["warnings"] == create["warnings"]
+
+
+def test_a_sequence_by_hand_prints_each_steps_summary(repo: Repo, tmp_path: Path) -> None:
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(repo.sequence_job(["create", "stats"]), indent=2))
+    completed = run_by_hand("sequence", "--job", str(job_file), env=repo.env())
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[1] == "steps: create, stats"
+    assert any(line.startswith("archive drone-") for line in lines)
+    assert any(line.startswith("create finished in ") for line in lines)
+    assert "1 archives, " in completed.stdout
+    assert any(line.startswith("stats finished in ") for line in lines)
+    assert lines[-2:] == [
+        "completed: create, stats",
+        lines[-1],
+    ]
+    assert lines[-1].startswith("sequence finished in ")
+    assert lines[-1].endswith("exit code 0")

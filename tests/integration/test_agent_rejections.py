@@ -145,7 +145,8 @@ INJECTIONS: list[tuple[str, Any, str]] = [
     ("borg_remote_path", "borg; id", "borg_remote_path"),
     ("borg_remote_path", "$(id)", "borg_remote_path"),
     ("passphrase", ["not", "a", "string"], "passphrase"),
-    ("protocol", 2, "protocol"),
+    ("protocol", 3, "protocol"),
+    ("steps", ["create"], "steps"),  # only for a sequence
     ("extra_field", "anything", "extra_field"),
 ]
 
@@ -188,6 +189,39 @@ def test_policy_rejections(
     result = serve(agent_python, "create", shared_repo.job(**job_overrides), shared_repo, policy)
     assert_rejected(result, field, borg)
     assert "policy" in result.error["message"]
+
+
+@pytest.mark.parametrize(
+    ("job_overrides", "operations", "field"),
+    [
+        ({"steps": ["create", "create"]}, None, "steps[1]"),
+        ({"steps": ["create", "prune; id"]}, None, "steps[1]"),
+        ({"steps": []}, None, "steps"),
+        ({"steps": None}, None, "steps"),
+        ({"protocol": 1}, None, "protocol"),
+        ({"keep": None}, None, "keep"),  # prune is a step: it needs a keep rule
+        ({}, ["create", "stats"], "steps[1]"),  # prune is not allowed here
+        ({}, ["sequence"], "steps[0]"),
+    ],
+)
+def test_sequence_rejections(
+    agent_python: str,
+    shared_repo: Repo,
+    borg: RecordingBorg,
+    tmp_path: Path,
+    job_overrides: dict[str, Any],
+    operations: list[str] | None,
+    field: str,
+) -> None:
+    overrides = {} if operations is None else {"operations": operations}
+    policy = open_policy(tmp_path, borg, **overrides)
+    job = shared_repo.sequence_job(["create", "prune", "stats"])
+    job.update(job_overrides)
+    job = {key: value for key, value in job.items() if value is not None}
+    result = serve(agent_python, "sequence", job, shared_repo, policy)
+    assert_rejected(result, field, borg)
+    assert "step" not in result.error
+    assert result.result["data"] == {}
 
 
 def test_a_prefix_does_not_allow_its_siblings(

@@ -198,7 +198,7 @@ def test_borg_rsh_goes_to_the_environment() -> None:
     ],
 )
 def test_archive_names_are_utc(now: datetime, name: str) -> None:
-    assert agent.archive_name("web", now) == name
+    assert agent.archive_name("web", now.timestamp()) == name
 
 
 @pytest.mark.parametrize(

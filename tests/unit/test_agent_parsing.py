@@ -150,24 +150,28 @@ BORG_14_PRUNE = [
 
 def test_prune_lines_of_borg_12() -> None:
     assert [agent.parse_prune_line(line) for line in BORG_12_PRUNE] == [
-        ("kept", "web-2025-01-10T12:00:00"),
-        ("kept", "web-2025-01-01T12:00:00"),
-        ("kept", "web-2025-01-11T12:00:00.checkpoint"),
-        ("pruned", "web-2025-01-09T12:00:00"),
-        ("pruned", "web-2025-01-08T12:00:00"),
+        ("kept", "web-2025-01-10T12:00:00", "2025-01-10T12:00:00.000000"),
+        ("kept", "web-2025-01-01T12:00:00", "2025-01-01T12:00:00.000000"),
+        ("kept", "web-2025-01-11T12:00:00.checkpoint", "2025-01-11T12:00:00.000000"),
+        ("pruned", "web-2025-01-09T12:00:00", "2025-01-09T12:00:00.000000"),
+        ("pruned", "web-2025-01-08T12:00:00", "2025-01-08T12:00:00.000000"),
     ]
 
 
 def test_prune_lines_of_borg_14() -> None:
     assert [agent.parse_prune_line(line) for line in BORG_14_PRUNE] == [
-        ("kept", "web-2025-01-10T12:00:00"),
-        ("pruned", "web-2025-01-07T12:00:00"),
+        ("kept", "web-2025-01-10T12:00:00", "2025-01-10T12:00:00.000000+00:00"),
+        ("pruned", "web-2025-01-07T12:00:00", "2025-01-07T12:00:00.000000+01:00"),
     ]
 
 
 def test_archive_names_with_spaces_are_kept_whole() -> None:
     line = f"Would prune:   my archive  name   Thu, 2025-01-09 12:00:00 [{ARCHIVE_ID}]"
-    assert agent.parse_prune_line(line) == ("pruned", "my archive  name")
+    assert agent.parse_prune_line(line) == (
+        "pruned",
+        "my archive  name",
+        "2025-01-09T12:00:00.000000",
+    )
 
 
 @pytest.mark.parametrize("line", ["Pruning archives  50%", "compaction freed about 1 B", ""])
@@ -265,7 +269,8 @@ def test_stats_data_counts_the_listed_archives() -> None:
             {"name": "web-2", "id": "b", "time": "2025-01-02T00:00:00.000000"},
         ]
     }
-    assert agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, listing) == {
+    archives = agent.archive_summaries(listing)
+    assert agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, archives) == {
         "total_size": 60,
         "compressed_size": 92,
         "deduplicated_size": 870,
@@ -275,7 +280,7 @@ def test_stats_data_counts_the_listed_archives() -> None:
 
 
 def test_stats_data_of_an_empty_repository() -> None:
-    stats = agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, {"archives": []})
+    stats = agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, [])
     assert stats["archive_count"] == 0
     assert stats["last_archive"] is None
 

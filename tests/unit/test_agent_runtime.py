@@ -303,7 +303,7 @@ def test_an_exception_after_hello_sends_no_second_hello(
 ) -> None:
     monkeypatch.setattr(agent, "find_borg", lambda _policy, _env: "/usr/bin/borg")
     monkeypatch.setattr(agent, "borg_version", lambda _borg, _env: "1.2.4")
-    monkeypatch.setattr(agent.Operations, "list", explode)
+    monkeypatch.setattr(agent.REGISTRY["list"], "run", explode)
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps({"protocol": 1, "repository": "/srv/repo"}))
     assert agent.main(["list", "--job", str(job_file), "--json"]) == 2
@@ -333,7 +333,7 @@ def test_an_exception_while_writing_the_result_still_ends_with_one_failed_result
 ) -> None:
     monkeypatch.setattr(agent, "find_borg", lambda _policy, _env: "/usr/bin/borg")
     monkeypatch.setattr(agent, "borg_version", lambda _borg, _env: "1.2.4")
-    monkeypatch.setitem(agent.SUMMARIES, "hello", explode)  # the readable summary of success
+    monkeypatch.setattr(agent.REGISTRY["hello"], "summary", explode)  # the summary of success
     assert agent.main(["hello"]) == 2
     out = capfd.readouterr().out
     assert out.count("FAILED: AgentError: ") == 1
