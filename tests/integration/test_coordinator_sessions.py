@@ -7,6 +7,8 @@ repository lock, keeps what the earlier steps did, and the next run succeeds.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from contextlib import AbstractContextManager
 from datetime import timedelta
@@ -34,17 +36,27 @@ pytestmark = pytest.mark.integration
 SCHEDULED_STEPS = ("create", "prune", "stats")
 ACCEPTED = "Accepted publickey"
 
-# borg, except that the first time it is asked for SUBCOMMAND it holds the repository's lock
-# and waits (as a long prune or compact would) instead: a moment to drop the connection in.
+# borg, except that the first time it is asked for SUBCOMMAND another borg takes the repository
+# lock first, so the real command waits for the lock (as behind a slow client) and is running
+# when the test drops the connection. The holder's pid goes into the marker file.
 PAUSING_BORG = """\
 #!{python}
-import os, sys
+import os, subprocess, sys, time
 real, marker, pause_at = {real!r}, {marker!r}, {subcommand!r}
 args = sys.argv[1:]
 if args and args[0] == pause_at and not os.path.exists(marker):
     repository = args[args.index("--") + 1].split("::")[0]
-    open(marker, "w").close()
-    os.execv(real, [real, "with-lock", "--lock-wait=1", repository, "/bin/sleep", "3600"])
+    holder = subprocess.Popen(
+        [real, "with-lock", "--lock-wait=1", repository, "/bin/sleep", "3600"],
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(repository, "lock.exclusive")):
+        if time.monotonic() > deadline or holder.poll() is not None:
+            sys.exit("the lock holder did not take the lock")
+        time.sleep(0.05)
+    with open(marker, "w") as file:
+        file.write(str(holder.pid))
 os.execv(real, [real, *args])
 """
 
@@ -69,6 +81,18 @@ def pausing_drone_host(
     )
     command = [sys.executable, str(AGENT_PATH), "serve", "--policy", str(policy)]
     return started_drone_host(workdir / "host", command), marker
+
+
+def borg_running(host: DroneHost, subcommand: str) -> bool:
+    """Whether a borg ``subcommand`` (not the lock holder) works on the host's repository."""
+    for pid in host.borg_processes():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # it just ended
+            continue
+        if subcommand.encode() in argv[1:3]:  # "borg SUBCOMMAND" or "python3 borg SUBCOMMAND"
+            return True
+    return False
 
 
 def connections_accepted(host: DroneHost) -> int:
@@ -122,13 +146,15 @@ async def test_a_connection_dropped_in_any_step_fails_that_step_and_frees_the_lo
 ) -> None:
     context, marker = pausing_drone_host(tmp_path / "nas", borg_subcommand)
     with context as host:
-        config = make_config(tmp_path, {"nas": drone_args(host)})
+        config = make_config(tmp_path, {"nas": drone_args(host, lock_wait=120)})
         clock = ShiftedClock()
         coordinator, port, runner = await started_coordinator(config, clock)
         await coordinator.tick()
-        await eventually(marker.exists, f"borg to pause at {borg_subcommand}")
-        await eventually(host.borg_processes, "the pausing borg to hold the lock")
-        assert not host.lock_is_free()
+        await eventually(marker.exists, f"another borg to hold the lock at {borg_subcommand}")
+        holder = int(marker.read_text())
+        await eventually(
+            lambda: borg_running(host, borg_subcommand), f"borg {borg_subcommand} to wait"
+        )
         killed = kill_sessions(host)
         assert killed, "the connection's sshd session processes should exist"
         await settle(coordinator)
@@ -151,8 +177,10 @@ async def test_a_connection_dropped_in_any_step_fails_that_step_and_frees_the_lo
         assert port.state("binary_sensor.backup_nas_problem") == "on"
 
         await eventually(lambda: processes_gone(killed), "the killed sessions to be gone")
-        await eventually(lambda: not host.borg_processes(), "borg to stop on the drone")
+        await eventually(lambda: not borg_running(host, borg_subcommand), "borg to stop")
         await eventually(lambda: not host.agent_processes(), "the agent to exit")
+        os.killpg(holder, signal.SIGTERM)  # the other client finishes
+        await eventually(lambda: not host.borg_processes(), "every borg to end on the drone")
         await eventually(host.lock_is_free, "the repository lock to be released")
 
         assert record.backoff_until is not None
