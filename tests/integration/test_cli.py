@@ -180,7 +180,7 @@ def test_run_create_prints_progress_and_a_summary(setup: CliSetup) -> None:
     archives = setup.archives("good")
     assert len(archives) == 1
     assert lines[-1].startswith("create done in ")
-    assert f"archive {archives[0]}, 2 files" in lines[-1]
+    assert f"archive {archives[0]}: 2 files" in lines[-1]
     progress = [line for line in lines[1:-1] if " files, " in line and " read, " in line]
     assert progress, f"no progress line in {done.stdout!r}"
     assert setup.archives("broken") == []

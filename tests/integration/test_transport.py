@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from backup_coordinator.jobs import hello_job
 from backup_coordinator.protocol import (
     AgentEvent,
     FailureKind,
@@ -55,7 +56,7 @@ class Recorder:
 
 async def test_hello_reports_the_agent_and_borg(host: DroneHost) -> None:
     recorder = Recorder()
-    result = await run_agent(host.sshd.target(), "hello", {"protocol": 1}, recorder)
+    result = await run_agent(host.sshd.target(), "hello", hello_job(), recorder)
     assert result.ok
     hello = recorder.events[0]
     assert isinstance(hello, Hello)
@@ -106,12 +107,12 @@ async def test_a_stopped_sshd_is_unreachable_quickly_and_back_after_restart(
     host.sshd.stop()
     started = time.monotonic()
     with pytest.raises(OperationFailed) as caught:
-        await run_agent(host.sshd.target(), "hello", {"protocol": 1})
+        await run_agent(host.sshd.target(), "hello", hello_job())
     assert caught.value.kind is FailureKind.UNREACHABLE
     assert time.monotonic() - started < 2
     host.sshd.start()
     assert host.sshd.port == port
-    result = await run_agent(host.sshd.target(), "hello", {"protocol": 1})
+    result = await run_agent(host.sshd.target(), "hello", hello_job())
     assert result.ok
     host.sshd.stop()
     host.sshd.stop()  # a second stop is harmless
@@ -194,7 +195,7 @@ async def test_probe_reports_a_host_without_the_agent(tmp_path: Path) -> None:
 
 async def test_sessions_end_when_the_client_goes(host: DroneHost) -> None:
     """The agent's session ends with the connection, so no agent lingers after a run."""
-    await run_agent(host.sshd.target(), "hello", {"protocol": 1})
+    await run_agent(host.sshd.target(), "hello", hello_job())
 
     async def agent_gone() -> bool:
         return not host.agent_processes()
