@@ -22,7 +22,7 @@ START_TIMEOUT = 60.0
 APPS_READY_MARK = "App initialization complete"
 FAILURE_MARKS = ("Failed to authenticate", "Traceback", "failed to start")
 NO_ROTATION_BYTES = 1_000_000_000
-# HA's state dump (AppDaemon's first message after connecting) grows ~8 KiB per drone.
+# HA's state dump (AppDaemon's first message after connecting) grows ~9 KiB per drone.
 WS_MAX_MSG_SIZE = 64 * 1024 * 1024
 
 APPDAEMON_YAML_TEMPLATE = """\
