@@ -96,14 +96,12 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
     async def _try_start(self, config: Config, attempt: int, retry_in: float) -> bool:
         """One attempt to start; False (logged, nothing left registered) when it failed."""
         try:
-            await self._start(config)
+            await self._start(config, attempt)
         except HomeAssistantUnavailable as error:
             reason = str(error)
         except Exception as error:  # a bug: the traceback helps, and retrying costs nothing
             reason = f"{type(error).__name__}: {error}\n{format_exc()}"
         else:
-            if attempt > 1:
-                self.log(f"started at attempt {attempt}")
             return True
         await self._undo_partial_start()
         self.log(
@@ -125,7 +123,7 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             await self.adapter.sensors.close()
             self.adapter = None
 
-    async def _start(self, config: Config) -> None:
+    async def _start(self, config: Config, attempt: int) -> None:
         timer = _PhaseTimer()
         helpers = entities.coordinator_helpers(config.entity_prefix) + [
             helper
@@ -156,7 +154,7 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         )
         self.log(
             f"watching {len(names)} drone(s): {shown_names}; tick every {config.tick_seconds:g} s;"
-            f" started in {timer.summary()}"
+            f" started in {timer.summary()}" + (f" at attempt {attempt}" if attempt > 1 else "")
         )
 
     async def _listen_to_helpers(self) -> None:
