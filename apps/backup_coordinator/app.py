@@ -17,6 +17,7 @@ from pathlib import Path
 from traceback import format_exc
 from typing import Any
 
+import aiohttp
 import appdaemon.plugins.hass.hassapi as hass
 
 from . import entities
@@ -33,6 +34,7 @@ SENSOR_DOMAINS = ("sensor", "binary_sensor")
 # HA closes a websocket with more than 4096 pending messages: keep far fewer in flight.
 MAX_COMMANDS_IN_FLIGHT = 50
 MAX_STATES_IN_FLIGHT = 8  # sensor states sent to HA's REST API at once
+REST_TIMEOUT_SECONDS = 10.0
 DRAIN_ON_STOP_SECONDS = 5.0
 # A start that fails (HA restarting, the websocket dropped) is tried again after these delays.
 FIRST_RETRY_SECONDS = 1.0
@@ -263,21 +265,28 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
     def state_poster(self) -> tuple[StatePoster, int]:
         """How sensor states reach HA, and how many may be on their way at once.
 
-        HA's REST API (``POST /api/states``) through AppDaemon's HA session, several at a time:
+        HA's REST API (``POST /api/states``) with AppDaemon's HA session, several at a time:
         one at a time, 10,000 sensors take many seconds. Not AppDaemon's set_state: 4.5.13 mixes
         up the replies of concurrent calls (HA then stores last_changed etc. as attributes), so
         it could only send one at a time; it is the fallback if the session is not there.
         """
-        http_method = getattr(self._plugin, "http_method", None)
-        if http_method is None:
+        plugin = self._plugin
+        base_url = getattr(getattr(plugin, "config", None), "ha_url", None)
+        if base_url is None or not hasattr(plugin, "session"):
             return self._set_state, 1
 
         async def post(entity_id: str, state: str, attributes: dict[str, Any]) -> None:
-            reply = await http_method(
-                "post", f"api/states/{entity_id}", state=state, attributes=attributes
-            )
-            if not isinstance(reply, Mapping):  # AppDaemon has logged why
-                raise HomeAssistantUnavailable(f"Home Assistant refused the state of {entity_id}")
+            # The plugin opens a new session whenever it reconnects: look it up every time.
+            async with plugin.session.post(
+                str(base_url / f"api/states/{entity_id}"),
+                json={"state": state, "attributes": attributes},
+                timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT_SECONDS),
+            ) as response:
+                if response.status >= 400:
+                    raise HomeAssistantUnavailable(
+                        f"Home Assistant refused the state of {entity_id}:"
+                        f" HTTP {response.status} {await response.text()}"
+                    )
 
         return post, MAX_STATES_IN_FLIGHT
 
