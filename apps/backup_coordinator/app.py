@@ -8,70 +8,180 @@ implements the core's Home Assistant port (sensors, events, notifications, log).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
+from traceback import format_exc
 from typing import Any
 
+import aiohttp
 import appdaemon.plugins.hass.hassapi as hass
 
 from . import entities
-from .config import ConfigError, parse_config
+from .config import Config, ConfigError, parse_config
 from .coordinator import Coordinator
 from .entities import HelperSpec, Publication
 from .transport import Connections
 
+StatePoster = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
 HELPER_DOMAINS = ("input_number", "input_select", "input_text", "input_button")
 NOT_A_VALUE = ("unknown", "unavailable", None)  # "" is a value: an empty keep within
+SENSOR_DOMAINS = ("sensor", "binary_sensor")
+# HA closes a websocket with more than 4096 pending messages: keep far fewer in flight.
+MAX_COMMANDS_IN_FLIGHT = 50
+MAX_STATES_IN_FLIGHT = 8  # sensor states sent to HA's REST API at once
+REST_TIMEOUT_SECONDS = 10.0
+DRAIN_ON_STOP_SECONDS = 5.0
+# A start that fails (HA restarting, the websocket dropped) is tried again after these delays.
+FIRST_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 60.0
+NAMES_LOGGED = 20  # the start line names at most this many drones
 
 
 class BackupCoordinator(hass.Hass):  # type: ignore[misc]
     """``module: backup_coordinator.app``, ``class: BackupCoordinator`` in apps.yaml."""
 
     coordinator: Coordinator | None = None
+    adapter: HomeAssistantAdapter | None = None
     connections: Connections | None = None
     helpers_by_entity: dict[str, HelperSpec]
+    _starting: asyncio.Task[None] | None = None
+    _listeners: list[Any]  # AppDaemon's handles of what this start registered
+    _timers: list[Any]
 
     async def initialize(self) -> None:
-        await self.terminate()  # initialised again without terminate()
-        self.coordinator = None
+        await self._stop()
         self.helpers_by_entity = {}
+        self._listeners, self._timers = [], []
         try:
             config = parse_config(self.args, Path(self.config_dir))
         except ConfigError as error:
             self.log(f"configuration error: {error}; nothing runs until it is fixed", level="ERROR")
             return
+        # In the background: with many drones a start takes seconds, and HA may be away for
+        # minutes; AppDaemon's app management would wait for initialize() all that time.
+        self._starting = await self.create_task(self._start_until_done(config))
+
+    async def terminate(self) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        if self.coordinator is not None:  # also when initialised again without terminate()
+            await self.coordinator.stop()
+        self.coordinator = None
+        if self.connections is not None:
+            await self.connections.close()
+        self.connections = None
+        if self.adapter is not None:
+            # What the stopped operations published last, if HA takes it in a moment.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.adapter.sensors.drain(), DRAIN_ON_STOP_SECONDS)
+            await self.adapter.sensors.close()
+        self.adapter = None
+
+    # --- start-up -----------------------------------------------------------------------------
+
+    async def _start_until_done(self, config: Config) -> None:
+        """Starts, and when HA fails a start, tries again: 1 s, 2 s, 4 s ... 60 s later."""
+        delay = FIRST_RETRY_SECONDS
+        for attempt in itertools.count(1):
+            if await self._try_start(config, attempt, retry_in=delay):
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, MAX_RETRY_SECONDS)
+
+    async def _try_start(self, config: Config, attempt: int, retry_in: float) -> bool:
+        """One attempt to start; False (logged, nothing left registered) when it failed."""
+        try:
+            await self._start(config, attempt)
+        except HomeAssistantUnavailable as error:
+            reason = str(error)
+        except Exception as error:  # a bug: the traceback helps, and retrying costs nothing
+            reason = f"{type(error).__name__}: {error}\n{format_exc()}"
+        else:
+            return True
+        await self._undo_partial_start()
+        self.log(
+            f"could not start (attempt {attempt}): {reason}; trying again in {retry_in:g} s",
+            level="WARNING",
+        )
+        return False
+
+    async def _undo_partial_start(self) -> None:
+        for listener in self._listeners:
+            await self.cancel_listen_event(listener)
+        for timer in self._timers:
+            await self.cancel_timer(timer)
+        self._listeners, self._timers = [], []
+        if self.coordinator is not None:
+            await self.coordinator.stop()
+            self.coordinator = None
+        if self.adapter is not None:
+            await self.adapter.sensors.close()
+            self.adapter = None
+
+    async def _start(self, config: Config, attempt: int) -> None:
+        timer = _PhaseTimer()
         helpers = entities.coordinator_helpers(config.entity_prefix) + [
             helper
             for drone in config.drones
             for helper in entities.drone_helpers(config.entity_prefix, drone.name, drone.settings)
         ]
         created = await self._ensure_helpers(helpers)
+        timer.done(f"helpers ({len(created)} created)")
         self.helpers_by_entity = {helper.entity_id: helper for helper in helpers}
-        self.connections = Connections()
-        self.coordinator = Coordinator(
-            config, HomeAssistantAdapter(self, config.notify), self.connections.run_agent
-        )
+        states = await self._states_in_home_assistant()
         # A helper created just now holds the apps.yaml value the config already has.
         existing = [helper for helper in helpers if helper.entity_id not in created]
-        await self.coordinator.start(await self._helper_values(existing))
-        for helper in helpers:
-            # An event filter rather than listen_state: AppDaemon does not yet know helpers
-            # created a moment ago and would log a warning for each of them.
-            await self.listen_event(
-                self._on_state_changed, "state_changed", entity_id=helper.entity_id
-            )
-        await self.run_every(self._on_tick, "now", config.tick_seconds)
-        await self.run_in(self._on_tick, 0)  # run_every's first call is one interval away
+        helper_values = _helper_values(existing, states)
+        shown = _sensors_shown(config.entity_prefix, states)
+        timer.done("read states")
+        self.adapter = HomeAssistantAdapter(self, config.notify, shown)
+        self.connections = Connections()
+        self.coordinator = Coordinator(config, self.adapter, self.connections.run_agent)
+        await self.coordinator.start(helper_values)
+        await self.adapter.sensors.flush()
+        timer.done(f"publish ({self.adapter.unchanged} unchanged)")
+        await self._listen_to_helpers()
+        self._timers.append(await self.run_every(self._on_tick, "now", config.tick_seconds))
+        # run_every's first call is one interval away
+        self._timers.append(await self.run_in(self._on_tick, 0))
+        names = [d.name for d in config.drones]
+        shown_names = ", ".join(names[:NAMES_LOGGED]) + (
+            f" and {len(names) - NAMES_LOGGED} more" if len(names) > NAMES_LOGGED else ""
+        )
         self.log(
-            f"watching {len(config.drones)} drone(s): {', '.join(d.name for d in config.drones)};"
-            f" tick every {config.tick_seconds:g} s"
+            f"watching {len(names)} drone(s): {shown_names}; tick every {config.tick_seconds:g} s;"
+            f" started in {timer.summary()}" + (f" at attempt {attempt}" if attempt > 1 else "")
         )
 
-    async def terminate(self) -> None:
-        if self.coordinator is not None:
-            await self.coordinator.stop()
-        if self.connections is not None:
-            await self.connections.close()
+    async def _listen_to_helpers(self) -> None:
+        # One listener filtered by a set lookup: AppDaemon checks every event against every
+        # listener, so one per helper would cost (events x helpers) and slow it to a crawl
+        # with thousands of helpers. An event filter rather than listen_state: AppDaemon does
+        # not yet know helpers created a moment ago and would warn about each.
+        helpers = self.helpers_by_entity
+        self._listeners.append(
+            await self.listen_event(
+                self._on_state_changed,
+                "state_changed",
+                entity_id=lambda entity_id: entity_id in helpers,
+            )
+        )
+
+    async def _states_in_home_assistant(self) -> dict[str, Any]:
+        """AppDaemon's mirror of HA's states (read, never changed): no request to HA."""
+        states: dict[str, Any] = await self.get_state(copy=False)
+        return states
 
     # --- callbacks ----------------------------------------------------------------------------
 
@@ -98,19 +208,17 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
     # --- helpers ------------------------------------------------------------------------------
 
     async def _ensure_helpers(self, helpers: Sequence[HelperSpec]) -> set[str]:
-        """Create the helpers HA does not have yet (existing ones keep the user's values);
-        returns the entity ids created."""
-        created: set[str] = set()
+        """Create the helpers HA does not have yet (existing ones keep the user's values) and
+        give them their first values; returns the entity ids created."""
+        missing: list[HelperSpec] = []
         for domain in HELPER_DOMAINS:
             wanted = [helper for helper in helpers if helper.domain == domain]
-            if not wanted:
-                continue
-            existing = {item["id"] for item in await self._ws(f"{domain}/list")}
-            for helper in wanted:
-                if helper.object_id not in existing:
-                    await self._create_missing_helper(helper)
-                    created.add(helper.entity_id)
-        return created
+            if wanted:
+                existing = {item["id"] for item in await self._ws(f"{domain}/list")}
+                missing += [helper for helper in wanted if helper.object_id not in existing]
+        await _bounded(self._create_missing_helper(helper) for helper in missing)
+        await self._set_first_values(missing)
+        return {helper.entity_id for helper in missing}
 
     async def _create_missing_helper(self, helper: HelperSpec) -> None:
         created = await self._ws(
@@ -122,33 +230,80 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
                 f" expected {helper.entity_id}",
                 level="WARNING",
             )
-        self.log(f"created {helper.entity_id}")
-        if helper.first_value is not None:
-            # HA has added the entity by the time `create` answers: set the first value now.
-            await self._set_helper_value(helper, helper.first_value)
 
-    async def _set_helper_value(self, helper: HelperSpec, value: str | float) -> None:
-        if helper.domain == "input_select":
-            await self.call_service(
-                "input_select/select_option", entity_id=helper.entity_id, option=str(value)
+    async def _set_first_values(self, created: Sequence[HelperSpec]) -> None:
+        """HA has added a helper by the time `create` answers. Helpers with the same first
+        value share service calls (most drones keep the defaults)."""
+        by_value: dict[tuple[str, str], list[str]] = {}
+        for helper in created:
+            if helper.first_value is not None:
+                key = (helper.domain, str(helper.first_value))
+                by_value.setdefault(key, []).append(helper.entity_id)
+        # One call at a time: each one makes HA send an event per helper, and HA drops a
+        # client with 4096 messages waiting.
+        for (domain, value), entity_ids in by_value.items():
+            for start in range(0, len(entity_ids), MAX_COMMANDS_IN_FLIGHT):
+                chunk = entity_ids[start : start + MAX_COMMANDS_IN_FLIGHT]
+                await self._set_helper_values(domain, value, chunk)
+        if created:
+            counts = {d: sum(h.domain == d for h in created) for d in HELPER_DOMAINS}
+            self.log(
+                f"created {len(created)} helper(s): "
+                + ", ".join(f"{count} {domain}" for domain, count in counts.items() if count)
             )
+
+    async def _set_helper_values(self, domain: str, value: str, entity_ids: list[str]) -> None:
+        # Over the websocket like the rest of the start: AppDaemon's call_service would warn
+        # about every helper it has not heard of yet.
+        if domain == "input_select":
+            service, data = "select_option", {"option": value}
         else:
-            # str(): AppDaemon drops a literal 0 from service data
-            await self.call_service(
-                f"{helper.domain}/set_value", entity_id=helper.entity_id, value=str(value)
-            )
+            service, data = "set_value", {"value": value}
+        await self._ws(
+            "call_service",
+            domain=domain,
+            service=service,
+            service_data=data,
+            target={"entity_id": entity_ids},
+        )
 
-    async def _helper_values(
-        self, helpers: Sequence[HelperSpec]
-    ) -> dict[str | None, dict[str, object]]:
-        values: dict[str | None, dict[str, object]] = {}
-        for helper in helpers:
-            if helper.setting is None:
-                continue
-            value = await self.get_state(helper.entity_id)
-            if value not in NOT_A_VALUE:
-                values.setdefault(helper.drone, {})[helper.setting] = value
-        return values
+    def state_poster(self) -> tuple[StatePoster, int]:
+        """How sensor states reach HA, and how many may be on their way at once.
+
+        HA's REST API (``POST /api/states``) with AppDaemon's HA session, several at a time:
+        one at a time, 10,000 sensors take many seconds. Not AppDaemon's set_state: 4.5.13 mixes
+        up the replies of concurrent calls (HA then stores last_changed etc. as attributes), so
+        it could only send one at a time; it is the fallback if the session is not there.
+        """
+        plugin = self._plugin
+        base_url = getattr(getattr(plugin, "config", None), "ha_url", None)
+        if base_url is None or not hasattr(plugin, "session"):
+            return self._set_state, 1
+
+        async def post(entity_id: str, state: str, attributes: dict[str, Any]) -> None:
+            # The plugin opens a new session whenever it reconnects: look it up every time.
+            async with plugin.session.post(
+                str(base_url / f"api/states/{entity_id}"),
+                json={"state": state, "attributes": attributes},
+                timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT_SECONDS),
+            ) as response:
+                if response.status >= 400:
+                    raise HomeAssistantUnavailable(
+                        f"Home Assistant refused the state of {entity_id}:"
+                        f" HTTP {response.status} {await response.text()}"
+                    )
+
+        return post, MAX_STATES_IN_FLIGHT
+
+    async def _set_state(self, entity_id: str, state: str, attributes: dict[str, Any]) -> None:
+        await self.set_state(
+            entity_id,
+            state=state,
+            attributes=attributes,
+            replace=True,  # attributes replaced, never merged
+            check_existence=False,
+            _silent=True,  # else AppDaemon logs "created" for every new sensor
+        )
 
     async def _ws(self, command: str, **fields: Any) -> Any:
         """One websocket command to HA; its ``result``. Prefers AppDaemon's public call."""
@@ -157,36 +312,58 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             reply = await call_ws(type=command, **fields)
         else:
             reply = await self._plugin.websocket_send_json(type=command, **fields)
-        if not reply or not reply.get("success"):
-            error = (reply or {}).get("error", {}).get("message", "no answer")
-            raise RuntimeError(f"Home Assistant refused {command}: {error}")
-        return reply.get("result")
+        return _check_reply(command, reply).get("result")
+
+
+class HomeAssistantUnavailable(RuntimeError):
+    """HA refused a command or did not answer (restarting, websocket dropped)."""
+
+
+def _check_reply(command: str, reply: object) -> Mapping[str, Any]:
+    """HA's answer to a websocket command or service call; raises unless it succeeded. No
+    answer at all is what AppDaemon returns while its connection to HA is down."""
+    if not isinstance(reply, Mapping) or not reply.get("success"):
+        error = reply.get("error", {}).get("message") if isinstance(reply, Mapping) else None
+        raise HomeAssistantUnavailable(f"Home Assistant refused {command}: {error or 'no answer'}")
+    return reply
 
 
 class HomeAssistantAdapter:
-    """The core's Home Assistant port, implemented with AppDaemon calls."""
+    """The core's Home Assistant port, implemented with AppDaemon calls.
 
-    def __init__(self, app: BackupCoordinator, notify_service: str | None) -> None:
+    ``shown``: what HA showed for the app's sensors when it started (entity id -> state,
+    attributes). A sensor's first publication is skipped when HA shows exactly that already,
+    so a restart of AppDaemon does not send every sensor again. Later publications are always
+    sent (the coordinator sends only changes).
+    """
+
+    def __init__(
+        self,
+        app: BackupCoordinator,
+        notify_service: str | None,
+        shown: Mapping[str, tuple[str, Any]] | None = None,
+    ) -> None:
         self.app = app
         self.notify_service = notify_service
-        # AppDaemon 4.5.13 mixes up concurrent set_state replies (HA then stores last_changed
-        # etc. as attributes): one at a time, and attributes replaced, never merged.
-        self._publishing = asyncio.Lock()
+        self._shown_at_start = dict(shown or {})
+        self.unchanged = 0  # first publications HA showed already
+        post, in_flight = app.state_poster()
+        self.sensors = SensorPublisher(post, in_flight, app.log)
 
     async def publish(self, publication: Publication) -> None:
-        async with self._publishing:
-            await self.app.set_state(
-                publication.entity_id,
-                state=publication.state,
-                attributes=_survives_appdaemon(publication.attributes),
-                replace=True,
-                check_existence=False,
-            )
+        attributes = _survives_appdaemon(publication.attributes)
+        shown = self._shown_at_start.pop(publication.entity_id, None)
+        if shown is not None and shown == (publication.state, _as_json(attributes)):
+            self.unchanged += 1
+            return
+        self.sensors.put(publication.entity_id, publication.state, attributes)
 
     async def fire_event(self, event_type: str, data: Mapping[str, Any]) -> None:
+        await self.sensors.drain()  # sensors first, as the core published them
         await self.app.fire_event(event_type, **data)
 
     async def notify(self, notification_id: str, title: str, message: str) -> None:
+        await self.sensors.drain()
         await self._call(
             "persistent_notification/create",
             notification_id=notification_id,
@@ -197,6 +374,7 @@ class HomeAssistantAdapter:
             await self._call(self.notify_service.replace(".", "/", 1), title=title, message=message)
 
     async def dismiss(self, notification_id: str) -> None:
+        await self.sensors.drain()
         await self._call("persistent_notification/dismiss", notification_id=notification_id)
 
     async def _call(self, service: str, **data: Any) -> None:
@@ -222,3 +400,136 @@ def _survives_appdaemon(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 def _as_text(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _as_json(attributes: Mapping[str, Any]) -> Any:
+    """Attributes as HA stores and returns them (tuples become lists, and so on)."""
+    return json.loads(json.dumps(attributes, default=str))
+
+
+def _helper_values(
+    helpers: Sequence[HelperSpec], states: Mapping[str, Any]
+) -> dict[str | None, dict[str, object]]:
+    """drone (None: the coordinator) -> setting -> the value HA shows for its helper."""
+    values: dict[str | None, dict[str, object]] = {}
+    for helper in helpers:
+        value = (states.get(helper.entity_id) or {}).get("state")
+        if helper.setting is not None and value not in NOT_A_VALUE:
+            values.setdefault(helper.drone, {})[helper.setting] = value
+    return values
+
+
+def _sensors_shown(prefix: str, states: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
+    """The app's sensors as HA shows them now: entity id -> (state, attributes)."""
+    own = tuple(f"{domain}.{prefix}_" for domain in SENSOR_DOMAINS)
+    return {
+        entity_id: (str(state.get("state")), _as_json(state.get("attributes") or {}))
+        for entity_id, state in states.items()
+        if entity_id.startswith(own) and isinstance(state, Mapping)
+    }
+
+
+async def _bounded(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Awaits every call, at most MAX_COMMANDS_IN_FLIGHT at a time; the first error is raised
+    once the calls already running have ended (the rest are not started)."""
+    running: set[asyncio.Task[None]] = set()
+    errors: list[BaseException] = []
+
+    def collect(done: set[asyncio.Task[None]]) -> None:
+        errors.extend(error for task in done if (error := task.exception()) is not None)
+
+    for call in calls:
+        if errors:
+            call.close()
+            continue
+        running.add(asyncio.ensure_future(call))
+        if len(running) >= MAX_COMMANDS_IN_FLIGHT:
+            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            collect(done)
+    if running:
+        done, _ = await asyncio.wait(running)
+        collect(done)
+    if errors:
+        raise errors[0]
+
+
+class _PhaseTimer:
+    """How long each phase of a start took, for the start line in the log."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.phases: list[str] = []
+
+    def done(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases.append(f"{phase} {now - self.last:.2f} s")
+        self.last = now
+
+    def summary(self) -> str:
+        return f"{time.monotonic() - self.started:.2f} s ({', '.join(self.phases)})"
+
+
+class SensorPublisher:
+    """Sends sensor states to HA, up to ``in_flight`` at a time, in the order they came.
+
+    A newer state of a sensor replaces one not sent yet, and a sensor never has two states on
+    their way at once, so HA always ends up showing the newest. ``flush()`` waits until every
+    state is sent and raises if any could not be; ``drain()`` only waits.
+    """
+
+    def __init__(self, post: StatePoster, in_flight: int, log: Callable[..., None]) -> None:
+        self._post = post
+        self._in_flight = in_flight
+        self._log = log
+        self._waiting: dict[str, tuple[str, dict[str, Any]]] = {}  # oldest first
+        self._sending: set[str] = set()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._failures = 0  # since the last flush
+        self._first_failure = ""
+
+    def put(self, entity_id: str, state: str, attributes: dict[str, Any]) -> None:
+        self._waiting.pop(entity_id, None)  # the newer state goes to the back of the line
+        self._waiting[entity_id] = (state, attributes)
+        if len(self._workers) < self._in_flight:
+            worker = asyncio.create_task(self._work())
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+
+    async def drain(self) -> None:
+        """Returns once every state put so far is sent (or failed: logged)."""
+        while self._workers:
+            await asyncio.wait(set(self._workers))
+
+    async def flush(self) -> None:
+        """``drain()``, then raises if any state since the last flush did not reach HA."""
+        await self.drain()
+        failures, self._failures = self._failures, 0
+        if failures:
+            raise HomeAssistantUnavailable(
+                f"{failures} sensor state(s) did not reach Home Assistant: {self._first_failure}"
+            )
+
+    async def close(self) -> None:
+        """Drops what was not sent yet (the next start publishes everything again)."""
+        self._waiting.clear()
+        for worker in list(self._workers):
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while (entity_id := self._next()) is not None:
+            state, attributes = self._waiting.pop(entity_id)
+            self._sending.add(entity_id)
+            try:
+                await self._post(entity_id, state, attributes)
+            except Exception as error:
+                self._failures += 1
+                if self._failures == 1:
+                    self._first_failure = f"{entity_id}: {error}"
+                self._log(f"could not publish {entity_id}: {error}", level="WARNING")
+            finally:
+                self._sending.discard(entity_id)
+
+    def _next(self) -> str | None:
+        """The oldest waiting sensor without a state on its way (its sender takes it next)."""
+        return next((e for e in self._waiting if e not in self._sending), None)

@@ -335,12 +335,13 @@ def _parse_drones(
     if not drones_section:
         raise InvalidValue("drones", "must name at least one drone")
     drones: list[DroneConfig] = []
+    by_repository: dict[str, list[DroneConfig]] = {}  # checking every pair is quadratic
     problems: list[ConfigProblem] = []
     for name in sorted(drones_section, key=str):
         settings = drones_section[name]
         try:
             drone = parse_drone(name, settings, defaults, base_dir, entity_prefix)
-            _check_archive_prefix_unique(drone, drones)
+            _check_archive_prefix_unique(drone, by_repository.get(drone.repository_key, []))
         except InvalidValue as error:
             problems.append(
                 ConfigProblem(
@@ -349,6 +350,7 @@ def _parse_drones(
             )
             continue
         drones.append(drone)
+        by_repository.setdefault(drone.repository_key, []).append(drone)
     return tuple(drones), tuple(problems)
 
 

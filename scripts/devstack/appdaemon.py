@@ -5,7 +5,9 @@ tooling must stay outside it. The HA token travels in the process environment (`
 never in a file. Logs are files with `filter_threshold: 0` (otherwise repeated identical lines
 are collapsed) and no rotation, so byte offsets into them stay valid for `wait_for_log`.
 AppDaemon retries a lost HA connection every second (default 5 s) so HA restarts in tests are
-followed quickly. The blocking methods have `async_` twins for async tests.
+followed quickly. The HASS plugin accepts websocket messages up to `WS_MAX_MSG_SIZE` (AppDaemon's
+default of 4 MiB is smaller than HA's state dump with many hundreds of drones: see the README).
+The blocking methods have `async_` twins for async tests.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ START_TIMEOUT = 60.0
 APPS_READY_MARK = "App initialization complete"
 FAILURE_MARKS = ("Failed to authenticate", "Traceback", "failed to start")
 NO_ROTATION_BYTES = 1_000_000_000
+# HA's state dump (AppDaemon's first message after connecting) grows ~9 KiB per drone.
+WS_MAX_MSG_SIZE = 64 * 1024 * 1024
 
 APPDAEMON_YAML_TEMPLATE = """\
 appdaemon:
@@ -33,6 +37,7 @@ appdaemon:
       ha_url: {ha_url}
       token: !env_var HA_TOKEN
       retry_secs: 1
+      ws_max_msg_size: {ws_max_msg_size}
 http:
   url: http://127.0.0.1:{port}
 api:
@@ -108,6 +113,7 @@ class AppDaemon(ServerProcess):
                 time_zone=self.time_zone,
                 ha_url=self.ha_url,
                 port=self.port,
+                ws_max_msg_size=WS_MAX_MSG_SIZE,
                 main_log=self.main_log_path,
                 error_log=self.error_log_path,
                 log_size=NO_ROTATION_BYTES,
@@ -126,8 +132,14 @@ class AppDaemon(ServerProcess):
         staging.write_text(text)
         staging.replace(target)
 
-    def start(self) -> None:
+    def start(self, timeout: float = START_TIMEOUT) -> None:
         """Launches AppDaemon and waits until it reports its apps initialised."""
+        mark = self.launch()
+        self.wait_for_log(APPS_READY_MARK, timeout=timeout, after=mark)
+        self._raise_on_failure_marks(mark)
+
+    def launch(self) -> int:
+        """Launches AppDaemon without waiting; returns the log mark of the launch."""
         self._refuse_if_running()
         mark = self.log_mark()
         self._launch(
@@ -135,8 +147,7 @@ class AppDaemon(ServerProcess):
             self.console_log_path,
             {"HA_TOKEN": self._token},
         )
-        self.wait_for_log(APPS_READY_MARK, timeout=START_TIMEOUT, after=mark)
-        self._raise_on_failure_marks(mark)
+        return mark
 
     def main_log(self) -> str:
         return read_text(self.main_log_path)
@@ -153,14 +164,19 @@ class AppDaemon(ServerProcess):
         """Waits until `text` shows in the main or error log past the mark `after`."""
 
         def seen() -> bool:
-            self._raise_if_exited(after)
-            main, errors = self._logs_since(after)
-            return text in main or text in errors
+            return self.logged(text, after)
 
         try:
             wait_until(seen, f"{text!r} in AppDaemon's log", timeout=timeout, interval=0.05)
         except TimeoutError as error:
             raise AppDaemonError(f"{error}\n{self._log_tails(after)}") from None
+
+    def logged(self, text: str, after: int = 0) -> bool:
+        """Whether `text` shows in the main or error log past the mark `after`; raises when
+        AppDaemon exited or its token was rejected."""
+        self._raise_if_exited(after)
+        main, errors = self._logs_since(after)
+        return text in main or text in errors
 
     def _logs_since(self, mark: int) -> tuple[str, str]:
         main_offset, error_offset = self._marks[mark]

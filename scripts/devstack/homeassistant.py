@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
+import signal
 import urllib.error
 import urllib.request
 from collections.abc import Coroutine, Iterator
@@ -157,6 +159,19 @@ class HomeAssistant(ServerProcess):
             yield self
         finally:
             self.stop()
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """HA stopped (SIGSTOP) inside the block: connections stay open but nothing answers,
+        as with an overloaded or hung HA. SIGCONT on the way out, whatever happened."""
+        pid = self.pid
+        if pid is None:
+            raise HomeAssistantError("Home Assistant is not running")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def log_text(self) -> str:
         """Everything hass printed (all starts of this config dir)."""
