@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from traceback import format_exc
 from typing import Any
@@ -24,9 +24,8 @@ from . import entities
 from .config import Config, ConfigError, parse_config
 from .coordinator import Coordinator
 from .entities import HelperSpec, Publication
+from .publishing import HomeAssistantUnavailable, SensorPublisher, StatePoster, bounded
 from .transport import Connections
-
-StatePoster = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 HELPER_DOMAINS = ("input_number", "input_select", "input_text", "input_button")
 NOT_A_VALUE = ("unknown", "unavailable", None)  # "" is a value: an empty keep within
@@ -216,7 +215,9 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             if wanted:
                 existing = {item["id"] for item in await self._ws(f"{domain}/list")}
                 missing += [helper for helper in wanted if helper.object_id not in existing]
-        await _bounded(self._create_missing_helper(helper) for helper in missing)
+        await bounded(
+            (self._create_missing_helper(helper) for helper in missing), MAX_COMMANDS_IN_FLIGHT
+        )
         await self._set_first_values(missing)
         return {helper.entity_id for helper in missing}
 
@@ -313,10 +314,6 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         else:
             reply = await self._plugin.websocket_send_json(type=command, **fields)
         return _check_reply(command, reply).get("result")
-
-
-class HomeAssistantUnavailable(RuntimeError):
-    """HA refused a command or did not answer (restarting, websocket dropped)."""
 
 
 def _check_reply(command: str, reply: object) -> Mapping[str, Any]:
@@ -429,30 +426,6 @@ def _sensors_shown(prefix: str, states: Mapping[str, Any]) -> dict[str, tuple[st
     }
 
 
-async def _bounded(calls: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Awaits every call, at most MAX_COMMANDS_IN_FLIGHT at a time; the first error is raised
-    once the calls already running have ended (the rest are not started)."""
-    running: set[asyncio.Task[None]] = set()
-    errors: list[BaseException] = []
-
-    def collect(done: set[asyncio.Task[None]]) -> None:
-        errors.extend(error for task in done if (error := task.exception()) is not None)
-
-    for call in calls:
-        if errors:
-            call.close()
-            continue
-        running.add(asyncio.ensure_future(call))
-        if len(running) >= MAX_COMMANDS_IN_FLIGHT:
-            done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            collect(done)
-    if running:
-        done, _ = await asyncio.wait(running)
-        collect(done)
-    if errors:
-        raise errors[0]
-
-
 class _PhaseTimer:
     """How long each phase of a start took, for the start line in the log."""
 
@@ -467,69 +440,3 @@ class _PhaseTimer:
 
     def summary(self) -> str:
         return f"{time.monotonic() - self.started:.2f} s ({', '.join(self.phases)})"
-
-
-class SensorPublisher:
-    """Sends sensor states to HA, up to ``in_flight`` at a time, in the order they came.
-
-    A newer state of a sensor replaces one not sent yet, and a sensor never has two states on
-    their way at once, so HA always ends up showing the newest. ``flush()`` waits until every
-    state is sent and raises if any could not be; ``drain()`` only waits.
-    """
-
-    def __init__(self, post: StatePoster, in_flight: int, log: Callable[..., None]) -> None:
-        self._post = post
-        self._in_flight = in_flight
-        self._log = log
-        self._waiting: dict[str, tuple[str, dict[str, Any]]] = {}  # oldest first
-        self._sending: set[str] = set()
-        self._workers: set[asyncio.Task[None]] = set()
-        self._failures = 0  # since the last flush
-        self._first_failure = ""
-
-    def put(self, entity_id: str, state: str, attributes: dict[str, Any]) -> None:
-        self._waiting.pop(entity_id, None)  # the newer state goes to the back of the line
-        self._waiting[entity_id] = (state, attributes)
-        if len(self._workers) < self._in_flight:
-            worker = asyncio.create_task(self._work())
-            self._workers.add(worker)
-            worker.add_done_callback(self._workers.discard)
-
-    async def drain(self) -> None:
-        """Returns once every state put so far is sent (or failed: logged)."""
-        while self._workers:
-            await asyncio.wait(set(self._workers))
-
-    async def flush(self) -> None:
-        """``drain()``, then raises if any state since the last flush did not reach HA."""
-        await self.drain()
-        failures, self._failures = self._failures, 0
-        if failures:
-            raise HomeAssistantUnavailable(
-                f"{failures} sensor state(s) did not reach Home Assistant: {self._first_failure}"
-            )
-
-    async def close(self) -> None:
-        """Drops what was not sent yet (the next start publishes everything again)."""
-        self._waiting.clear()
-        for worker in list(self._workers):
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
-
-    async def _work(self) -> None:
-        while (entity_id := self._next()) is not None:
-            state, attributes = self._waiting.pop(entity_id)
-            self._sending.add(entity_id)
-            try:
-                await self._post(entity_id, state, attributes)
-            except Exception as error:
-                self._failures += 1
-                if self._failures == 1:
-                    self._first_failure = f"{entity_id}: {error}"
-                self._log(f"could not publish {entity_id}: {error}", level="WARNING")
-            finally:
-                self._sending.discard(entity_id)
-
-    def _next(self) -> str | None:
-        """The oldest waiting sensor without a state on its way (its sender takes it next)."""
-        return next((e for e in self._waiting if e not in self._sending), None)

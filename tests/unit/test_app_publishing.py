@@ -1,4 +1,5 @@
-"""The app's concurrency helpers: sensor states sent a few at a time, commands bounded."""
+"""Publishing to HA: sensor states sent a few at a time, commands bounded; the app's reading of
+HA's states at start."""
 
 from __future__ import annotations
 
@@ -7,15 +8,10 @@ from typing import Any
 
 import pytest
 
-from backup_coordinator.app import (
-    HomeAssistantUnavailable,
-    SensorPublisher,
-    _bounded,
-    _helper_values,
-    _sensors_shown,
-)
+from backup_coordinator.app import _helper_values, _sensors_shown
 from backup_coordinator.entities import drone_helpers
 from backup_coordinator.model import DroneSettings
+from backup_coordinator.publishing import HomeAssistantUnavailable, SensorPublisher, bounded
 
 
 class SlowHomeAssistant:
@@ -114,8 +110,8 @@ async def test_bounded_keeps_at_most_the_limit_running_and_raises_the_first_erro
             raise HomeAssistantUnavailable("refused")
 
     with pytest.raises(HomeAssistantUnavailable):
-        await _bounded(call(index) for index in range(500))
-    assert most <= 50
+        await bounded((call(index) for index in range(500)), 50)
+    assert most == 50
     assert len(started) < 500  # nothing new starts after the failure
 
 
