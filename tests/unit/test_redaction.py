@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,39 +23,10 @@ from backup_coordinator.model import Operation
 from backup_coordinator.protocol import FailureKind, OperationFailed, Result, redact
 from backup_coordinator.redaction import MASK, MIN_FRAGMENT, Redactor
 from tests.memory_port import MemoryPort
+from tests.secret_forms import ENCODINGS, everything_shown, leaks
 from tests.unit.test_coordinator import Clock, ScriptedRunner, make_config, ok_result
 
-ENCODINGS: Mapping[str, Callable[[str], str]] = {
-    "as is": lambda s: s,
-    "json": lambda s: json.dumps(s)[1:-1],
-    "json, unicode kept": lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
-    "repr": lambda s: repr(s)[1:-1],
-    "ascii": lambda s: ascii(s)[1:-1],
-    "unicode-escape": lambda s: s.encode("unicode_escape").decode("ascii"),
-    "repr of json": lambda s: repr(json.dumps(s)[1:-1])[1:-1],
-    "json of repr": lambda s: json.dumps(repr(s)[1:-1])[1:-1],
-    "json of json": lambda s: json.dumps(json.dumps(s)[1:-1])[1:-1],
-}
-
 TRICKY = 'quote\'s "double" back\\slash\\\\ tab\t newline\n é ß 東京 😀 \u200b end'
-
-
-def windows(secret: str) -> list[str]:
-    """Every run of MIN_FRAGMENT characters of the secret (the whole one when shorter)."""
-    size = min(MIN_FRAGMENT, len(secret))
-    return [secret[i : i + size] for i in range(len(secret) - size + 1)]
-
-
-def leaks(secret: str, output: str) -> list[str]:
-    """Each encoded run of the secret that shows in ``output``."""
-    return sorted(
-        {
-            f"{name}: {encoded!r}"
-            for window in windows(secret)
-            for name, encode in ENCODINGS.items()
-            if (encoded := encode(window)) in output
-        }
-    )
 
 
 # --- the redactor alone -----------------------------------------------------------------------
@@ -154,22 +125,7 @@ async def run_scenario(secret: str, state_dir: Path) -> str:
         await coordinator.wait_idle()
     await coordinator.stop()
     assert runner.operations() == ["create", "prune", "stats"]
-    shown = {
-        "lines": port.lines,
-        "states": {key: [p.state, dict(p.attributes)] for key, p in port.states.items()},
-        "events": port.events,
-        "notifications": port.notifications,
-    }
-    state_file = (state_dir / "state.json").read_text()
-    # Both as written and as read back, so escapes in the JSON text hide nothing.
-    return "\n".join(
-        [
-            json.dumps(shown, ensure_ascii=False, default=str),
-            str(shown),
-            state_file,
-            str(json.loads(state_file)),
-        ]
-    )
+    return everything_shown(port, state_dir / "state.json")
 
 
 def scenario_output(secret: str) -> str:
