@@ -224,7 +224,10 @@ class Coordinator:
         if (running.requested or running.done) and running.operation not in record.pending:
             record.pending.insert(0, running.operation)
         self.port.log(
-            f"{drone.name}: {running.operation} was interrupted; {', '.join(rest)} will run"
+            f"{drone.name}: {running.operation} was interrupted after {', '.join(running.done)};"
+            f" {', '.join(rest)} will run"
+            if running.done
+            else f"{drone.name}: {running.operation} was interrupted; it will run again"
         )
 
     # --- inputs from Home Assistant -----------------------------------------------------------
