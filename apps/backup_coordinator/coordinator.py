@@ -164,6 +164,8 @@ class Coordinator:
         now = self.clock()
         for drone_config in self.config.drones:
             record = loaded.records.get(drone_config.name) or DroneRecord(first_seen=now)
+            if record.first_seen is None or _in_future(record.first_seen, now):
+                record.first_seen = now  # overdue counts from here, never from the future
             drone = Drone(drone_config, drone_config.settings, record)
             self._recover_interrupted(drone)
             drone.state = _resting_state(record)
@@ -198,16 +200,13 @@ class Coordinator:
         tick takes it up, with backoff and mode.
         """
         record = drone.record
+        self._check_resume(drone)
         running, record.running = record.running, None
         if running is None:
             return
         steps = operations.spec_of(Operation(running.operation)).steps
-        if running.done != list(steps[: len(running.done)]):
-            self.port.log(
-                f"{drone.name}: state file: steps {running.done} are not steps of"
-                f" {running.operation}; it runs whole",
-                "WARNING",
-            )
+        if not _steps_begin(steps, running.done):
+            self._log_bad_steps(drone, running)
             running.done = []
         rest = steps[len(running.done) :]
         if not rest:  # every step had ended: nothing is missing
@@ -228,6 +227,28 @@ class Coordinator:
             f" {', '.join(rest)} will run"
             if running.done
             else f"{drone.name}: {running.operation} was interrupted; it will run again"
+        )
+
+    def _check_resume(self, drone: Drone) -> None:
+        """A resume left from an earlier restart must name steps its operation still lacks and
+        be queued; otherwise its operation runs whole (or not at all, when not queued)."""
+        resume = drone.record.resume
+        if resume is None:
+            return
+        steps = operations.spec_of(Operation(resume.operation)).steps
+        if (
+            not _steps_begin(steps, resume.done)
+            or len(resume.done) >= len(steps)
+            or resume.operation not in drone.record.pending
+        ):
+            self._log_bad_steps(drone, resume)
+            drone.record.resume = None
+
+    def _log_bad_steps(self, drone: Drone, running: RunningOperation) -> None:
+        self.port.log(
+            f"{drone.name}: state file: {running.operation} cannot resume after"
+            f" {running.done}; it runs whole when it runs",
+            "WARNING",
         )
 
     # --- inputs from Home Assistant -----------------------------------------------------------
@@ -788,6 +809,11 @@ class RedactingPort:
 
     def _scrub(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return {key: self._redactor.value(value) for key, value in values.items()}
+
+
+def _steps_begin(steps: tuple[str, ...], done: list[str]) -> bool:
+    """Whether ``done`` are the first steps of ``steps``, in order."""
+    return list(steps[: len(done)]) == done
 
 
 def _in_future(moment: datetime | None, limit: datetime) -> bool:

@@ -785,3 +785,32 @@ async def test_steps_still_to_come_in_a_scheduled_backup_are_already_running(
     runner.release.set()
     await coordinator.wait_idle()
     assert runner.operations() == ["create", "prune", "stats", "create"]
+
+
+@pytest.mark.parametrize(
+    "done", [["bogus"], ["prune"], ["create", "prune", "stats"]], ids=["unknown", "order", "all"]
+)
+async def test_a_resume_that_does_not_fit_its_operation_runs_it_whole(
+    tmp_path: Path, done: list[str]
+) -> None:
+    resume = {"operation": "scheduled", "started": START.isoformat(), "requested": True}
+    write_state(tmp_path, {"nas": {"pending": ["scheduled"], "resume": {**resume, "done": done}}})
+    runner, clock = ScriptedRunner(), Clock()
+    coordinator, port = await started(make_config(tmp_path, nas={"mode": "manual"}), runner, clock)
+    assert any("cannot resume" in line for line in port.lines if line.startswith("WARNING"))
+    assert coordinator.drones["nas"].record.resume is None
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "prune", "stats"]
+
+
+async def test_a_first_sighting_in_the_future_does_not_silence_overdue(tmp_path: Path) -> None:
+    write_state(tmp_path, {"nas": {"first_seen": (START + timedelta(days=400)).isoformat()}})
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = failing(FailureKind.UNREACHABLE)
+    config = replace(make_config(tmp_path, nas={"frequency": 60}), overdue_factor=2.0)
+    coordinator, port = await started(config, runner, clock)
+    clock.advance(minutes=121)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert "overdue" in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
