@@ -167,6 +167,7 @@ class Coordinator:
             if record.first_seen is None or _in_future(record.first_seen, now):
                 record.first_seen = now  # overdue counts from here, never from the future
             drone = Drone(drone_config, drone_config.settings, record)
+            self._check_resume(drone)
             self._recover_interrupted(drone)
             drone.state = _resting_state(record)
             self.drones[drone.name] = drone
@@ -200,7 +201,6 @@ class Coordinator:
         tick takes it up, with backoff and mode.
         """
         record = drone.record
-        self._check_resume(drone)
         running, record.running = record.running, None
         if running is None:
             return
@@ -719,11 +719,10 @@ class Coordinator:
             self.port.log(problem, "ERROR")
         for drone in self.drones.values():
             drone.state_file_problem = problem
-        if self.drones:
-            # The problem sensors and notifications follow; saving again from there is safe:
-            # the problem only changes when a save's outcome does.
-            for drone in list(self.drones.values()):
-                await self._publish_drone(drone)
+        # The problem sensors and notifications follow. They save again, which is safe: the
+        # problem only changes when a save's outcome does.
+        for drone in list(self.drones.values()):
+            await self._publish_drone(drone)
 
 
 # --- pure helpers -----------------------------------------------------------------------------
