@@ -4,6 +4,10 @@ PYTHONPATH=apps python -m backup_coordinator --config apps.yaml doctor [DRONE ..
 PYTHONPATH=apps python -m backup_coordinator --config apps.yaml status
 PYTHONPATH=apps python -m backup_coordinator --config apps.yaml run DRONE OPERATION
 PYTHONPATH=apps python -m backup_coordinator --config apps.yaml dashboard [--json]
+
+Text that comes from a drone (borg's and the agent's messages, file and archive names, errors
+recorded in the state file) goes through ``printable`` before it reaches the terminal, so a
+file name holding an escape sequence is shown, never obeyed.
 """
 
 from __future__ import annotations
@@ -24,10 +28,39 @@ from .dashboard import dashboard
 from .entities import iso_or_unknown
 from .jobs import agent_operation, build_job
 from .model import Operation, SettingError, format_mib
-from .protocol import AgentEvent, LogLine, OperationFailed, Outcome, Progress, StepResult
+from .protocol import (
+    AgentEvent,
+    LogLine,
+    OperationFailed,
+    Outcome,
+    Progress,
+    StepResult,
+    redact,
+)
 from .store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: every character that is not printable (control
+    characters such as ESC, line breaks, bidi overrides, undecodable bytes) shown escaped."""
+    return "".join(char if char.isprintable() else _escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def remote(drone: DroneConfig, text: str) -> str:
+    """Text a drone sent, as the CLI prints it: its passphrase masked, printable."""
+    return printable(redact(text, drone.passphrase))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +127,8 @@ async def doctor(config: Config, only: Sequence[str], out: TextIO) -> int:
 async def _doctor_drone(drone: DroneConfig, out: TextIO) -> int:
     checks = await transport.probe(drone.ssh)
     for check in checks:
-        _check_line(out, drone.name, check.name, check.ok, check.detail, check.fix)
+        detail, fix = remote(drone, check.detail), remote(drone, check.fix)
+        _check_line(out, drone.name, check.name, check.ok, detail, fix)
     if not all(check.ok for check in checks):
         return sum(1 for check in checks if not check.ok)
     try:
@@ -102,14 +136,15 @@ async def _doctor_drone(drone: DroneConfig, out: TextIO) -> int:
             drone.ssh, "stats", build_job(drone, drone.settings, ("stats",))
         )
     except OperationFailed as failure:
-        _check_line(out, drone.name, "repository", False, failure.message, failure.hint)
+        message, hint = remote(drone, failure.message), remote(drone, failure.hint)
+        _check_line(out, drone.name, "repository", False, message, hint)
         return 1
     size = format_mib(result.data.get("deduplicated_size"))
     count = result.data.get("archive_count", "?")
     detail = (
         f"{drone.repository}: {count} archive(s) of {drone.archive_prefix}-*, {size} deduplicated"
     )
-    _check_line(out, drone.name, "repository", True, detail, "")
+    _check_line(out, drone.name, "repository", True, remote(drone, detail), "")
     return 0
 
 
@@ -142,7 +177,8 @@ def status(config: Config, out: TextIO) -> int:
             + (f", running {record.running.operation}" if record.running else "")
             + (f", queued {', '.join(record.pending)}" if record.pending else "")
             + (
-                f"\n{'':<17}last error ({record.last_error_kind}): {record.last_error}"
+                f"\n{'':<17}last error ({printable(str(record.last_error_kind))}):"
+                f" {printable(record.last_error)}"
                 if record.last_error
                 else ""
             ),
@@ -177,19 +213,19 @@ async def run(drone: DroneConfig, operation: Operation, out: TextIO) -> int:
                 flush=True,
             )
         elif isinstance(event, LogLine):
-            show_line(f"{event.level}: {event.message}")
+            show_line(remote(drone, f"{event.level}: {event.message}"))
         elif isinstance(event, StepResult) and event.ok:
-            show_line(_describe(event))
+            show_line(remote(drone, _describe(event)))
 
     print(f"{drone.name}: {', '.join(steps)} ...", file=out)
     try:
         job = build_job(drone, drone.settings, steps)
         result = await transport.run_agent(drone.ssh, agent_operation(steps), job, show)
     except (OperationFailed, SettingError) as error:
-        show_line(f"{drone.name}: {operation.value} failed: {error}")
+        show_line(f"{drone.name}: {operation.value} failed: {remote(drone, str(error))}")
         return EXIT_FAILED
     if len(steps) == 1:  # a single operation's result is its step's result
-        show_line(_describe(result))
+        show_line(remote(drone, _describe(result)))
     return EXIT_OK
 
 

@@ -45,8 +45,8 @@ from .protocol import (
     Progress,
     Result,
     StepResult,
-    redact,
 )
+from .redaction import Redactor
 from .store import DroneRecord, RunningOperation, Store
 
 AgentRunner = Callable[
@@ -61,6 +61,10 @@ EVENT_PROBLEM = "backup_coordinator_problem"
 EVENT_REQUEST = "backup_coordinator_request"
 
 GLOBAL_MODE_SETTING = "global_mode"
+OUTCOME_ALREADY_RUNNING = "already running"
+
+# A recorded time later than now by more than this means the clock jumped (or jumps back).
+FUTURE_TOLERANCE = timedelta(minutes=5)
 
 
 def utc_now() -> datetime:
@@ -79,6 +83,8 @@ class Drone:
     task: asyncio.Task[None] | None = None
     setting_problems: dict[str, str] = field(default_factory=dict)
     overdue: bool = False
+    clock_problem: str | None = None  # a recorded time lies in the future
+    state_file_problem: str | None = None  # the coordinator cannot save its state
 
     @property
     def name(self) -> str:
@@ -98,7 +104,18 @@ class Drone:
             )
         if self.overdue:
             reasons.append(f"overdue: no successful backup since {_since(self.record.last_backup)}")
+        if self.clock_problem:
+            reasons.append(self.clock_problem)
+        if self.state_file_problem:
+            reasons.append(self.state_file_problem)
         return reasons
+
+    def remaining_steps(self) -> tuple[str, ...]:
+        """The steps of the running operation that have not ended yet (none when idle)."""
+        running = self.record.running
+        if running is None or not self.busy:
+            return ()
+        return operations.spec_of(Operation(running.operation)).steps[len(running.done) :]
 
 
 class Coordinator:
@@ -111,17 +128,21 @@ class Coordinator:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.port = port
+        # Every passphrase is kept out of all that leaves the process: what HA is shown and
+        # told, the log, and the state file.
+        self.redactor = Redactor(drone.passphrase for drone in config.drones)
+        self.port: HomeAssistantPort = RedactingPort(port, self.redactor)
         self.runner = runner
         self.clock = clock
         self.monotonic = monotonic
-        self.store = Store(config.state_file)
+        self.store = Store(config.state_file, self.redactor)
         self.drones: dict[str, Drone] = {}
         self.cursor = 0
         self.global_mode = "running"
         self._progress: ProgressSnapshot | None = None
         self._published: dict[str, Publication] = {}  # what HA shows, as this process set it
         self._stopping = False
+        self._save_problem: str | None = None  # why the last save failed
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -134,6 +155,8 @@ class Coordinator:
         loaded = self.store.load()
         if loaded.problem:
             self.port.log(f"state file unusable, starting clean: {loaded.problem}", "WARNING")
+        for warning in loaded.warnings:
+            self.port.log(f"state file {self.config.state_file}: {warning}", "WARNING")
         for problem in self.config.problems:
             self.port.log(f"configuration: {problem} (this drone is skipped)", "ERROR")
         self.cursor = loaded.cursor
@@ -141,7 +164,10 @@ class Coordinator:
         now = self.clock()
         for drone_config in self.config.drones:
             record = loaded.records.get(drone_config.name) or DroneRecord(first_seen=now)
+            if record.first_seen is None or _in_future(record.first_seen, now):
+                record.first_seen = now  # overdue counts from here, never from the future
             drone = Drone(drone_config, drone_config.settings, record)
+            self._check_resume(drone)
             self._recover_interrupted(drone)
             drone.state = _resting_state(record)
             self.drones[drone.name] = drone
@@ -167,24 +193,63 @@ class Coordinator:
             await asyncio.wait(tasks)
 
     def _recover_interrupted(self, drone: Drone) -> None:
-        """An operation was running when the process died or stopped: say so, run it again.
+        """An operation was running when the process died or stopped: say so, finish it.
 
-        A requested one goes back to the head of the queue; a scheduled one is simply still
-        due (its backup did not happen), so the tick takes it up, with backoff and mode.
+        When some of its steps had ended (a scheduled backup stopped during its prune), only
+        the rest runs, first in the queue. Otherwise a requested one goes back to the head of
+        the queue; a scheduled one is simply still due (its backup did not happen), so the
+        tick takes it up, with backoff and mode.
         """
-        running = drone.record.running
+        record = drone.record
+        running, record.running = record.running, None
         if running is None:
             return
-        drone.record.running = None
-        if not drone.record.consecutive_failures:  # keep a real error rather than hide it
-            drone.record.last_error = (
-                f"{running.operation} was interrupted (the coordinator stopped while it ran)"
+        steps = operations.spec_of(Operation(running.operation)).steps
+        if not _steps_begin(steps, running.done):
+            self._log_bad_steps(drone, running)
+            running.done = []
+        rest = steps[len(running.done) :]
+        if not rest:  # every step had ended: nothing is missing
+            return
+        if not record.consecutive_failures:  # keep a real error rather than hide it
+            after = f" after {', '.join(running.done)}" if running.done else ""
+            record.last_error = (
+                f"{running.operation} was interrupted{after} (the coordinator stopped while it ran)"
             )
-            drone.record.last_error_kind = FailureKind.INTERRUPTED.value
-            drone.record.last_error_hint = None
-        if running.requested and running.operation not in drone.record.pending:
-            drone.record.pending.insert(0, running.operation)
-        self.port.log(f"{drone.name}: {running.operation} was interrupted; it will run again")
+            record.last_error_kind = FailureKind.INTERRUPTED.value
+            record.last_error_hint = None
+        if running.done:
+            record.resume = running
+        if (running.requested or running.done) and running.operation not in record.pending:
+            record.pending.insert(0, running.operation)
+        self.port.log(
+            f"{drone.name}: {running.operation} was interrupted after {', '.join(running.done)};"
+            f" {', '.join(rest)} will run"
+            if running.done
+            else f"{drone.name}: {running.operation} was interrupted; it will run again"
+        )
+
+    def _check_resume(self, drone: Drone) -> None:
+        """A resume left from an earlier restart must name steps its operation still lacks and
+        be queued; otherwise its operation runs whole (or not at all, when not queued)."""
+        resume = drone.record.resume
+        if resume is None:
+            return
+        steps = operations.spec_of(Operation(resume.operation)).steps
+        if (
+            not _steps_begin(steps, resume.done)
+            or len(resume.done) >= len(steps)
+            or resume.operation not in drone.record.pending
+        ):
+            self._log_bad_steps(drone, resume)
+            drone.record.resume = None
+
+    def _log_bad_steps(self, drone: Drone, running: RunningOperation) -> None:
+        self.port.log(
+            f"{drone.name}: state file: {running.operation} cannot resume after"
+            f" {running.done}; it runs whole when it runs",
+            "WARNING",
+        )
 
     # --- inputs from Home Assistant -----------------------------------------------------------
 
@@ -222,8 +287,12 @@ class Coordinator:
     async def request(self, drone_name: str, operation: Operation) -> str:
         """A button press: start now, or queue ahead of scheduled work. Returns the outcome."""
         drone = self.drones[drone_name]
+        running_steps = drone.remaining_steps()
         if drone.settings.mode is Mode.DISABLED:
             outcome = "rejected: the drone's mode is disabled"
+        elif running_steps and set(operations.spec_of(operation).steps) <= set(running_steps):
+            # Everything it would do is running or about to: a second run would only repeat it.
+            outcome = OUTCOME_ALREADY_RUNNING
         elif operation.value in drone.record.pending:
             outcome = "already queued"
         else:
@@ -246,6 +315,8 @@ class Coordinator:
 
     async def tick(self) -> None:
         """Check every drone for overdue backups, then start what is due."""
+        if self._save_problem:
+            await self._save()  # so the problem clears as soon as the disk takes it again
         now = self.clock()
         for drone in self.drones.values():
             overdue = scheduler.is_overdue(
@@ -277,10 +348,15 @@ class Coordinator:
         self.cursor = decision.cursor
         for start in decision.starts:
             drone = self.drones[start.drone]
+            done: list[str] = []
             if start.requested:
                 drone.record.pending.remove(start.operation.value)
+                resume = drone.record.resume
+                if resume is not None and resume.operation == start.operation.value:
+                    done = list(resume.done)  # its first steps ended before a restart
+                    drone.record.resume = None
             drone.record.running = RunningOperation(
-                start.operation.value, self.clock(), start.requested
+                start.operation.value, self.clock(), start.requested, done
             )
             drone.task = asyncio.create_task(
                 self._run(drone, start.operation, start.requested),
@@ -289,14 +365,20 @@ class Coordinator:
 
     def _view(self, drone: Drone) -> scheduler.DroneView:
         pending = tuple(Operation(op) for op in drone.record.pending)
+        now = self.clock()
+        frequency = timedelta(minutes=drone.settings.frequency_minutes)
+        record = drone.record
         return scheduler.DroneView(
             name=drone.name,
             repository_key=drone.config.repository_key,
             mode=drone.settings.mode,
-            frequency=timedelta(minutes=drone.settings.frequency_minutes),
+            frequency=frequency,
             busy=drone.busy,
-            last_backup=drone.record.last_backup,
-            backoff_until=drone.record.backoff_until,
+            # A time from the future (the clock jumped) would never come due: as if none.
+            last_backup=None if _in_future(record.last_backup, now) else record.last_backup,
+            backoff_until=None
+            if _in_future(record.backoff_until, now + frequency)
+            else record.backoff_until,
             pending=pending,
         )
 
@@ -323,12 +405,9 @@ class Coordinator:
         except OperationFailed as failure:
             await self._record_failure(drone, operation, failure, self.monotonic() - started)
         except Exception as error:  # a bug must not leave the drone stuck in "creating"
-            secret = drone.config.passphrase
-            self.port.log(
-                f"{drone.name}: {operation.value} crashed:\n{redact(format_exc(), secret)}",
-                "ERROR",
-            )
-            crash = OperationFailed(FailureKind.AGENT, redact(f"internal error: {error!r}", secret))
+            # The port and the store redact what leaves the process; the record holds the text.
+            self.port.log(f"{drone.name}: {operation.value} crashed:\n{format_exc()}", "ERROR")
+            crash = OperationFailed(FailureKind.AGENT, f"internal error: {error!r}")
             await self._record_failure(drone, operation, crash, self.monotonic() - started)
         else:
             await self._record_success(drone, operation, results, self.monotonic() - started)
@@ -357,6 +436,8 @@ class Coordinator:
         the first failure ends the session. Every step gets ``max_runtime_minutes`` of its own.
         """
         steps = operations.spec_of(operation).steps
+        if drone.record.running is not None and drone.record.running.done:
+            steps = steps[len(drone.record.running.done) :]  # resumed after a restart
         try:
             job = build_job(drone.config, drone.settings, steps)
         except SettingError as error:
@@ -422,6 +503,8 @@ class Coordinator:
             await self._relay_progress(final)
         step.fold(drone.record, outcome.data, self.clock())
         session.results[step.name] = outcome
+        if drone.record.running is not None:
+            drone.record.running.done.append(step.name)
         if session.finished:
             drone.record.running = None  # done: a stop from here on must not redo it
             await self._save()
@@ -558,10 +641,18 @@ class Coordinator:
         await self._publish_coordinator()
 
     async def _publish_drone(self, drone: Drone) -> None:
+        self._check_clock(drone)
         if await self._update_problem(drone):
             await self._save()  # so a restart neither forgets nor repeats the notification
         for publication in entities.drone_sensors(self.config.entity_prefix, self.snapshot(drone)):
             await self._publish(publication)
+
+    def _check_clock(self, drone: Drone) -> None:
+        clock_problem = _future_times_problem(drone, self.clock())
+        if clock_problem != drone.clock_problem:
+            drone.clock_problem = clock_problem
+            if clock_problem:
+                self.port.log(f"{drone.name}: {clock_problem}", "WARNING")
 
     async def _publish_coordinator(self) -> None:
         names = list(self.drones)
@@ -608,8 +699,30 @@ class Coordinator:
         )
 
     async def _save(self) -> None:
+        """Persist every record. A save that fails (disk full, read-only) changes nothing that
+        happened: it is logged and raised as a problem of every drone until a save succeeds."""
         records = {name: drone.record for name, drone in self.drones.items()}
-        await self.store.save_async(records, self.cursor, self.global_mode)
+        problem: str | None = None
+        try:
+            await self.store.save_async(records, self.cursor, self.global_mode)
+        except OSError as error:
+            problem = (
+                f"the state file {self.config.state_file} cannot be written ({error}): what"
+                " happens now is lost at a restart; free space on its disk or fix its permissions"
+            )
+        if problem == self._save_problem:
+            return
+        self._save_problem = problem
+        if problem is None:
+            self.port.log(f"state file {self.config.state_file} written again")
+        else:
+            self.port.log(problem, "ERROR")
+        for drone in self.drones.values():
+            drone.state_file_problem = problem
+        # The problem sensors and notifications follow. They save again, which is safe: the
+        # problem only changes when a save's outcome does.
+        for drone in list(self.drones.values()):
+            await self._publish_drone(drone)
 
 
 # --- pure helpers -----------------------------------------------------------------------------
@@ -661,3 +774,68 @@ class _Session:
     @property
     def finished(self) -> bool:
         return len(self.results) == len(self.steps)
+
+
+class RedactingPort:
+    """The Home Assistant port with every passphrase masked in all it is given."""
+
+    def __init__(self, port: HomeAssistantPort, redactor: Redactor) -> None:
+        self._port = port
+        self._redactor = redactor
+
+    async def publish(self, publication: Publication) -> None:
+        await self._port.publish(
+            Publication(
+                publication.entity_id,
+                self._redactor.text(publication.state),
+                self._scrub(publication.attributes),
+            )
+        )
+
+    async def fire_event(self, event_type: str, data: Mapping[str, Any]) -> None:
+        await self._port.fire_event(event_type, self._scrub(data))
+
+    async def notify(self, notification_id: str, title: str, message: str) -> None:
+        await self._port.notify(
+            notification_id, self._redactor.text(title), self._redactor.text(message)
+        )
+
+    async def dismiss(self, notification_id: str) -> None:
+        await self._port.dismiss(notification_id)
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self._port.log(self._redactor.text(message), level)
+
+    def _scrub(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: self._redactor.value(value) for key, value in values.items()}
+
+
+def _steps_begin(steps: tuple[str, ...], done: list[str]) -> bool:
+    """Whether ``done`` are the first steps of ``steps``, in order."""
+    return list(steps[: len(done)]) == done
+
+
+def _in_future(moment: datetime | None, limit: datetime) -> bool:
+    """Later than ``limit`` by more than the tolerance for clock drift."""
+    return moment is not None and moment > limit + FUTURE_TOLERANCE
+
+
+def _future_times_problem(drone: Drone, now: datetime) -> str | None:
+    """Why the drone's schedule cannot trust its record's times, when one lies in the future."""
+    if drone.settings.mode is not Mode.SCHEDULED:
+        return None  # nothing is scheduled, so nothing stops
+    record = drone.record
+    frequency = timedelta(minutes=drone.settings.frequency_minutes)
+    if _in_future(record.last_backup, now):
+        moment = _since(record.last_backup)
+        return (
+            f"the last backup is recorded at {moment}, in the future: the clock jumped;"
+            " backing up as if it were due"
+        )
+    if _in_future(record.backoff_until, now + frequency):
+        moment = _since(record.backoff_until)
+        return (
+            f"the retry is set for {moment}, further ahead than any backoff: the clock jumped;"
+            " retrying as if it were due"
+        )
+    return None

@@ -11,7 +11,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
+
+from .redaction import Redactor
 
 PROTOCOL_VERSION = 2
 SEQUENCE_OPERATION = "sequence"  # runs the job's ``steps`` in one agent session
@@ -62,8 +65,14 @@ class OperationFailed(Exception):
 
 
 def redact(text: str, secret: str | None) -> str:
-    """``text`` safe for a log line, an HA state or an event: the passphrase replaced."""
-    return text.replace(secret, "***") if secret else text
+    """``text`` safe for a log line, an HA state or an event: the passphrase masked in every
+    escaped and truncated form it may take there (see ``redaction.Redactor``)."""
+    return _redactor(secret).text(text) if secret else text
+
+
+@lru_cache(maxsize=32)
+def _redactor(secret: str) -> Redactor:
+    return Redactor((secret,))
 
 
 @dataclass(frozen=True)

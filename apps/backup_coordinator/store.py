@@ -1,8 +1,11 @@
 """Persisted runtime state: one JSON file, written atomically, so a restart loses nothing.
 
 The file holds what the coordinator learned (last backup, failures, backoff, statistics, queued
-requests, the operation that was running) and never any secret: a record has no passphrase.
-A file that cannot be used is moved aside (``<name>.corrupt-<time>``), never overwritten.
+requests, the operation that was running) and never any secret: a record has no passphrase,
+and its free text (errors, problems, what the agent reported) is redacted before it is written.
+A file that cannot be used is moved aside (``<name>.corrupt-<time>``), never overwritten. Entries
+this coordinator cannot act on (an operation it does not know, e.g. written by a newer version)
+are dropped with a warning rather than allowed to stop it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .model import GLOBAL_MODES
+from .model import GLOBAL_MODES, Operation
+from .redaction import Redactor
 
 STATE_VERSION = 1
 DEFAULT_GLOBAL_MODE = "running"
@@ -31,11 +35,16 @@ class CorruptState(ValueError):
 
 @dataclass
 class RunningOperation:
-    """Set when an operation starts and cleared when it ends: one found at load was interrupted."""
+    """Set when an operation starts and cleared when it ends: one found at load was interrupted.
+
+    ``done`` lists the steps of its session that have ended, in order, so an interrupted
+    operation can run only the steps it still lacks.
+    """
 
     operation: str
     started: datetime
     requested: bool
+    done: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +62,7 @@ class DroneRecord:
     repository: dict[str, int] | None = None  # total_size, compressed_size, deduplicated_size
     archive_count: int | None = None
     running: RunningOperation | None = None
+    resume: RunningOperation | None = None  # interrupted after some steps: the rest runs next
     pending: list[str] = field(default_factory=list)  # queued requested operations, oldest first
     problem: str | None = None  # the reason of a raised problem
     first_seen: datetime | None = None  # when the coordinator first knew the drone
@@ -64,6 +74,7 @@ class LoadResult:
     cursor: int = 0
     global_mode: str = DEFAULT_GLOBAL_MODE
     problem: str | None = None  # why the file could not be used (it was moved aside)
+    warnings: tuple[str, ...] = ()  # entries dropped because this coordinator cannot use them
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,35 +89,51 @@ def _encode_time(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat()
 
 
-def encode_record(record: DroneRecord) -> dict[str, Any]:
-    running = record.running
+def _encode_running(running: RunningOperation | None) -> dict[str, Any] | None:
+    if running is None:
+        return None
+    return {
+        "operation": running.operation,
+        "started": _encode_time(running.started),
+        "requested": running.requested,
+        "done": list(running.done),
+    }
+
+
+def encode_record(record: DroneRecord, redactor: Redactor | None = None) -> dict[str, Any]:
+    """The record as JSON data; its free text redacted when a ``redactor`` is given."""
+    scrub = redactor.value if redactor else _unchanged
     return {
         "last_backup": _encode_time(record.last_backup),
         "last_prune": _encode_time(record.last_prune),
         "last_stats": _encode_time(record.last_stats),
         "last_attempt": _encode_time(record.last_attempt),
         "consecutive_failures": record.consecutive_failures,
-        "last_error": record.last_error,
+        "last_error": scrub(record.last_error),
         "last_error_kind": record.last_error_kind,
-        "last_error_hint": record.last_error_hint,
+        "last_error_hint": scrub(record.last_error_hint),
         "backoff_until": _encode_time(record.backoff_until),
-        "last_archive": record.last_archive,
+        "last_archive": scrub(record.last_archive),
         "repository": record.repository,
         "archive_count": record.archive_count,
-        "running": None
-        if running is None
-        else {
-            "operation": running.operation,
-            "started": _encode_time(running.started),
-            "requested": running.requested,
-        },
+        "running": _encode_running(record.running),
+        "resume": _encode_running(record.resume),
         "pending": list(record.pending),
-        "problem": record.problem,
+        "problem": scrub(record.problem),
         "first_seen": _encode_time(record.first_seen),
     }
 
 
-def encode_state(records: Mapping[str, DroneRecord], cursor: int, global_mode: str) -> str:
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+def encode_state(
+    records: Mapping[str, DroneRecord],
+    cursor: int,
+    global_mode: str,
+    redactor: Redactor | None = None,
+) -> str:
     if global_mode not in GLOBAL_MODES:
         raise ValueError(
             f"global mode must be one of {', '.join(GLOBAL_MODES)}, got {global_mode!r}"
@@ -115,7 +142,9 @@ def encode_state(records: Mapping[str, DroneRecord], cursor: int, global_mode: s
         "version": STATE_VERSION,
         "cursor": cursor,
         "global_mode": global_mode,
-        "drones": {name: encode_record(record) for name, record in sorted(records.items())},
+        "drones": {
+            name: encode_record(record, redactor) for name, record in sorted(records.items())
+        },
     }
     return json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n"
 
@@ -161,28 +190,51 @@ def _decode_sizes(data: Mapping[str, Any]) -> dict[str, int] | None:
     return dict(sizes)
 
 
-def _decode_running(data: Mapping[str, Any]) -> RunningOperation | None:
-    running = _field(data, "running", lambda v: isinstance(v, dict), "an object")
+KNOWN_OPERATIONS = frozenset(operation.value for operation in Operation)
+
+
+def _decode_running(
+    data: Mapping[str, Any], key: str, warnings: list[str]
+) -> RunningOperation | None:
+    running = _field(data, key, lambda v: isinstance(v, dict), "an object")
     if running is None:
         return None
     operation = _field(running, "operation", _is_text, "text")
     started = _decode_time(running, "started")
     requested = _field(running, "requested", lambda v: isinstance(v, bool), "true or false")
+    done = _field(running, "done", lambda v: isinstance(v, list), "a list") or []
     if operation is None or started is None:
-        raise CorruptState(f"running needs operation and started, got {running!r}")
-    return RunningOperation(operation=operation, started=started, requested=bool(requested))
+        raise CorruptState(f"{key} needs operation and started, got {running!r}")
+    if not all(isinstance(step, str) for step in done):
+        raise CorruptState(f"{key}.done must list step names, got {done!r}")
+    if operation not in KNOWN_OPERATIONS:
+        warnings.append(f"{key}: unknown operation {operation!r} dropped")
+        return None
+    return RunningOperation(operation, started, bool(requested), list(done))
 
 
-def _decode_pending(data: Mapping[str, Any]) -> list[str]:
+def _decode_pending(data: Mapping[str, Any], warnings: list[str]) -> list[str]:
     pending = _field(data, "pending", lambda v: isinstance(v, list), "a list")
     if pending is None:
         return []
     if not all(isinstance(entry, str) for entry in pending):
         raise CorruptState(f"pending must list operation names, got {pending!r}")
-    return list(pending)
+    kept: list[str] = []
+    for entry in pending:
+        if entry not in KNOWN_OPERATIONS:
+            warnings.append(f"pending: unknown operation {entry!r} dropped")
+        elif entry in kept:
+            warnings.append(f"pending: {entry!r} queued twice, kept once")
+        else:
+            kept.append(entry)
+    return kept
 
 
-def decode_record(data: object) -> DroneRecord:
+def decode_record(data: object, warnings: list[str] | None = None) -> DroneRecord:
+    """One drone's record. Entries naming an operation this coordinator does not know are
+    dropped, each with a line in ``warnings``; anything of the wrong type is CorruptState."""
+    if warnings is None:
+        warnings = []
     if not isinstance(data, dict):
         raise CorruptState(f"a drone record must be an object, got {data!r}")
     return DroneRecord(
@@ -198,8 +250,9 @@ def decode_record(data: object) -> DroneRecord:
         last_archive=_field(data, "last_archive", lambda v: isinstance(v, dict), "an object"),
         repository=_decode_sizes(data),
         archive_count=_field(data, "archive_count", _is_int, "a whole number"),
-        running=_decode_running(data),
-        pending=_decode_pending(data),
+        running=_decode_running(data, "running", warnings),
+        resume=_decode_running(data, "resume", warnings),
+        pending=_decode_pending(data, warnings),
         problem=_field(data, "problem", _is_text, "text"),
         first_seen=_decode_time(data, "first_seen"),
     )
@@ -221,12 +274,17 @@ def decode_state(text: str) -> LoadResult:
         raise CorruptState(f"global_mode must be running or paused, got {global_mode!r}")
     drones = _field(document, "drones", lambda v: isinstance(v, dict), "an object") or {}
     records = {}
+    warnings: list[str] = []
     for name, data in drones.items():
+        dropped: list[str] = []
         try:
-            records[name] = decode_record(data)
+            records[name] = decode_record(data, dropped)
         except CorruptState as error:
             raise CorruptState(f"drone {name!r}: {error}") from None
-    return LoadResult(records=records, cursor=cursor, global_mode=global_mode)
+        warnings.extend(f"drone {name!r}: {warning}" for warning in dropped)
+    return LoadResult(
+        records=records, cursor=cursor, global_mode=global_mode, warnings=tuple(warnings)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,10 +292,12 @@ def decode_state(text: str) -> LoadResult:
 
 
 class Store:
-    """Loads and atomically saves the coordinator's state file."""
+    """Loads and atomically saves the coordinator's state file; ``redactor`` keeps secrets out
+    of the free text it writes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
         self.path = path
+        self.redactor = redactor
         self._write_lock = threading.Lock()
         self._snapshots = itertools.count(1)
         self._written_snapshot = 0
@@ -262,7 +322,8 @@ class Store:
             return unusable(f"unusable state file {self.path}: {error}")
 
     def save(self, records: Mapping[str, DroneRecord], cursor: int, global_mode: str) -> None:
-        self._write(next(self._snapshots), encode_state(records, cursor, global_mode))
+        text = encode_state(records, cursor, global_mode, self.redactor)
+        self._write(next(self._snapshots), text)
 
     async def save_async(
         self, records: Mapping[str, DroneRecord], cursor: int, global_mode: str
@@ -270,7 +331,7 @@ class Store:
         """Like save, with the disk work in a thread so the event loop is not blocked."""
         # Encode here, on the loop, so the thread never reads records the loop is changing.
         snapshot = next(self._snapshots)
-        text = encode_state(records, cursor, global_mode)
+        text = encode_state(records, cursor, global_mode, self.redactor)
         await asyncio.to_thread(self._write, snapshot, text)
 
     def _write(self, snapshot: int, text: str) -> None:

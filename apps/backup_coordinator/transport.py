@@ -124,11 +124,12 @@ def load_client_key(target: SshTarget) -> asyncssh.SSHKey:
 
 
 async def open_connection(
-    target: SshTarget, client_keys: list[asyncssh.SSHKey] | None = None
+    target: SshTarget, offer_key: bool = True
 ) -> asyncssh.SSHClientConnection:
-    """An authenticated connection to the drone; ``client_keys`` overrides the target's key."""
+    """An authenticated connection to the drone with the target's key; with ``offer_key``
+    false, no key at all (asyncssh reads ``None`` as that, but ``[]`` as "load ~/.ssh/id_*")."""
     known_hosts = load_known_hosts(target)
-    keys = [load_client_key(target)] if client_keys is None else client_keys
+    keys = [load_client_key(target)] if offer_key else None
     try:
         return await asyncssh.connect(
             target.host,
@@ -614,9 +615,10 @@ async def probe_tcp(target: SshTarget) -> list[Check]:
 
 
 async def probe_host_key(target: SshTarget) -> list[Check]:
-    """Verifies the host key alone: a connection offering no client key gets that far."""
+    """Verifies the host key alone: a connection offering no client key gets that far (and
+    offers the drone nothing: no key, no ssh-agent, no ssh config)."""
     try:
-        conn = await open_connection(target, client_keys=[])
+        conn = await open_connection(target, offer_key=False)
     except OperationFailed as failure:
         if failure.kind is FailureKind.AUTH:  # refused after the host key was accepted
             return [Check(STEP_HOST_KEY, True, f"matches {target.known_hosts}")]

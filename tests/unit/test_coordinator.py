@@ -589,3 +589,228 @@ async def test_a_failed_step_ends_the_session_and_keeps_what_the_steps_before_it
     assert finished["error"]["step"] == "prune"
     assert port.state("binary_sensor.backup_nas_problem") == "on"
     assert coordinator.drones["nas"].record.last_error == "prune failed: lock"
+
+
+# --- hardening: nothing stops silently --------------------------------------------------------
+
+
+def write_state(tmp_path: Path, drones: dict[str, Any]) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "drones": drones}))
+
+
+async def test_a_state_file_naming_unknown_operations_never_stops_the_coordinator(
+    tmp_path: Path,
+) -> None:
+    started_at = START.isoformat()
+    write_state(
+        tmp_path,
+        {
+            "nas": {
+                "pending": ["check_all", "create", "create"],
+                "running": {"operation": "offsite", "started": started_at, "requested": True},
+            },
+            "pc": {"running": {"operation": "drill", "started": started_at, "requested": False}},
+        },
+    )
+    runner, clock = ScriptedRunner(), Clock()
+    config = replace(make_config(tmp_path, nas={}, pc={}), max_concurrent=2)
+    coordinator, port = await started(config, runner, clock)
+    warnings = "\n".join(line for line in port.lines if line.startswith("WARNING"))
+    assert "'check_all' dropped" in warnings
+    assert "'offsite' dropped" in warnings
+    assert "'drill' dropped" in warnings
+    assert coordinator.drones["nas"].record.pending == ["create"]
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.operations("nas") == ["create"]  # the request that was known
+    assert runner.operations("pc") == ["create", "prune", "stats"]  # due as ever
+    saved = json.loads((tmp_path / "state.json").read_text())["drones"]
+    assert saved["nas"]["pending"] == []
+    assert saved["pc"]["running"] is None
+
+
+async def test_an_unwritable_state_file_is_a_problem_never_a_failed_backup(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the state file's directory should be")
+    runner, clock = ScriptedRunner(), Clock()
+    config = replace(
+        make_config(tmp_path, nas={"mode": "manual"}), state_file=blocker / "state.json"
+    )
+    coordinator, port = await started(config, runner, clock)  # the first save fails already
+    assert await coordinator.request("nas", Operation.CREATE) == "started"  # does not raise
+    await coordinator.wait_idle()
+    # The backup is reported as what it was: a success.
+    assert port.of("backup_coordinator_finished")[-1]["ok"] is True
+    assert port.state("sensor.backup_nas_state") == "idle"
+    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.backup_nas_last_error") == "none"
+    # The failed save is a problem in HA, notified, and logged.
+    assert port.state("binary_sensor.backup_nas_problem") == "on"
+    reason = port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert "state file" in reason
+    assert "cannot be written" in reason
+    assert "backup_nas_problem" in port.notifications
+    assert any(line.startswith("ERROR") and "state file" in line for line in port.lines)
+    # Space is back: the next tick saves, and the problem clears.
+    blocker.unlink()
+    await coordinator.tick()
+    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert "backup_nas_problem" not in port.notifications
+    saved = json.loads((blocker / "state.json").read_text())
+    assert saved["drones"]["nas"]["last_backup"].startswith("2026-11-01T12:00")
+
+
+async def test_a_last_backup_in_the_future_is_a_problem_and_the_backup_runs(
+    tmp_path: Path,
+) -> None:
+    future = START + timedelta(days=400)
+    write_state(tmp_path, {"nas": {"last_backup": future.isoformat()}})
+    runner, clock = ScriptedRunner(), Clock()
+    coordinator, port = await started(make_config(tmp_path, nas={}), runner, clock)
+    assert port.state("binary_sensor.backup_nas_problem") == "on"
+    reason = port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert "in the future" in reason
+    assert "backup_nas_problem" in port.notifications
+    assert any("in the future" in line for line in port.lines)
+    assert port.state("sensor.backup_nas_next_backup") == START.isoformat(timespec="seconds")
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "prune", "stats"]
+    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert [e["raised"] for e in port.of("backup_coordinator_problem")] == [True, False]
+
+
+async def test_a_retry_time_beyond_any_backoff_is_a_problem_and_the_backup_runs(
+    tmp_path: Path,
+) -> None:
+    write_state(
+        tmp_path,
+        {
+            "nas": {
+                "last_backup": (START - timedelta(days=2)).isoformat(),
+                "backoff_until": (START + timedelta(days=400)).isoformat(),
+            }
+        },
+    )
+    runner, clock = ScriptedRunner(), Clock()
+    coordinator, port = await started(make_config(tmp_path, nas={}), runner, clock)
+    assert (
+        "the clock jumped" in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    )
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "prune", "stats"]
+    assert port.state("binary_sensor.backup_nas_problem") == "off"
+
+
+async def test_a_recorded_time_slightly_ahead_is_clock_drift_not_a_problem(tmp_path: Path) -> None:
+    write_state(tmp_path, {"nas": {"last_backup": (START + timedelta(minutes=2)).isoformat()}})
+    runner, clock = ScriptedRunner(), Clock()
+    coordinator, port = await started(make_config(tmp_path, nas={}), runner, clock)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert runner.operations() == []  # backed up two minutes "ago": not due
+
+
+async def test_a_restart_during_prune_finishes_prune_and_stats_in_one_session(
+    tmp_path: Path,
+) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "prune")] = blocking(runner)
+    config = make_config(tmp_path, nas={})
+    coordinator, _ = await started(config, runner, clock)
+    await coordinator.tick()
+    await calls_reach(runner, 2)  # create ended, prune runs
+    await coordinator.stop()
+    saved = json.loads((tmp_path / "state.json").read_text())["drones"]["nas"]
+    assert saved["running"]["done"] == ["create"]
+
+    clock.advance(minutes=1)
+    runner2 = ScriptedRunner()
+    runner2.behaviours[("nas", "stats")] = blocking(runner2)
+    restarted, port = await started(config, runner2, clock)
+    record = restarted.drones["nas"].record
+    assert record.last_error == (
+        "scheduled was interrupted after create (the coordinator stopped while it ran)"
+    )
+    await restarted.tick()
+    await calls_reach(runner2, 2)  # prune ended, stats runs
+    assert runner2.sessions == [("nas", "sequence")]
+    assert runner2.calls[0][2]["steps"] == ["prune", "stats"]
+    assert port.state("sensor.backup_nas_last_prune") != "unknown"
+    await restarted.stop()  # interrupted again, now during stats
+
+    runner3 = ScriptedRunner()
+    again, port = await started(config, runner3, clock)
+    await again.tick()
+    await again.wait_idle()
+    assert runner3.sessions == [("nas", "stats")]
+    assert port.state("sensor.backup_nas_total_size") == f"{2000 / MIB:.2f}"
+    assert port.of("backup_coordinator_finished")[-1]["ok"] is True
+    assert again.drones["nas"].record.resume is None
+    await again.tick()
+    await again.wait_idle()
+    assert runner3.sessions == [("nas", "stats")]  # nothing more is due
+
+
+async def test_a_request_for_what_runs_now_is_already_running_not_queued(tmp_path: Path) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = blocking(runner)
+    coordinator, port = await started(make_config(tmp_path, nas={"mode": "manual"}), runner, clock)
+    assert await coordinator.request("nas", Operation.CREATE) == "started"
+    await calls_reach(runner, 1)
+    assert await coordinator.request("nas", Operation.CREATE) == "already running"
+    assert await coordinator.request("nas", Operation.SCHEDULED) == "queued"  # more than runs
+    runner.release.set()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "create", "prune", "stats"]
+    outcomes = [e["outcome"] for e in port.of("backup_coordinator_request")]
+    assert outcomes == ["started", "already running", "queued"]
+    assert any("create requested: already running" in line for line in port.lines)
+
+
+async def test_steps_still_to_come_in_a_scheduled_backup_are_already_running(
+    tmp_path: Path,
+) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "prune")] = blocking(runner)
+    coordinator, _ = await started(make_config(tmp_path, nas={}), runner, clock)
+    await coordinator.tick()
+    await calls_reach(runner, 2)  # create ended, prune runs
+    assert await coordinator.request("nas", Operation.PRUNE) == "already running"
+    assert await coordinator.request("nas", Operation.STATS) == "already running"
+    assert await coordinator.request("nas", Operation.CREATE) == "queued"  # that one has ended
+    runner.release.set()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "prune", "stats", "create"]
+
+
+@pytest.mark.parametrize(
+    "done", [["bogus"], ["prune"], ["create", "prune", "stats"]], ids=["unknown", "order", "all"]
+)
+async def test_a_resume_that_does_not_fit_its_operation_runs_it_whole(
+    tmp_path: Path, done: list[str]
+) -> None:
+    resume = {"operation": "scheduled", "started": START.isoformat(), "requested": True}
+    write_state(tmp_path, {"nas": {"pending": ["scheduled"], "resume": {**resume, "done": done}}})
+    runner, clock = ScriptedRunner(), Clock()
+    coordinator, port = await started(make_config(tmp_path, nas={"mode": "manual"}), runner, clock)
+    assert any("cannot resume" in line for line in port.lines if line.startswith("WARNING"))
+    assert coordinator.drones["nas"].record.resume is None
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert runner.operations() == ["create", "prune", "stats"]
+
+
+async def test_a_first_sighting_in_the_future_does_not_silence_overdue(tmp_path: Path) -> None:
+    write_state(tmp_path, {"nas": {"first_seen": (START + timedelta(days=400)).isoformat()}})
+    runner, clock = ScriptedRunner(), Clock()
+    runner.behaviours[("nas", "create")] = failing(FailureKind.UNREACHABLE)
+    config = replace(make_config(tmp_path, nas={"frequency": 60}), overdue_factor=2.0)
+    coordinator, port = await started(config, runner, clock)
+    clock.advance(minutes=121)
+    await coordinator.tick()
+    await coordinator.wait_idle()
+    assert "overdue" in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from backup_coordinator.redaction import Redactor
 from backup_coordinator.store import (
     STATE_VERSION,
     DroneRecord,
@@ -37,6 +38,7 @@ def full_record() -> DroneRecord:
         repository={"total_size": 10, "compressed_size": 7, "deduplicated_size": 0},
         archive_count=42,
         running=RunningOperation(operation="scheduled", started=WHEN, requested=True),
+        resume=RunningOperation("scheduled", WHEN, requested=False, done=["create"]),
         pending=["prune", "stats"],
         problem="overdue: no backup for 3 days",
         first_seen=WHEN - timedelta(days=30),
@@ -255,3 +257,58 @@ def test_a_read_only_load_leaves_a_corrupt_file_where_it_is(tmp_path: Path) -> N
     assert loaded.records == {}
     assert path.read_text() == "{not json"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_entries_naming_unknown_operations_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    started = WHEN.isoformat()
+    document = {
+        "version": 1,
+        "drones": {
+            "nas": {
+                "pending": ["check_all", "prune", "prune", "stats"],
+                "running": {"operation": "offsite", "started": started, "requested": True},
+                "resume": {"operation": "drill", "started": started, "requested": False},
+            }
+        },
+    }
+    (tmp_path / "state.json").write_text(json.dumps(document))
+    result = Store(tmp_path / "state.json").load()
+    assert result.problem is None
+    assert result.records == {"nas": DroneRecord(pending=["prune", "stats"])}
+    assert result.warnings == (
+        "drone 'nas': running: unknown operation 'offsite' dropped",
+        "drone 'nas': resume: unknown operation 'drill' dropped",
+        "drone 'nas': pending: unknown operation 'check_all' dropped",
+        "drone 'nas': pending: 'prune' queued twice, kept once",
+    )
+    assert (tmp_path / "state.json").exists()  # loaded, not moved aside
+
+
+def test_the_steps_an_interrupted_operation_had_done_survive_a_round_trip(tmp_path: Path) -> None:
+    running = RunningOperation("scheduled", WHEN, False, ["create", "prune"])
+    record = DroneRecord(
+        running=running, resume=RunningOperation("scheduled", WHEN, True, ["create"])
+    )
+    store = Store(tmp_path / "state.json")
+    store.save({"nas": record}, 0, "running")
+    assert store.load().records["nas"] == record
+
+
+def test_free_text_is_written_redacted(tmp_path: Path) -> None:
+    secret = 'pa"ss\\wörd-long'
+    record = DroneRecord(
+        last_error=f"agent printed: {json.dumps({'passphrase': secret})!r}",
+        last_error_hint=f"job { ({'passphrase': secret})!r}",
+        problem=f"failed: {secret}",
+        last_archive={"name": f"x-{secret}"},
+        last_backup=WHEN,
+    )
+    store = Store(tmp_path / "state.json", Redactor([secret]))
+    store.save({"nas": record}, 0, "running")
+    text = (tmp_path / "state.json").read_text()
+    loaded = store.load().records["nas"]
+    for value in (loaded.last_error, loaded.last_error_hint, loaded.problem, text):
+        assert value is not None
+        for fragment in ("ss\\w", "rd-long", "ss\\\\w", "w\\u00f6rd"):
+            assert fragment not in value
+    assert loaded.last_backup == WHEN  # times are never touched

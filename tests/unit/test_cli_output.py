@@ -1,0 +1,126 @@
+"""The CLI shows what a drone sent, never obeys it: escape sequences arrive printed, escaped.
+
+``run`` and ``doctor`` are driven with a stand-in for the SSH transport that plays a drone whose
+file names and messages carry terminal escape sequences (the real transport has its own tests).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup_coordinator import __main__ as cli
+from backup_coordinator import transport
+from backup_coordinator.config import DroneConfig
+from backup_coordinator.model import Operation, SshTarget
+from backup_coordinator.protocol import (
+    AgentEvent,
+    FailureKind,
+    LogLine,
+    OperationFailed,
+    Result,
+    StepResult,
+)
+from tests.unit.test_coordinator import make_config
+
+CLEAR_SCREEN = "\x1b[2J"
+SET_TITLE = "\x1b]0;pwned\x07"
+
+
+def test_printable_escapes_what_a_terminal_would_act_on() -> None:
+    text = f"a{CLEAR_SCREEN}b\n\r\t\x7f\x9b\u202e\udc80 é 東京 😀 \\x1b"
+    assert cli.printable(text) == ("a\\x1b[2Jb\\n\\r\\t\\x7f\\x9b\\u202e\\udc80 é 東京 😀 \\x1b")
+
+
+def drone(tmp_path: Path) -> DroneConfig:
+    config = make_config(tmp_path, nas={"passphrase": "s3cret-passphrase"})
+    found = config.drone("nas")
+    assert found is not None
+    return found
+
+
+Runner = Callable[
+    [SshTarget, str, Mapping[str, Any], Callable[[AgentEvent], Awaitable[None]] | None],
+    Awaitable[Result],
+]
+
+
+def stand_in(steps_data: Mapping[str, Mapping[str, Any]], fail: str | None = None) -> Runner:
+    async def run_agent(
+        target: SshTarget,
+        operation: str,
+        job: Mapping[str, Any],
+        on_event: Callable[[AgentEvent], Awaitable[None]] | None,
+    ) -> Result:
+        assert on_event is not None
+        await on_event(LogLine("warning", f"/data/{CLEAR_SCREEN}x: [Errno 13] Permission denied"))
+        if fail is not None:
+            raise OperationFailed(FailureKind.BORG_ERROR, fail, f"hint {SET_TITLE}")
+        for step, data in steps_data.items():
+            await on_event(StepResult(step, ok=True, rc=0, data=data))
+        return Result("sequence", ok=True, rc=0, data={"completed": list(steps_data)})
+
+    return run_agent
+
+
+async def test_run_prints_remote_text_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = {"name": f"nas-{SET_TITLE}", "nfiles": 1, "original_size": 1, "deduplicated_size": 1}
+    data: dict[str, dict[str, Any]] = {
+        "create": {"archive": archive},
+        "prune": {"kept": [], "pruned": []},
+        "stats": {"deduplicated_size": 0, "archive_count": 1},
+    }
+    monkeypatch.setattr(transport, "run_agent", stand_in(data))
+    out = io.StringIO()
+    assert await cli.run(drone(tmp_path), Operation.SCHEDULED, out) == cli.EXIT_OK
+    printed = out.getvalue()
+    assert "\x1b" not in printed
+    assert "\x07" not in printed
+    assert f"/data/{cli.printable(CLEAR_SCREEN)}x" in printed
+    assert "archive nas-\\x1b]0;pwned\\x07" in printed
+
+
+async def test_a_failure_is_printed_escaped_and_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = f"borg said {CLEAR_SCREEN} near {json.dumps({'p': 's3cret-passphrase'})!r}"
+    monkeypatch.setattr(transport, "run_agent", stand_in({}, fail=message))
+    out = io.StringIO()
+    assert await cli.run(drone(tmp_path), Operation.CREATE, out) == cli.EXIT_FAILED
+    printed = out.getvalue()
+    assert "\x1b" not in printed
+    assert "borg said \\x1b[2J near" in printed
+    assert "s3cret" not in printed
+
+
+async def test_doctor_prints_check_details_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def probe(target: SshTarget) -> list[transport.Check]:
+        return [transport.Check("agent hello", False, f"it printed {CLEAR_SCREEN}", SET_TITLE)]
+
+    monkeypatch.setattr(transport, "probe", probe)
+    config = make_config(tmp_path, nas={})
+    out = io.StringIO()
+    assert await cli.doctor(config, [], out) == cli.EXIT_FAILED
+    printed = out.getvalue()
+    assert "\x1b" not in printed
+    assert "it printed \\x1b[2J" in printed
+    assert "fix: \\x1b]0;pwned\\x07" in printed
+
+
+def test_status_prints_a_recorded_error_escaped(tmp_path: Path) -> None:
+    config = make_config(tmp_path, nas={})
+    record = {"consecutive_failures": 1, "last_error": f"borg: {CLEAR_SCREEN}boom"}
+    config.state_file.write_text(json.dumps({"version": 1, "drones": {"nas": record}}))
+    out = io.StringIO()
+    assert cli.status(config, out) == cli.EXIT_OK
+    assert "\x1b" not in out.getvalue()
+    assert "borg: \\x1b[2Jboom" in out.getvalue()
