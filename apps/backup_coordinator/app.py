@@ -47,7 +47,7 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         ]
         created = await self._ensure_helpers(helpers)
         self.helpers_by_entity = {helper.entity_id: helper for helper in helpers}
-        self.connections = Connections()
+        self.connections = Connections(limits=config.limits)
         self.coordinator = Coordinator(
             config, HomeAssistantAdapter(self, config.notify), self.connections.run_agent
         )

@@ -136,6 +136,8 @@ class Coordinator:
             self.port.log(f"state file unusable, starting clean: {loaded.problem}", "WARNING")
         for problem in self.config.problems:
             self.port.log(f"configuration: {problem} (this drone is skipped)", "ERROR")
+        for warning in self.config.warnings:
+            self.port.log(f"configuration: {warning}", "WARNING")
         self.cursor = loaded.cursor
         self.global_mode = loaded.global_mode
         now = self.clock()
