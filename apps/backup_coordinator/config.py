@@ -193,7 +193,7 @@ class SessionLimits:
     """How long an agent session may go without a line before it counts as hung."""
 
     hello_seconds: float = DEFAULT_HELLO_TIMEOUT
-    inactivity_minutes: Mapping[str, int] = field(
+    inactivity_minutes: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_INACTIVITY_MINUTES)
     )
 
