@@ -75,6 +75,10 @@ BORG_ERROR_HINTS = {
     "(borg break-lock only if no borg runs)",
     "PassphraseWrong": "the passphrase does not open this repository",
     "Repository.DoesNotExist": "initialise the repository (borg init) or fix its location",
+    # The agent's msgid when borg ended with an error code but no error of its own.
+    "BorgError": "borg ended without saying why: killed (by a person, the out-of-memory killer, "
+    "a shutdown) or crashed; look at the host's logs (journalctl, dmesg). A lock it left is "
+    "stale and borg removes it; the next run retries",
     "RepositoryDiskFull": "the disk holding the repository is full: free space there, or prune "
     "and compact old archives (borg compact frees what prune deleted); on a remote repository "
     "this is the server's disk",
@@ -585,9 +589,8 @@ async def ended_without_result(
     exited = status is not None or signal is not None
     if hello_seen and not exited:
         return lost_during(target, operation, "the output ended without a result")
-    how = (
-        f"exit status {status}" if status is not None else f"signal {signal[0] if signal else '?'}"
-    )
+    # asyncssh reports exit status -1 along with the signal that ended the process.
+    how = f"killed by signal {signal[0]}" if signal else f"exit status {status}"
     detail = f"{how}; stderr: {errors[-500:]}" if errors else how
     if not hello_seen:
         if status == COMMAND_NOT_FOUND_EXIT or "not found" in errors or not exited:
@@ -596,7 +599,10 @@ async def ended_without_result(
     return OperationFailed(
         FailureKind.AGENT,
         f"the agent on {where(target)} ended {operation} without a result ({detail})",
-        "look at the agent's stderr above; report it if it is a crash",
+        f"the agent was killed on {target.host} (by a person, the out-of-memory killer, a "
+        "shutdown): look at the host's logs (journalctl, dmesg); the next run retries"
+        if signal
+        else "look at the agent's stderr above; report it if it is a crash",
         step=operation,
     )
 

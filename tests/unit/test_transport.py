@@ -775,3 +775,16 @@ def test_a_full_repository_disk_gets_a_hint() -> None:
     assert caught.value.kind is FailureKind.BORG_ERROR
     assert "free space" in caught.value.hint
     assert "compact" in caught.value.hint
+
+
+async def test_an_agent_killed_by_a_signal_is_named_so(drone: FakeDrone) -> None:
+    async def behaviour(process: ServerProcess, fake: FakeDrone) -> None:
+        await fake.read_job(process)
+        process.stdout.write(hello() + progress(1))
+        process.exit_with_signal("KILL")
+
+    drone.behaviour = behaviour
+    failure = await fails(FailureKind.AGENT, drone.target())
+    assert "killed by signal KILL" in failure.message
+    assert "exit status" not in failure.message
+    assert "out-of-memory" in failure.hint
