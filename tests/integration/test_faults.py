@@ -125,6 +125,7 @@ def hello_line() -> str:
         ("before-hello", "sent no hello within 2 s"),
         ("after-hello", "sent nothing for 0.05 min during create"),
     ],
+    ids=["before-hello", "after-hello"],
 )
 async def test_a_drone_that_stays_silent_times_out_and_the_next_drone_is_not_blocked(
     tmp_path: Path, when: str, message: str
