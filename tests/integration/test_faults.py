@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from backup_coordinator.config import SessionLimits
 from backup_coordinator.coordinator import EVENT_FINISHED, EVENT_STARTED, Coordinator
@@ -26,6 +27,7 @@ from backup_coordinator.transport import Connections
 from devstack.borg import AGENT_PATH, borg_env
 from devstack.waiting import wait_until
 from tests.integration.coordinator_support import (
+    APP_ENTRY,
     BIG_DATA_MEGABYTES,
     SLOW_COMPRESSION,
     ShiftedClock,
@@ -171,6 +173,28 @@ async def test_a_drone_that_stays_silent_times_out_and_the_next_drone_is_not_blo
         assert (finished["drone"], finished["ok"]) == ("nas", True), finished
         assert len(nas.archives()) == 1
         await coordinator.stop()
+
+
+def test_the_cli_run_of_a_silent_drone_ends_with_a_timeout(tmp_path: Path) -> None:
+    script = tmp_path / "hung-agent.py"
+    script.write_text(HUNG_AGENT.format(hello=hello_line()))
+    with started_drone_host(tmp_path / "hung", [sys.executable, str(script)]) as hung:
+        apps_yaml = tmp_path / "apps.yaml"
+        app = {**APP_ENTRY, "hello_timeout": 2, "drones": {"hung": drone_args(hung)}}
+        apps_yaml.write_text(yaml.safe_dump({"backup_coordinator": app}))
+        command = [sys.executable, "-m", "backup_coordinator", "--config", str(apps_yaml)]
+        done = subprocess.run(
+            [*command, "run", "hung", "create"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1, done
+    assert "hung: create failed: timeout: " in done.stdout, done.stdout
+    assert "sent no hello within 2 s" in done.stdout
+    assert PASSPHRASE not in done.stdout + done.stderr
 
 
 # --- the agent or borg killed -------------------------------------------------------------------
