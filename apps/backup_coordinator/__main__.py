@@ -85,6 +85,8 @@ async def doctor(config: Config, only: Sequence[str], out: TextIO) -> int:
                 out, problem.drone, "config", False, f"{problem.key}: {problem.message}", ""
             )
             failures += 1
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=out)
     for drone in config.drones:
         if only and drone.name not in only:
             continue

@@ -405,13 +405,13 @@ async def stream_events(
     steps: list[str],
     stderr: StderrTail,
     on_event: EventHandler | None,
-    silence: Silence | None = None,
+    silence: Silence,
 ) -> Result:
     """Reads events until the result; the first must be a hello of our protocol version.
 
-    A failure while reading names the step that was running (each ``step`` line ends one).
+    A failure while reading names the step that was running (each ``step`` line ends one), and
+    a line not arriving within what ``silence`` allows is a ``timeout``.
     """
-    silence = silence or Silence(DEFAULT_LIMITS, 0)
     hello_seen = False
     ended = 0  # steps whose step line has arrived
     while True:
