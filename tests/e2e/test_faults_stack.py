@@ -117,10 +117,13 @@ async def test_home_assistant_restarted_mid_backup_retries_it_and_loses_nothing(
         TIMEOUT,
     )
     assert datetime.fromisoformat(last_backup["state"]) > datetime.fromisoformat(first_backup)
-    last_error = await state_of(ha_client, "sensor.backup_alpha_last_error")
-    assert last_error["attributes"]["kind"] == "none", last_error
-    problem = await state_of(ha_client, "binary_sensor.backup_alpha_problem")
-    assert problem["state"] == "off", problem
+    # Sensors are published one at a time: wait for each rather than read it once.
+    await ha_client.wait_for_state(
+        "sensor.backup_alpha_last_error", lambda s: s["attributes"].get("kind") == "none", TIMEOUT
+    )
+    await ha_client.wait_for_state(
+        "binary_sensor.backup_alpha_problem", lambda s: s["state"] == "off", TIMEOUT
+    )
     assert lock_is_free(drone)
     archives_after = drone.archives()
     assert archives_after[: len(archives_before)] == archives_before
