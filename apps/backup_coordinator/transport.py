@@ -63,6 +63,7 @@ STDERR_TAIL_CHARS = 4096
 # hands over at most its receive window (2 MiB) at a time, so longer lines are read in parts.
 MAX_LINE_CHARS = 16 * 1024 * 1024
 DEFAULT_LIMITS = SessionLimits()
+HELLO_OPERATION = "hello"  # the agent operation that only says hello (doctor's probe)
 EXIT_WAIT_SECONDS = 5.0  # after the result (or EOF), how long the agent may take to exit
 CLOSE_WAIT_SECONDS = 2.0
 COMMAND_NOT_FOUND_EXIT = 127
@@ -444,7 +445,8 @@ class Silence:
     lock_wait: float
 
     def allowed(self, step: str, hello_seen: bool) -> float:
-        if not hello_seen:
+        # The agent's own "hello" operation (doctor) answers at once: its result is as quick.
+        if not hello_seen or step == HELLO_OPERATION:
             return self.limits.hello_seconds
         return self.limits.silence_seconds(step, self.lock_wait)
 
@@ -460,6 +462,14 @@ class Silence:
                 step=step,
             )
         minutes = self.limits.inactivity_minutes.get(step)
+        if minutes is None:  # the hello operation
+            return OperationFailed(
+                FailureKind.TIMEOUT,
+                f"the agent on {where(target)} said hello but sent no result within "
+                f"{self.limits.hello_seconds:g} s",
+                AGENT_INSTALL_HINT,
+                step=step,
+            )
         return OperationFailed(
             FailureKind.TIMEOUT,
             f"the agent on {where(target)} sent nothing for "

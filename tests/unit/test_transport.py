@@ -755,6 +755,15 @@ def test_each_step_has_its_own_silence_limit_plus_the_lock_wait() -> None:
     assert silence.allowed("create", hello_seen=True) == 60 + 30
     assert silence.allowed("prune", hello_seen=True) == 600 + 30
     assert silence.allowed("compact", hello_seen=True) == 600 + 30  # unknown: the longest
+    assert silence.allowed("hello", hello_seen=True) == 5  # doctor's hello answers at once
+
+
+async def test_doctors_hello_that_never_ends_is_a_timeout(drone: FakeDrone) -> None:
+    drone.behaviour = say_then_hang(hello("hello"))
+    with pytest.raises(OperationFailed) as caught:
+        await run_agent(drone.target(), "hello", JOB, None, quick_limits(hello_seconds=0.5))
+    assert caught.value.kind is FailureKind.TIMEOUT
+    assert "said hello but sent no result within 0.5 s" in caught.value.message
 
 
 async def test_connections_apply_their_limits(drone: FakeDrone) -> None:
