@@ -63,6 +63,10 @@ def remote(drone: DroneConfig, text: str) -> str:
     return printable(redact(text, drone.passphrase))
 
 
+# doctor's repository check (a stats run) gets this long beyond the drone's lock_wait.
+DOCTOR_REPOSITORY_SECONDS = 120
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -79,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if drone is None:
             print(f"unknown or misconfigured drone {args.drone!r}", file=sys.stderr)
             return EXIT_USAGE
-        return asyncio.run(run(drone, Operation(args.operation), sys.stdout))
+        return asyncio.run(run(drone, Operation(args.operation), sys.stdout, config))
     document = dashboard(config, args.title)
     print(
         json.dumps(document, indent=2) if args.json else yaml.safe_dump(document, sort_keys=False)
@@ -116,25 +120,33 @@ async def doctor(config: Config, only: Sequence[str], out: TextIO) -> int:
                 out, problem.drone, "config", False, f"{problem.key}: {problem.message}", ""
             )
             failures += 1
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=out)
     for drone in config.drones:
         if only and drone.name not in only:
             continue
-        failures += await _doctor_drone(drone, out)
+        failures += await _doctor_drone(drone, out, config)
     print(f"{'all checks passed' if not failures else f'{failures} check(s) failed'}", file=out)
     return EXIT_OK if not failures else EXIT_FAILED
 
 
-async def _doctor_drone(drone: DroneConfig, out: TextIO) -> int:
+async def _doctor_drone(drone: DroneConfig, out: TextIO, config: Config) -> int:
     checks = await transport.probe(drone.ssh)
     for check in checks:
         detail, fix = remote(drone, check.detail), remote(drone, check.fix)
         _check_line(out, drone.name, check.name, check.ok, detail, fix)
     if not all(check.ok for check in checks):
         return sum(1 for check in checks if not check.ok)
+    deadline = DOCTOR_REPOSITORY_SECONDS + drone.lock_wait
     try:
-        result = await transport.run_agent(
-            drone.ssh, "stats", build_job(drone, drone.settings, ("stats",))
-        )
+        async with asyncio.timeout(deadline):
+            job = build_job(drone, drone.settings, ("stats",))
+            result = await transport.run_agent(drone.ssh, "stats", job, None, config.limits)
+    except TimeoutError:
+        detail = f"no answer from the agent within {deadline} s"
+        fix = f"look for a hung borg or a stuck mount on {drone.ssh.host}"
+        _check_line(out, drone.name, "repository", False, detail, fix)
+        return 1
     except OperationFailed as failure:
         message, hint = remote(drone, failure.message), remote(drone, failure.hint)
         _check_line(out, drone.name, "repository", False, message, hint)
@@ -192,8 +204,12 @@ def status(config: Config, out: TextIO) -> int:
 # --- run --------------------------------------------------------------------------------------
 
 
-async def run(drone: DroneConfig, operation: Operation, out: TextIO) -> int:
-    """Runs the operation's steps in one agent session (no schedule, no state file)."""
+async def run(drone: DroneConfig, operation: Operation, out: TextIO, config: Config) -> int:
+    """Runs the operation's steps in one agent session (no schedule, no state file).
+
+    Bounded like the coordinator's sessions: the hello and inactivity limits, and
+    ``max_runtime_minutes`` per step.
+    """
     terminal = out.isatty()
     steps = operations.spec_of(operation).steps
 
@@ -220,7 +236,16 @@ async def run(drone: DroneConfig, operation: Operation, out: TextIO) -> int:
     print(f"{drone.name}: {', '.join(steps)} ...", file=out)
     try:
         job = build_job(drone, drone.settings, steps)
-        result = await transport.run_agent(drone.ssh, agent_operation(steps), job, show)
+        async with asyncio.timeout(config.max_runtime_minutes * 60 * len(steps)):
+            result = await transport.run_agent(
+                drone.ssh, agent_operation(steps), job, show, config.limits
+            )
+    except TimeoutError:
+        show_line(
+            f"{drone.name}: {operation.value} failed: ran longer than"
+            f" {config.max_runtime_minutes:g} min per step and was stopped"
+        )
+        return EXIT_FAILED
     except (OperationFailed, SettingError) as error:
         show_line(f"{drone.name}: {operation.value} failed: {remote(drone, str(error))}")
         return EXIT_FAILED

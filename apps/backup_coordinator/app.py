@@ -145,7 +145,7 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         shown = _sensors_shown(config.entity_prefix, states)
         timer.done("read states")
         self.adapter = HomeAssistantAdapter(self, config.notify, shown)
-        self.connections = Connections()
+        self.connections = Connections(limits=config.limits)
         self.coordinator = Coordinator(config, self.adapter, self.connections.run_agent)
         await self.coordinator.start(helper_values)
         await self.adapter.sensors.flush()

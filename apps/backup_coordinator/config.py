@@ -11,8 +11,8 @@ read and checked is in ``values`` (``locations`` for repository locations).
 
 from __future__ import annotations
 
+import json
 import os
-import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .locations import parse_location
+from .locations import host_family, parse_location, repository_key
 from .model import (
     KEEP_COUNT_NAMES,
     DroneSettings,
@@ -84,6 +84,7 @@ SLUG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 NOTIFY_PATTERN = re.compile(r"^notify\.[a-z0-9_]+$")
 HOST_PATTERN = re.compile(r"^[A-Za-z0-9_\[][A-Za-z0-9._:%\[\]-]{0,252}$")
 USER_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+REPOSITORY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # A drone's helpers are named <prefix>_<drone>_<suffix>; these names would take the
 # coordinator's own (<prefix>_coordinator_mode is its global mode helper).
@@ -103,6 +104,8 @@ TOP_LEVEL_KEYS = frozenset(
         "progress_interval",
         "overdue_factor",
         "max_runtime_minutes",
+        "hello_timeout",
+        "inactivity_timeout_minutes",
         "notify",
         "ssh",
         "defaults",
@@ -116,6 +119,7 @@ DRONE_KEYS = frozenset(
     {
         "host",
         "repository",
+        "repository_id",
         "passphrase",
         "archive_prefix",
         "paths",
@@ -132,8 +136,20 @@ DRONE_KEYS = frozenset(
     }
     | SSH_BLOCK_KEYS
 )
-NOT_INHERITABLE_KEYS = frozenset({"host", "repository"})
+NOT_INHERITABLE_KEYS = frozenset({"host", "repository", "repository_id"})
 KEEP_KEYS = frozenset({"within", *KEEP_COUNT_NAMES})
+
+# How long an agent may stay silent, per step, before the session is a `timeout` failure. borg
+# create reports progress about every 0.2 s; prune (with compact), stats and check print
+# nothing until they are done, so they get more. Every step may also wait lock_wait seconds
+# for the repository lock, silently: that is added to its limit.
+DEFAULT_HELLO_TIMEOUT = 60.0
+DEFAULT_INACTIVITY_MINUTES = {"create": 30, "prune": 180, "stats": 60, "check": 720}
+# The agent refuses a job line longer than this (drone_agent's JOB_LINE_LIMIT); what Home
+# Assistant can change (keep rules, as numbers) needs a little room on top of apps.yaml's values.
+AGENT_JOB_LINE_LIMIT = 1024 * 1024
+JOB_SIZE_MARGIN = 4096
+JOB_LIST_KEYS = ("paths", "exclude_patterns", "exclude_if_present")
 
 # Keys people reach for to turn host key checking off. Host keys are always verified, so these
 # get a message that says so instead of a plain "unknown key".
@@ -173,10 +189,26 @@ class ConfigProblem:
 
 
 @dataclass(frozen=True)
+class SessionLimits:
+    """How long an agent session may go without a line before it counts as hung."""
+
+    hello_seconds: float = DEFAULT_HELLO_TIMEOUT
+    inactivity_minutes: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_INACTIVITY_MINUTES)
+    )
+
+    def silence_seconds(self, step: str, lock_wait: float) -> float:
+        """The longest a ``step`` may stay silent: its limit plus the wait for the lock."""
+        minutes = self.inactivity_minutes.get(step, max(self.inactivity_minutes.values()))
+        return minutes * 60 + lock_wait
+
+
+@dataclass(frozen=True)
 class DroneConfig:
     name: str
     ssh: SshTarget
     repository: str
+    repository_id: str | None = None
     passphrase: str | None = field(default=None, repr=False)
     archive_prefix: str = ""
     paths: tuple[str, ...] = ()
@@ -193,14 +225,16 @@ class DroneConfig:
     def repository_key(self) -> str:
         """Identifies the repository, so no two operations ever run on it at once.
 
-        A local path only means something on its host, so it is qualified with the host;
-        remote locations name their host already and are written one way (``borg@nas:/r``
-        and ``ssh://borg@nas/r`` are the same repository).
+        ``repository_id`` when apps.yaml sets one; otherwise the location's one spelling
+        (``locations.repository_key``: a local path is qualified with the drone's host, and
+        ``borg@nas:/r``, ``ssh://nas:22/r/`` and ``/r`` on nas are the same repository).
         """
-        if self.repository.startswith("/"):
-            return f"{self.ssh.host}:{posixpath.normpath(self.repository)}"
+        if self.repository_id is not None:
+            return f"id:{self.repository_id}"
         location = parse_location(self.repository)
-        return location.remote_key if location is not None else self.repository
+        if location is None:
+            return self.repository
+        return repository_key(location, self.ssh.host)
 
 
 @dataclass(frozen=True)
@@ -212,9 +246,11 @@ class Config:
     progress_interval: float = 5.0
     overdue_factor: float = 2.0
     max_runtime_minutes: float = 720  # whole minutes from apps.yaml
+    limits: SessionLimits = field(default_factory=SessionLimits)
     notify: str | None = None
     drones: tuple[DroneConfig, ...] = ()
     problems: tuple[ConfigProblem, ...] = ()
+    warnings: tuple[str, ...] = ()  # worth a look, nothing skipped
 
     def drone(self, name: str) -> DroneConfig | None:
         return next((d for d in self.drones if d.name == name), None)
@@ -264,10 +300,35 @@ def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
         max_runtime_minutes=read_whole_number(
             "max_runtime_minutes", args.get("max_runtime_minutes", 720), 1
         ),
+        limits=SessionLimits(
+            hello_seconds=read_number(
+                "hello_timeout",
+                args.get("hello_timeout", DEFAULT_HELLO_TIMEOUT),
+                0,
+                "seconds",
+                inclusive=False,
+            ),
+            inactivity_minutes=_inactivity_minutes(args.get("inactivity_timeout_minutes")),
+        ),
         notify=optional(_notify)("notify", args.get("notify")),
         drones=drones,
         problems=problems,
+        warnings=_shared_repository_warnings(drones),
     )
+
+
+def _inactivity_minutes(value: object) -> dict[str, int]:
+    """Per step, the minutes an agent may stay silent; unnamed steps keep their default."""
+    key = "inactivity_timeout_minutes"
+    if value is None:
+        return dict(DEFAULT_INACTIVITY_MINUTES)
+    given = read_mapping(key, value)
+    _reject_unknown_keys(f"{key}.", given, DEFAULT_INACTIVITY_MINUTES)
+    minutes = dict(DEFAULT_INACTIVITY_MINUTES)
+    for step, raw in given.items():
+        _strict_int(f"{key}.{step}", raw, "a whole number of minutes")
+        minutes[step] = read_whole_number(f"{key}.{step}", raw, 1)
+    return minutes
 
 
 def _notify(key: str, value: object) -> str:
@@ -388,7 +449,9 @@ def parse_drone(
         if required not in merged:
             raise InvalidValue(required, _missing_message(required))
     parsed = {key: _parse_drone_value(key, key, raw, base_dir) for key, raw in merged.items()}
-    return _assemble_drone(name, parsed)
+    drone = _assemble_drone(name, parsed)
+    _check_job_size(drone)
+    return drone
 
 
 def _missing_message(key: str) -> str:
@@ -419,6 +482,9 @@ def _drone_value_parsers(base_dir: Path) -> dict[str, Callable[[str, object], An
         ),
         "keepalive_interval": lambda key, value: read_number(key, value, 0, "seconds, 0 = off"),
         "repository": read_repository,
+        "repository_id": lambda key, value: read_matching(
+            key, value, REPOSITORY_ID_PATTERN, "a name for the repository: letters, digits, ._-"
+        ),
         "passphrase": read_passphrase,
         "archive_prefix": read_archive_prefix,
         "paths": read_paths,
@@ -520,6 +586,7 @@ def _assemble_drone(name: str, parsed: Mapping[str, Any]) -> DroneConfig:
         name=name,
         ssh=ssh,
         repository=parsed["repository"],
+        repository_id=parsed.get("repository_id"),
         passphrase=parsed.get("passphrase"),
         archive_prefix=parsed.get("archive_prefix", name),
         paths=parsed["paths"],
@@ -547,6 +614,55 @@ def _check_archive_prefix_unique(drone: DroneConfig, earlier: Iterable[DroneConf
                 f"(archive_prefix {other.archive_prefix!r}) in the same repository; "
                 "each drone needs a prefix of its own so prune never touches another's archives",
             )
+
+
+def _check_job_size(drone: DroneConfig) -> None:
+    """The agent refuses a job line over its limit, so a drone whose largest job (the scheduled
+    backup's, with every path and pattern) would not fit is a configuration problem now."""
+    # Both build on this module's DroneConfig, so they are imported where they are used.
+    from .jobs import build_job
+    from .operations import OPERATIONS
+
+    size = 0
+    for spec in OPERATIONS.values():
+        try:
+            size = max(size, len(json.dumps(build_job(drone, drone.settings, spec.steps))))
+        except SettingError:  # no keep rule: that session is refused anyway
+            continue
+    if size + JOB_SIZE_MARGIN <= AGENT_JOB_LINE_LIMIT:
+        return
+    sizes = {key: len(json.dumps(list(getattr(drone, key)))) for key in JOB_LIST_KEYS}
+    culprit = max(sizes, key=lambda key: sizes[key])
+    raise InvalidValue(
+        culprit,
+        f"the drone's job would be {size} bytes ({culprit}: {sizes[culprit]} bytes), over the "
+        f"{AGENT_JOB_LINE_LIMIT - JOB_SIZE_MARGIN} the agent accepts; list fewer or shorter "
+        "entries (a parent folder, or one pattern for many)",
+    )
+
+
+def _shared_repository_warnings(drones: Iterable[DroneConfig]) -> tuple[str, ...]:
+    """Drones whose repositories look alike but get different keys: perhaps one repository
+    written two ways (``nas`` and ``nas.lan``, another port), which would let two operations
+    run on it at once. ``repository_id`` settles it either way, so it silences the warning."""
+    warnings: list[str] = []
+    seen: list[tuple[DroneConfig, tuple[str, str, tuple[str, ...]]]] = []
+    for drone in drones:
+        location = parse_location(drone.repository)
+        if location is None or drone.repository_id is not None:
+            continue
+        host = location.host if not location.is_local else drone.ssh.host
+        resemblance = (host_family(host), location.root, location.components)
+        for other, other_resemblance in seen:
+            if resemblance == other_resemblance and drone.repository_key != other.repository_key:
+                warnings.append(
+                    f"drones {other.name!r} ({other.repository!r} on {other.ssh.host}) and "
+                    f"{drone.name!r} ({drone.repository!r} on {drone.ssh.host}) may use one "
+                    "repository written two ways; if so, give both the same repository_id so "
+                    "no two operations run on it at once (different ids: they are different)"
+                )
+        seen.append((drone, resemblance))
+    return tuple(warnings)
 
 
 def _prefixes_overlap(first: str, second: str) -> bool:

@@ -159,6 +159,8 @@ class Coordinator:
             self.port.log(f"state file {self.config.state_file}: {warning}", "WARNING")
         for problem in self.config.problems:
             self.port.log(f"configuration: {problem} (this drone is skipped)", "ERROR")
+        for warning in self.config.warnings:
+            self.port.log(f"configuration: {warning}", "WARNING")
         self.cursor = loaded.cursor
         self.global_mode = loaded.global_mode
         now = self.clock()

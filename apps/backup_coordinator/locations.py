@@ -3,12 +3,13 @@
 This mirrors the location parsing of drone_agent/backup_drone.py (``split_location``,
 ``remote_root``, ``parse_location``), on which its ``validate_job`` checks every job's
 repository; the agreement tests in tests/unit/test_config.py keep the two in step. The
-coordinator also uses a location's one spelling (``Location.remote_key``) to recognise the same
+coordinator also uses a location's one spelling (``repository_key``) to recognise the same
 repository written two ways, so no two operations ever run on it at once.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ SSH_URL_PATTERN = re.compile(
 )
 SCP_LOCATION_PATTERN = re.compile(_LOCATION_USER + _LOCATION_HOST + r":(?!:|//)(?P<path>.+)", re.S)
 IPV6_ADDRESS_PATTERN = re.compile(r"\[[0-9A-Fa-f:.]+\]")
+DEFAULT_SSH_PORT = 22
+# Names by which a drone reaches a repository on its own disk over ssh.
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,64 @@ class Location:
     components: tuple[str, ...]
     port: str | None = None
     path: str = ""
+    user: str = ""  # "" when the location names none (ssh's default user)
+    host: str = ""  # "" for a local path
 
     @property
-    def remote_key(self) -> str:
-        """One spelling per remote location: ``ssh://borg@nas/srv/r`` and ``borg@nas:/srv/r``
-        give the same key; a different user, port or root gives another."""
-        start = {"/": "/", ".": "/./", "~/": "/~/"}.get(self.root, f"/{self.root}/")
-        return f"ssh://{self.authority}{start}{'/'.join(self.components)}"
+    def is_local(self) -> bool:
+        return not self.authority
+
+    @property
+    def depends_on_user(self) -> bool:
+        """Whether the path starts at the login user's home ("." and "~/" roots)."""
+        return self.root in (".", "~/")
+
+
+def repository_key(location: Location, drone_host: str) -> str:
+    """One spelling per repository, for a location used by the drone on ``drone_host``.
+
+    ``ssh://borg@nas/srv/r``, ``nas:/srv/r/``, ``ssh://NAS.:22/srv/r`` and the local path
+    ``/srv/r`` of the drone on ``nas`` are one repository: the host is compared without case
+    or trailing dot, port 22 is the default, a loopback name is the drone's own host, and the
+    user only counts for paths that start at the user's home. Anything the key cannot see (two
+    names for one host) is what ``repository_id`` in apps.yaml is for.
+    """
+    if location.is_local:
+        host, port = canonical_host(drone_host), DEFAULT_SSH_PORT
+    else:
+        host = canonical_host(location.host)
+        port = int(location.port) if location.port else DEFAULT_SSH_PORT
+        if is_loopback(host):
+            host = canonical_host(drone_host)
+    user = f"{location.user}@" if location.depends_on_user and location.user else ""
+    start = {"/": "/", ".": "/./", "~/": "/~/"}.get(location.root, f"/{location.root}/")
+    return f"ssh://{user}{host}:{port}{start}{'/'.join(location.components)}"
+
+
+def canonical_host(host: str) -> str:
+    """A host name as DNS compares it: no case, no trailing dot, IPv6 without brackets."""
+    name = host.strip("[]").rstrip(".").lower()
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        return name
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in LOOPBACK_NAMES
+
+
+def host_family(host: str) -> str:
+    """What two spellings of one host are likely to share: an address, or a name's first
+    label (``nas`` for ``nas.lan``)."""
+    canonical = canonical_host(host)
+    try:
+        return ipaddress.ip_address(canonical).compressed
+    except ValueError:
+        return canonical.split(".", 1)[0]
 
 
 def parse_location(text: str) -> Location | None:
@@ -60,7 +115,9 @@ def parse_location(text: str) -> Location | None:
             user, port, path = match["user"], match.groupdict().get("port"), match["path"]
             authority = (f"{user}@" if user else "") + match["host"] + (f":{port}" if port else "")
             root, rest = _remote_root(path)
-            return Location(authority, root, path_components(rest), port, path)
+            return Location(
+                authority, root, path_components(rest), port, path, user or "", match["host"]
+            )
     return None
 
 

@@ -12,6 +12,11 @@ that off. Neither an ssh-agent nor ``~/.ssh/config`` is consulted; everything co
 ``SshTarget``. The job (which may hold the repository passphrase) goes to the agent's stdin and
 is never echoed into a message.
 
+A session that goes quiet is a ``timeout`` failure: no hello within ``SessionLimits``'
+``hello_seconds`` of opening it, or no line at all for the step's inactivity limit (borg
+create reports progress several times a second; the quieter steps get more). Lines are read
+whole up to ``MAX_LINE_CHARS``, well beyond the SSH channel's window.
+
 Failures are raised as ``OperationFailed`` classified by ``FailureKind``, each with a hint that
 tells a person what to do about it.
 """
@@ -27,6 +32,7 @@ from typing import Any
 
 import asyncssh
 
+from .config import SessionLimits
 from .jobs import hello_job
 from .model import SshTarget
 from .protocol import (
@@ -53,6 +59,11 @@ EventHandler = Callable[[AgentEvent], Awaitable[None]]
 KEEPALIVE_COUNT_MAX = 3
 LINGER_SECONDS = 10.0  # how long Connections keeps an idle connection for the next session
 STDERR_TAIL_CHARS = 4096
+# The longest line read from the agent (a result listing many archives or warnings); asyncssh
+# hands over at most its receive window (2 MiB) at a time, so longer lines are read in parts.
+MAX_LINE_CHARS = 16 * 1024 * 1024
+DEFAULT_LIMITS = SessionLimits()
+HELLO_OPERATION = "hello"  # the agent operation that only says hello (doctor's probe)
 EXIT_WAIT_SECONDS = 5.0  # after the result (or EOF), how long the agent may take to exit
 CLOSE_WAIT_SECONDS = 2.0
 COMMAND_NOT_FOUND_EXIT = 127
@@ -65,6 +76,13 @@ BORG_ERROR_HINTS = {
     "(borg break-lock only if no borg runs)",
     "PassphraseWrong": "the passphrase does not open this repository",
     "Repository.DoesNotExist": "initialise the repository (borg init) or fix its location",
+    # The agent's msgid when borg ended with an error code but no error of its own.
+    "BorgError": "borg ended without saying why: killed (by a person, the out-of-memory killer, "
+    "a shutdown) or crashed; look at the host's logs (journalctl, dmesg). A lock it left is "
+    "stale and borg removes it; the next run retries",
+    "RepositoryDiskFull": "the disk holding the repository is full: free space there, or prune "
+    "and compact old archives (borg compact frees what prune deleted); on a remote repository "
+    "this is the server's disk",
 }
 
 
@@ -184,16 +202,18 @@ async def run_agent(
     operation: str,
     job: Mapping[str, Any],
     on_event: EventHandler | None = None,
+    limits: SessionLimits = DEFAULT_LIMITS,
 ) -> Result:
     """Runs ``operation`` on the drone's agent with ``job``; every event goes to ``on_event``.
 
     Returns the result when the agent succeeded (rc 0, or 1 with warnings); raises
-    ``OperationFailed`` otherwise. Cancelling the awaiting task closes the connection, which
-    makes the agent stop borg, and re-raises ``CancelledError``.
+    ``OperationFailed`` otherwise (``timeout`` when the agent goes quiet past ``limits``).
+    Cancelling the awaiting task closes the connection, which makes the agent stop borg, and
+    re-raises ``CancelledError``.
     """
     conn = await open_connection(target)
     try:
-        return await run_on_connection(conn, target, operation, job, on_event)
+        return await run_on_connection(conn, target, operation, job, on_event, limits)
     finally:
         await close_connection(conn)
 
@@ -207,8 +227,11 @@ class Connections:
     session's channel still ends with its session.
     """
 
-    def __init__(self, linger: float = LINGER_SECONDS) -> None:
+    def __init__(
+        self, linger: float = LINGER_SECONDS, limits: SessionLimits = DEFAULT_LIMITS
+    ) -> None:
         self.linger = linger
+        self.limits = limits
         self._idle: dict[SshTarget, tuple[asyncssh.SSHClientConnection, asyncio.TimerHandle]] = {}
 
     async def run_agent(
@@ -236,7 +259,7 @@ class Connections:
         on_event: EventHandler | None,
     ) -> Result:
         try:
-            result = await run_on_connection(conn, target, operation, job, on_event)
+            result = await run_on_connection(conn, target, operation, job, on_event, self.limits)
         except BaseException:
             await close_connection(conn)
             raise
@@ -281,13 +304,16 @@ async def run_on_connection(
     operation: str,
     job: Mapping[str, Any],
     on_event: EventHandler | None,
+    limits: SessionLimits = DEFAULT_LIMITS,
 ) -> Result:
     process = await start_agent(conn, target, operation)
     stderr = StderrTail(process)
+    lock_wait = job.get("lock_wait")
+    silence = Silence(limits, lock_wait if isinstance(lock_wait, int | float) else 0)
     try:
         await send_job(process, job)
         result = await stream_events(
-            process, target, session_steps(operation, job), stderr, on_event
+            process, target, session_steps(operation, job), stderr, on_event, silence
         )
         await finish(process)
         return checked(result, target)
@@ -381,16 +407,23 @@ async def stream_events(
     steps: list[str],
     stderr: StderrTail,
     on_event: EventHandler | None,
+    silence: Silence,
 ) -> Result:
     """Reads events until the result; the first must be a hello of our protocol version.
 
-    A failure while reading names the step that was running (each ``step`` line ends one).
+    A failure while reading names the step that was running (each ``step`` line ends one), and
+    a line not arriving within what ``silence`` allows is a ``timeout``.
     """
     hello_seen = False
     ended = 0  # steps whose step line has arrived
     while True:
         step = steps[min(ended, len(steps) - 1)]
-        line = await read_line(process, target, step, hello_seen)
+        seconds = silence.allowed(step, hello_seen)
+        try:
+            async with asyncio.timeout(seconds):
+                line = await read_line(process, target, step, hello_seen)
+        except TimeoutError:
+            raise silence.failure(target, step, hello_seen) from None
         if line is None:
             raise await ended_without_result(process, target, step, stderr, hello_seen)
         event = parse_event(line, target, hello_seen)
@@ -405,16 +438,81 @@ async def stream_events(
             return event
 
 
+@dataclass(frozen=True)
+class Silence:
+    """How long a session may stay quiet: until the hello, then per step."""
+
+    limits: SessionLimits
+    lock_wait: float
+
+    def allowed(self, step: str, hello_seen: bool) -> float:
+        # The agent's own "hello" operation (doctor) answers at once: its result is as quick.
+        if not hello_seen or step == HELLO_OPERATION:
+            return self.limits.hello_seconds
+        return self.limits.silence_seconds(step, self.lock_wait)
+
+    def failure(self, target: SshTarget, step: str, hello_seen: bool) -> OperationFailed:
+        if not hello_seen:
+            return OperationFailed(
+                FailureKind.TIMEOUT,
+                f"the agent on {where(target)} sent no hello within "
+                f"{self.limits.hello_seconds:g} s of the session opening",
+                f"something on {target.host} hangs before the agent answers (the login shell, "
+                "a full disk, the forced command); try the forced command by hand there, or "
+                "raise hello_timeout for a very slow host",
+                step=step,
+            )
+        minutes = self.limits.inactivity_minutes.get(step)
+        if minutes is None:  # the hello operation
+            return OperationFailed(
+                FailureKind.TIMEOUT,
+                f"the agent on {where(target)} said hello but sent no result within "
+                f"{self.limits.hello_seconds:g} s",
+                AGENT_INSTALL_HINT,
+                step=step,
+            )
+        return OperationFailed(
+            FailureKind.TIMEOUT,
+            f"the agent on {where(target)} sent nothing for "
+            f"{self.allowed(step, True) / 60:g} min during {step}; the session was stopped",
+            f"look for a hung borg or a stuck disk or network mount on {target.host}; raise "
+            f"inactivity_timeout_minutes.{step} (now {minutes}) if {step} is legitimately "
+            "silent this long",
+            step=step,
+        )
+
+
 async def read_line(
     process: asyncssh.SSHClientProcess[str], target: SshTarget, operation: str, hello_seen: bool
 ) -> str | None:
-    """The next complete line, or None at the end of the stream."""
-    try:
-        line = await process.stdout.readline()
-    except (OSError, asyncssh.Error) as error:
-        if hello_seen:
-            raise lost_during(target, operation, describe(error)) from None
-        raise unreachable(target, describe(error)) from None
+    """The next complete line, or None at the end of the stream.
+
+    asyncssh's readline returns at most its receive window of a longer line; the parts are
+    joined up to ``MAX_LINE_CHARS``.
+    """
+    parts: list[str] = []
+    length = 0
+    while True:
+        try:
+            part = await process.stdout.readline()
+        except (OSError, asyncssh.Error) as error:
+            if hello_seen:
+                raise lost_during(target, operation, describe(error)) from None
+            raise unreachable(target, describe(error)) from None
+        parts.append(part)
+        length += len(part)
+        if not part or part.endswith("\n") or process.stdout.at_eof():
+            break
+        if length > MAX_LINE_CHARS:
+            raise OperationFailed(
+                FailureKind.AGENT,
+                f"the agent on {where(target)} sent a line longer than {MAX_LINE_CHARS} "
+                f"characters during {operation}",
+                "update the agent on the host to the coordinator's version; report it if it "
+                "persists",
+                step=operation,
+            )
+    line = "".join(parts)
     if not line:
         return None
     if not line.endswith("\n") and process.stdout.at_eof():
@@ -502,9 +600,8 @@ async def ended_without_result(
     exited = status is not None or signal is not None
     if hello_seen and not exited:
         return lost_during(target, operation, "the output ended without a result")
-    how = (
-        f"exit status {status}" if status is not None else f"signal {signal[0] if signal else '?'}"
-    )
+    # asyncssh reports exit status -1 along with the signal that ended the process.
+    how = f"killed by signal {signal[0]}" if signal else f"exit status {status}"
     detail = f"{how}; stderr: {errors[-500:]}" if errors else how
     if not hello_seen:
         if status == COMMAND_NOT_FOUND_EXIT or "not found" in errors or not exited:
@@ -513,7 +610,10 @@ async def ended_without_result(
     return OperationFailed(
         FailureKind.AGENT,
         f"the agent on {where(target)} ended {operation} without a result ({detail})",
-        "look at the agent's stderr above; report it if it is a crash",
+        f"the agent was killed on {target.host} (by a person, the out-of-memory killer, a "
+        "shutdown): look at the host's logs (journalctl, dmesg); the next run retries"
+        if signal
+        else "look at the agent's stderr above; report it if it is a crash",
         step=operation,
     )
 

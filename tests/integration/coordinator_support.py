@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_coordinator.config import Config, parse_config
-from backup_coordinator.coordinator import Coordinator
+from backup_coordinator.coordinator import EVENT_FINISHED, Coordinator
 from backup_coordinator.model import SshTarget
 from backup_coordinator.protocol import AgentEvent, Hello, Progress, Result, StepResult
 from backup_coordinator.transport import run_agent, session_steps
@@ -239,3 +239,27 @@ def all_output(port: MemoryPort) -> str:
         },
         default=str,
     )
+
+
+async def host_settled(host: DroneHost) -> None:
+    """On the drone: borg and the agent have exited and borg can take the repository lock."""
+    await eventually(lambda: not host.borg_processes(), "borg to stop on the drone")
+    await eventually(lambda: not host.agent_processes(), "the agent to exit")
+    await eventually(host.lock_is_free, "the repository lock to be free")
+
+
+def last_failure(port: MemoryPort, drone: str) -> dict[str, Any]:
+    """The error of the drone's last finished event, which must be a failure."""
+    finished = [event for event in port.of(EVENT_FINISHED) if event["drone"] == drone][-1]
+    assert finished["ok"] is False, finished
+    error = finished["error"]
+    assert isinstance(error, dict)
+    return error
+
+
+def pass_backoff(coordinator: Coordinator, clock: ShiftedClock, drone: str) -> None:
+    """Moves the clock past the drone's backoff (and its frequency): it is due again."""
+    backoff = coordinator.drones[drone].record.backoff_until
+    assert backoff is not None, "a failure sets a backoff"
+    assert backoff > clock()
+    clock.advance(backoff - clock() + timedelta(days=1))

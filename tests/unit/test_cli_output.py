@@ -16,7 +16,7 @@ import pytest
 
 from backup_coordinator import __main__ as cli
 from backup_coordinator import transport
-from backup_coordinator.config import DroneConfig
+from backup_coordinator.config import Config, DroneConfig
 from backup_coordinator.model import Operation, SshTarget
 from backup_coordinator.protocol import (
     AgentEvent,
@@ -37,11 +37,11 @@ def test_printable_escapes_what_a_terminal_would_act_on() -> None:
     assert cli.printable(text) == ("a\\x1b[2Jb\\n\\r\\t\\x7f\\x9b\\u202e\\udc80 é 東京 😀 \\x1b")
 
 
-def drone(tmp_path: Path) -> DroneConfig:
+def drone(tmp_path: Path) -> tuple[DroneConfig, Config]:
     config = make_config(tmp_path, nas={"passphrase": "s3cret-passphrase"})
     found = config.drone("nas")
     assert found is not None
-    return found
+    return found, config
 
 
 Runner = Callable[
@@ -56,6 +56,7 @@ def stand_in(steps_data: Mapping[str, Mapping[str, Any]], fail: str | None = Non
         operation: str,
         job: Mapping[str, Any],
         on_event: Callable[[AgentEvent], Awaitable[None]] | None,
+        limits: object = None,
     ) -> Result:
         assert on_event is not None
         await on_event(LogLine("warning", f"/data/{CLEAR_SCREEN}x: [Errno 13] Permission denied"))
@@ -79,7 +80,8 @@ async def test_run_prints_remote_text_escaped(
     }
     monkeypatch.setattr(transport, "run_agent", stand_in(data))
     out = io.StringIO()
-    assert await cli.run(drone(tmp_path), Operation.SCHEDULED, out) == cli.EXIT_OK
+    nas, config = drone(tmp_path)
+    assert await cli.run(nas, Operation.SCHEDULED, out, config) == cli.EXIT_OK
     printed = out.getvalue()
     assert "\x1b" not in printed
     assert "\x07" not in printed
@@ -93,7 +95,8 @@ async def test_a_failure_is_printed_escaped_and_redacted(
     message = f"borg said {CLEAR_SCREEN} near {json.dumps({'p': 's3cret-passphrase'})!r}"
     monkeypatch.setattr(transport, "run_agent", stand_in({}, fail=message))
     out = io.StringIO()
-    assert await cli.run(drone(tmp_path), Operation.CREATE, out) == cli.EXIT_FAILED
+    nas, config = drone(tmp_path)
+    assert await cli.run(nas, Operation.CREATE, out, config) == cli.EXIT_FAILED
     printed = out.getvalue()
     assert "\x1b" not in printed
     assert "borg said \\x1b[2J near" in printed

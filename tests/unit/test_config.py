@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backup_coordinator.config import (
+    AGENT_JOB_LINE_LIMIT,
     APPDAEMON_KEYS,
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_INACTIVITY_MINUTES,
+    JOB_SIZE_MARGIN,
     Config,
     ConfigError,
     ConfigProblem,
@@ -20,7 +25,9 @@ from backup_coordinator.config import (
     load_config_file,
     parse_config,
 )
-from backup_coordinator.model import DroneSettings, KeepRules, Mode, SshTarget
+from backup_coordinator.jobs import build_job
+from backup_coordinator.model import DroneSettings, KeepRules, Mode, Operation, SshTarget
+from backup_coordinator.operations import OPERATIONS, STEPS
 from tests.integration.agent_support import load_agent
 
 BASE = Path("/conf/apps")
@@ -242,11 +249,14 @@ def test_appdaemons_own_keys_are_ignored() -> None:
 @pytest.mark.parametrize(
     ("repository", "key"),
     [
-        ("/srv/borg/nas", "nas.lan:/srv/borg/nas"),
-        ("/srv/borg/nas/", "nas.lan:/srv/borg/nas"),
+        ("/srv/borg/nas", "ssh://nas.lan:22/srv/borg/nas"),
+        ("/srv/borg/nas/", "ssh://nas.lan:22/srv/borg/nas"),
         ("ssh://borg@store:22/./repo", "ssh://borg@store:22/./repo"),
-        ("borg@store:repo", "ssh://borg@store/./repo"),
-        ("borg@store:/srv/repo/", "ssh://borg@store/srv/repo"),
+        ("borg@store:repo", "ssh://borg@store:22/./repo"),
+        ("borg@store:/srv/repo/", "ssh://store:22/srv/repo"),
+        ("ssh://borg@localhost/srv/r", "ssh://nas.lan:22/srv/r"),
+        ("ssh://borg@[::1]:22/srv/r", "ssh://nas.lan:22/srv/r"),
+        ("ssh://borg@[2001:DB8::1]/srv/r", "ssh://2001:db8::1:22/srv/r"),
     ],
 )
 def test_repository_key_qualifies_local_paths_with_the_host(repository: str, key: str) -> None:
@@ -1083,7 +1093,7 @@ def test_one_repository_in_two_spellings_is_one_repository() -> None:
         "pc": minimal_drone(repository="borg@store:/srv/borg/", archive_prefix="nas"),
     }
     config = parse_config(app_args(drones=drones), BASE)
-    assert config.drones[0].repository_key == "ssh://borg@store/srv/borg"
+    assert config.drones[0].repository_key == "ssh://store:22/srv/borg"
     problem = only_problem(config)
     assert (problem.drone, problem.key) == ("pc", "archive_prefix")
 
@@ -1094,6 +1104,11 @@ def test_one_repository_in_two_spellings_is_one_repository() -> None:
         ("ssh://borg@store/./borg", "borg@store:borg"),
         ("ssh://store/~/borg", "store:~/borg"),
         ("ssh://store:2222/srv", "ssh://store:2222/srv/."),
+        ("ssh://store/srv/borg", "ssh://store:22/srv/borg"),
+        ("ssh://borg@store/srv/borg", "ssh://root@STORE./srv/borg/"),
+        ("borg@store:/srv/borg", "store:/srv//borg"),
+        ("ssh://borg@store/~alice/r", "ssh://root@store/~alice/r"),
+        ("ssh://127.0.0.1/srv/r", "/srv/r"),
     ],
 )
 def test_repository_keys_of_the_same_location_are_equal(first: str, second: str) -> None:
@@ -1109,10 +1124,12 @@ def test_repository_keys_of_the_same_location_are_equal(first: str, second: str)
 @pytest.mark.parametrize(
     ("first", "second"),
     [
-        ("ssh://borg@store/srv/borg", "ssh://store/srv/borg"),
-        ("ssh://store/srv/borg", "ssh://store:22/srv/borg"),
         ("ssh://store/./borg", "ssh://store/borg"),
         ("ssh://store/~/borg", "store:borg"),
+        ("ssh://borg@store/~/r", "ssh://root@store/~/r"),
+        ("borg@store:r", "root@store:r"),
+        ("ssh://store/srv/borg", "ssh://store:2222/srv/borg"),
+        ("ssh://store/srv/borg", "ssh://store/srv/borg2"),
     ],
 )
 def test_repository_keys_of_different_locations_differ(first: str, second: str) -> None:
@@ -1143,3 +1160,167 @@ def test_the_reserved_name_follows_the_entity_prefix() -> None:
         app_args(entity_prefix="borg", drones={"coordinator": minimal_drone()}), BASE
     )
     assert "input_select.borg_coordinator_mode" in only_problem(config).message
+
+
+# --- one repository, one key ------------------------------------------------------------------
+
+
+def two_drones(first: dict[str, Any], second: dict[str, Any]) -> Config:
+    drones = {
+        "nas": minimal_drone(**first),
+        "pc": minimal_drone(**{"host": "pc.lan", "archive_prefix": "pc", **second}),
+    }
+    return parse_config(app_args(drones=drones), BASE)
+
+
+def keys(config: Config) -> list[str]:
+    return [drone.repository_key for drone in config.drones]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # The NAS backs itself up to a local path; the PC reaches the same folder over ssh.
+        ({"repository": "/srv/borg/r"}, {"repository": "ssh://borg@nas.lan/srv/borg/r"}),
+        ({"repository": "/srv/borg/r"}, {"repository": "borg@NAS.lan:/srv/borg/r/"}),
+        (
+            {"host": "pc.lan", "repository": "ssh://borg@nas.lan/srv/borg/r"},
+            {"repository": "ssh://borg@nas.lan:22/srv/borg/r"},
+        ),
+    ],
+)
+def test_one_repository_written_two_ways_gets_one_key(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    config = two_drones(first, second)
+    assert not config.problems, config.problems
+    assert keys(config)[0] == keys(config)[1]
+    assert config.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # Two names that may be one host, a port that may lead to the same sshd.
+        ({"repository": "ssh://borg@nas/srv/borg/r"}, {"repository": "ssh://nas.lan/srv/borg/r"}),
+        ({"repository": "/srv/borg/r"}, {"repository": "ssh://borg@nas.lan:2222/srv/borg/r"}),
+    ],
+)
+def test_repositories_that_may_be_one_are_warned_about(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    config = two_drones(first, second)
+    assert not config.problems, config.problems
+    assert keys(config)[0] != keys(config)[1]
+    (warning,) = config.warnings
+    assert "'nas'" in warning
+    assert "'pc'" in warning
+    assert "repository_id" in warning
+
+
+def test_unrelated_repositories_are_neither_merged_nor_warned_about() -> None:
+    config = two_drones({"repository": "/srv/borg/r"}, {"repository": "/srv/borg/r"})
+    assert keys(config) == ["ssh://nas.lan:22/srv/borg/r", "ssh://pc.lan:22/srv/borg/r"]
+    assert config.warnings == ()
+
+
+def test_repository_id_is_the_key_and_settles_a_warning() -> None:
+    config = two_drones(
+        {"repository": "ssh://borg@nas/srv/borg/r", "repository_id": "nas-main"},
+        {"repository": "ssh://nas.lan/srv/borg/r", "repository_id": "nas-main"},
+    )
+    assert keys(config) == ["id:nas-main", "id:nas-main"]
+    assert config.warnings == ()
+    assert config.drones[0].repository_id == "nas-main"
+
+
+def test_repository_id_joins_the_archive_prefix_check() -> None:
+    config = two_drones(
+        {"repository": "/srv/a", "repository_id": "shared"},
+        {"repository": "/srv/b", "repository_id": "shared", "archive_prefix": "nas"},
+    )
+    problem = only_problem(config)
+    assert (problem.drone, problem.key) == ("pc", "archive_prefix")
+
+
+@pytest.mark.parametrize("value", ["", "has space", "-x", 7, "a/b"])
+def test_repository_id_must_be_a_name(value: object) -> None:
+    problem = drone_problem(minimal_drone(repository_id=value))
+    assert problem.key == "repository_id"
+
+
+def test_repository_id_is_set_per_drone_not_in_defaults() -> None:
+    with pytest.raises(ConfigError, match=re.escape("defaults.repository_id")):
+        parse_config(app_args(defaults={"repository_id": "x"}), BASE)
+
+
+# --- the job must fit the agent's line --------------------------------------------------------
+
+
+def long_paths(count: int, length: int) -> list[str]:
+    return [f"/{index:04d}" + "p" * (length - 5) for index in range(count)]
+
+
+@pytest.mark.parametrize("key", ["paths", "exclude_patterns"])
+def test_a_job_longer_than_the_agent_accepts_is_a_problem_naming_the_key(key: str) -> None:
+    # 1000 entries of 4096 characters pass every per-value check but make a 4 MiB job line.
+    settings = minimal_drone(**{key: long_paths(1000, 4096)})
+    problem = drone_problem(settings)
+    assert problem.key == key
+    assert "the agent accepts" in problem.message
+
+
+def test_the_largest_job_that_is_accepted_fits_the_agents_line() -> None:
+    agent = load_agent()
+    for count in (200, 240, 250, 260, 300):
+        config = parse_config(
+            app_args(drones={"nas": minimal_drone(paths=long_paths(count, 4096))}), BASE
+        )
+        if config.problems:
+            assert only_problem(config).key == "paths"
+            continue
+        drone = config.drones[0]
+        job = build_job(drone, drone.settings, OPERATIONS[Operation.SCHEDULED].steps)
+        line = json.dumps(job).encode()
+        assert len(line) <= agent.JOB_LINE_LIMIT - JOB_SIZE_MARGIN
+
+
+def test_the_configs_job_line_limit_is_the_agents() -> None:
+    assert load_agent().JOB_LINE_LIMIT == AGENT_JOB_LINE_LIMIT
+
+
+# --- session limits -------------------------------------------------------------------------
+
+
+def test_session_limits_default_per_step() -> None:
+    config = parse_config(app_args(), BASE)
+    assert config.limits.hello_seconds == DEFAULT_HELLO_TIMEOUT
+    assert dict(config.limits.inactivity_minutes) == DEFAULT_INACTIVITY_MINUTES
+    assert set(DEFAULT_INACTIVITY_MINUTES) == set(STEPS)
+    # the lock wait is silent too, so it comes on top
+    assert config.limits.silence_seconds("create", 60) == 30 * 60 + 60
+
+
+def test_session_limits_are_read_from_apps_yaml() -> None:
+    config = parse_config(
+        app_args(hello_timeout=5, inactivity_timeout_minutes={"prune": 600}), BASE
+    )
+    assert config.limits.hello_seconds == 5
+    assert config.limits.inactivity_minutes["prune"] == 600
+    assert config.limits.inactivity_minutes["create"] == DEFAULT_INACTIVITY_MINUTES["create"]
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        ({"hello_timeout": 0}, "hello_timeout"),
+        ({"hello_timeout": "soon"}, "hello_timeout"),
+        ({"inactivity_timeout_minutes": 10}, "inactivity_timeout_minutes"),
+        ({"inactivity_timeout_minutes": {"backup": 10}}, "inactivity_timeout_minutes.backup"),
+        ({"inactivity_timeout_minutes": {"create": 0}}, "inactivity_timeout_minutes.create"),
+        ({"inactivity_timeout_minutes": {"create": 1.5}}, "inactivity_timeout_minutes.create"),
+    ],
+)
+def test_invalid_session_limits_are_rejected_naming_the_key(args: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"key {key!r}")):
+        parse_config(app_args(**args), BASE)

@@ -17,6 +17,8 @@ from typing import Any
 import asyncssh
 import pytest
 
+from backup_coordinator import transport
+from backup_coordinator.config import SessionLimits
 from backup_coordinator.model import SshTarget
 from backup_coordinator.protocol import (
     PROTOCOL_VERSION,
@@ -33,6 +35,7 @@ from backup_coordinator.transport import (
     PROBE_STEPS,
     Check,
     Connections,
+    Silence,
     checked,
     error_text,
     probe,
@@ -638,3 +641,159 @@ async def test_connections_close_an_idle_connection_after_lingering(drone: FakeD
         drone.connections_changed, lambda: drone.open_connections == 0, "the idle one closed"
     )
     await connections.close()
+
+
+# --- long lines --------------------------------------------------------------------------------
+
+
+def result_of_size(size: int) -> str:
+    """A prune result whose list of pruned archives makes its line ``size`` characters long."""
+    name = "fakehost-2025-01-01T00:00:00.000000-" + "x" * 64
+    count = size // (len(name) + 4)
+    return line(
+        {
+            "type": "result",
+            "operation": "prune",
+            "ok": True,
+            "rc": 0,
+            "duration": 0.1,
+            "warnings": 0,
+            "data": {"kept": [], "pruned": [f"{name}{i:08d}" for i in range(count)]},
+            "error": None,
+        }
+    )
+
+
+def speak_and_drain(*lines: str) -> Behaviour:
+    """``speak``, waiting until everything was sent before exiting."""
+
+    async def behaviour(process: ServerProcess, fake: FakeDrone) -> None:
+        await fake.read_job(process)
+        for text in lines:
+            process.stdout.write(text)
+            await process.stdout.drain()
+        process.exit(0)
+
+    return behaviour
+
+
+async def test_a_result_line_of_5_mib_is_read_whole(drone: FakeDrone) -> None:
+    # Beyond asyncssh's 2 MiB window, readline hands the line over in parts.
+    big = result_of_size(5 * 1024 * 1024)
+    assert len(big) > 5_000_000
+    drone.behaviour = speak_and_drain(hello("prune"), big)
+    outcome = await run_agent(drone.target(), "prune", JOB)
+    assert outcome.ok
+    assert len(outcome.data["pruned"]) == len(json.loads(big)["data"]["pruned"])
+
+
+async def test_a_line_beyond_the_bound_is_a_clear_agent_failure(
+    drone: FakeDrone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "MAX_LINE_CHARS", 3 * 1024 * 1024)
+    drone.behaviour = speak_and_drain(hello("prune"), result_of_size(5 * 1024 * 1024))
+    failure = await fails(FailureKind.AGENT, drone.target())
+    assert f"longer than {3 * 1024 * 1024} characters" in failure.message
+    assert "invalid line" not in failure.message
+
+
+# --- a session that goes quiet ---------------------------------------------------------------
+
+
+def quick_limits(hello_seconds: float = 60, **minutes: float) -> SessionLimits:
+    return SessionLimits(hello_seconds=hello_seconds, inactivity_minutes=minutes or {"create": 1})
+
+
+def say_then_hang(*lines: str) -> Behaviour:
+    """An agent that reads the job, prints ``lines`` and then nothing until stdin closes."""
+
+    async def behaviour(process: ServerProcess, fake: FakeDrone) -> None:
+        await fake.read_job(process)
+        for text in lines:
+            process.stdout.write(text)
+        await fake.wait_for_stdin_eof(process)
+        process.exit(2)
+
+    return behaviour
+
+
+async def test_no_hello_in_time_is_a_timeout_and_the_agent_is_told_to_stop(
+    drone: FakeDrone,
+) -> None:
+    drone.behaviour = say_then_hang()
+    with pytest.raises(OperationFailed) as caught:
+        await run_agent(drone.target(), "create", JOB, None, quick_limits(hello_seconds=0.5))
+    assert caught.value.kind is FailureKind.TIMEOUT
+    assert "no hello within 0.5 s" in caught.value.message
+    assert "hello_timeout" in caught.value.hint
+    await asyncio.wait_for(drone.stdin_closed.wait(), 10)
+
+
+async def test_silence_after_progress_is_a_timeout_naming_the_step(drone: FakeDrone) -> None:
+    drone.behaviour = say_then_hang(hello(), progress(1))
+    events: list[AgentEvent] = []
+
+    async def collect(event: AgentEvent) -> None:
+        events.append(event)
+
+    limits = quick_limits(create=0.01)  # 0.6 s
+    with pytest.raises(OperationFailed) as caught:
+        await run_agent(drone.target(), "create", JOB, collect, limits)
+    assert [type(e) for e in events] == [Hello, Progress]
+    failure = caught.value
+    assert failure.kind is FailureKind.TIMEOUT
+    assert failure.step == "create"
+    assert "sent nothing for 0.01 min during create" in failure.message
+    assert "inactivity_timeout_minutes.create" in failure.hint
+    await asyncio.wait_for(drone.stdin_closed.wait(), 10)
+
+
+def test_each_step_has_its_own_silence_limit_plus_the_lock_wait() -> None:
+    # borg waits for the repository lock without a word, so lock_wait comes on top.
+    silence = Silence(quick_limits(hello_seconds=5, create=1, prune=10), lock_wait=30)
+    assert silence.allowed("create", hello_seen=False) == 5
+    assert silence.allowed("create", hello_seen=True) == 60 + 30
+    assert silence.allowed("prune", hello_seen=True) == 600 + 30
+    assert silence.allowed("compact", hello_seen=True) == 600 + 30  # unknown: the longest
+    assert silence.allowed("hello", hello_seen=True) == 5  # doctor's hello answers at once
+
+
+async def test_doctors_hello_that_never_ends_is_a_timeout(drone: FakeDrone) -> None:
+    drone.behaviour = say_then_hang(hello("hello"))
+    with pytest.raises(OperationFailed) as caught:
+        await run_agent(drone.target(), "hello", JOB, None, quick_limits(hello_seconds=0.5))
+    assert caught.value.kind is FailureKind.TIMEOUT
+    assert "said hello but sent no result within 0.5 s" in caught.value.message
+
+
+async def test_connections_apply_their_limits(drone: FakeDrone) -> None:
+    drone.behaviour = say_then_hang()
+    connections = Connections(limits=quick_limits(hello_seconds=0.5))
+    try:
+        with pytest.raises(OperationFailed) as caught:
+            await connections.run_agent(drone.target(), "create", JOB)
+    finally:
+        await connections.close()
+    assert caught.value.kind is FailureKind.TIMEOUT
+
+
+def test_a_full_repository_disk_gets_a_hint() -> None:
+    error = {"msgid": "RepositoryDiskFull", "message": "no space left on the repository's disk"}
+    with pytest.raises(OperationFailed) as caught:
+        checked(failed_result(2, error), SshTarget(host="h"))
+    assert caught.value.kind is FailureKind.BORG_ERROR
+    assert "free space" in caught.value.hint
+    assert "compact" in caught.value.hint
+
+
+async def test_an_agent_killed_by_a_signal_is_named_so(drone: FakeDrone) -> None:
+    async def behaviour(process: ServerProcess, fake: FakeDrone) -> None:
+        await fake.read_job(process)
+        process.stdout.write(hello() + progress(1))
+        process.exit_with_signal("KILL")
+
+    drone.behaviour = behaviour
+    failure = await fails(FailureKind.AGENT, drone.target())
+    assert "killed by signal KILL" in failure.message
+    assert "exit status" not in failure.message
+    assert "out-of-memory" in failure.hint
