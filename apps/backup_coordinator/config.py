@@ -33,6 +33,7 @@ from .model import (
     parse_keep_within,
     parse_mode,
 )
+from .redaction import Redactor
 from .values import (
     PORT_RANGE,
     InvalidValue,
@@ -694,13 +695,10 @@ def _passphrases_in(args: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _redact(message: str, secrets: Iterable[str]) -> str:
-    """Belt and braces: no message may carry a passphrase, even one pasted under a wrong key."""
-    for secret in secrets:
-        # Also as repr() shows it (escaped), since messages quote values with repr.
-        for form in (secret, repr(secret)[1:-1], repr(secret + "'")[1:-2]):
-            if form:
-                message = message.replace(form, "***")
-    return message
+    """Belt and braces: no message may carry a passphrase, even one pasted under a wrong key
+    (in any escaped or cut form: messages quote values with repr)."""
+    found = tuple(secrets)
+    return Redactor(found).text(message) if found else message
 
 
 # ---------------------------------------------------------------------------------------------
