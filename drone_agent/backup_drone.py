@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-AGENT_VERSION = "1.1.0"
+AGENT_VERSION = "1.2.0"
 PROTOCOL_VERSION = 2  # the newest protocol this agent speaks
 SUPPORTED_PROTOCOLS = (1, 2)
 SEQUENCE = "sequence"
