@@ -167,11 +167,12 @@ class AgentProcess:
         args: tuple[str, ...] = ("serve",),
         user: str | None = None,
         program: Path = AGENT_PATH,
+        python_options: tuple[str, ...] = (),
     ) -> None:
         env = dict(env)
         if ssh_command is not None:
             env["SSH_ORIGINAL_COMMAND"] = ssh_command
-        argv = [python, str(program), *args]
+        argv = [python, *python_options, str(program), *args]
         if user is not None:
             argv = ["runuser", "-u", user, "--", *argv]
         self.process = subprocess.Popen(

@@ -16,6 +16,7 @@ import pytest
 from devstack.borg import AGENT_PATH, borg_json, create_archive, list_archives, run_borg
 from devstack.waiting import wait_until
 from tests.integration.agent_support import (
+    SYSTEM_PYTHON,
     AgentProcess,
     Repo,
     agent_python,
@@ -425,3 +426,30 @@ def test_a_sequence_by_hand_prints_each_steps_summary(repo: Repo, tmp_path: Path
     ]
     assert lines[-1].startswith("sequence finished in ")
     assert lines[-1].endswith("exit code 0")
+
+
+def test_the_documented_forced_command_runs_a_scheduled_backup(repo: Repo, tmp_path: Path) -> None:
+    """`/usr/bin/python3 -I AGENT serve --policy FILE`, as docs/security.md shows it: isolated
+    mode ignores PYTHON* variables (a sitecustomize on PYTHONPATH would break the agent)."""
+    injected = tmp_path / "python-injection"
+    injected.mkdir()
+    (injected / "sitecustomize.py").write_text("raise SystemExit('PYTHONPATH was used')\n")
+    policy = write_policy(
+        tmp_path / "policy.json",
+        repositories=[str(repo.path)],
+        paths=[str(repo.data)],
+        archive_prefixes=["drone"],
+        min_keep={"daily": 7},
+    )
+    agent = AgentProcess(
+        SYSTEM_PYTHON,
+        repo.sequence_job(["create", "prune", "stats"]),
+        {**repo.env(), "PYTHONPATH": str(injected)},
+        ssh_command="sequence",
+        args=("serve", "--policy", str(policy)),
+        python_options=("-I",),
+    )
+    result = agent.finish()
+    assert_framing(result)
+    assert result.exit_code == 0, (result.events, result.stderr)
+    assert result.result["data"] == {"completed": ["create", "prune", "stats"]}
