@@ -235,6 +235,7 @@ def test_list(agent_python: str, repo: Repo) -> None:
     assert result.exit_code == 0, result.events
     archives = result.result["data"]["archives"]
     assert [a["name"] for a in archives] == ["drone-2024-01-01T00:00:00"]
+    assert result.result["data"]["archive_count"] == 1
     assert set(archives[0]) == {"name", "id", "time"}
     everything = run_agent(agent_python, "list", repo.job(archive_prefix=None), repo.env())
     assert len(everything.result["data"]["archives"]) == 3
@@ -264,6 +265,7 @@ def test_prune_follows_borgs_rules_and_spares_others(agent_python: str, repo: Re
     assert data["kept"] == kept
     assert set(data["pruned"]) == {f"drone-{stamp}" for stamp in ours} - set(kept)
     assert set(data["pruned"]) == would_prune
+    assert (data["kept_count"], data["pruned_count"]) == (len(kept), len(data["pruned"]))
     assert isinstance(data["compact"]["freed_bytes"], int)
     remaining = list_archives(repo.path, repo.passphrase, repo.base_dir)
     assert sorted(remaining) == sorted(kept + others)
@@ -273,7 +275,7 @@ def test_check_of_a_healthy_repository(agent_python: str, repo: Repo) -> None:
     run_agent(agent_python, "create", repo.job(), repo.env())
     result = run_agent(agent_python, "check", repo.job(), repo.env())
     assert result.exit_code == 0, result.events
-    assert result.result["data"] == {"findings": [], "repository_ok": True}
+    assert result.result["data"] == {"findings": [], "finding_count": 0, "repository_ok": True}
 
 
 def test_check_reports_a_damaged_repository(agent_python: str, repo: Repo) -> None:
@@ -312,7 +314,7 @@ def test_human_mode_with_the_hosts_passphrase_and_json(repo: Repo, tmp_path: Pat
     assert completed.returncode == 0, completed.stderr
     events = [json.loads(line) for line in completed.stdout.splitlines()]
     assert [e["type"] for e in events] == ["hello", "result"]
-    assert events[-1]["data"] == {"archives": []}
+    assert events[-1]["data"] == {"archives": [], "archive_count": 0}
 
 
 def test_human_mode_rejects_a_bad_job_file(repo: Repo, tmp_path: Path) -> None:
