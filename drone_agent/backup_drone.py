@@ -1827,8 +1827,15 @@ def prune_summary(data: Dict[str, Any]) -> List[str]:
     return [
         *[f"kept    {name}" for name in data["kept"]],
         *[f"pruned  {name}" for name in data["pruned"]],
+        *left_out(data["kept_count"] - len(data["kept"]), "kept archives"),
+        *left_out(data["pruned_count"] - len(data["pruned"]), "pruned archives"),
         "compact freed " + (human_size(freed) if freed is not None else "an unknown amount"),
     ]
+
+
+def left_out(count: int, what: str) -> List[str]:
+    """A line about the names a result left out (see RESULT_LIST_BUDGET), if any."""
+    return [f"... and {count} more {what}, not listed"] if count > 0 else []
 
 
 def stats_summary(data: Dict[str, Any]) -> List[str]:
@@ -1842,7 +1849,8 @@ def stats_summary(data: Dict[str, Any]) -> List[str]:
 
 
 def list_summary(data: Dict[str, Any]) -> List[str]:
-    return [f"{a['name']}  {a['time']}" for a in data["archives"]] or ["no archives"]
+    older = left_out(data["archive_count"] - len(data["archives"]), "older archives")
+    return [*older, *[f"{a['name']}  {a['time']}" for a in data["archives"]]] or ["no archives"]
 
 
 def check_summary(_data: Dict[str, Any]) -> List[str]:

@@ -22,6 +22,7 @@ from tests.integration.agent_support import (
     agent_python,
     assert_framing,
     lines_without_progress,
+    load_agent,
     make_recording_borg,
     repo,
     run_agent,
@@ -455,3 +456,34 @@ def test_the_documented_forced_command_runs_a_scheduled_backup(repo: Repo, tmp_p
     assert_framing(result)
     assert result.exit_code == 0, (result.events, result.stderr)
     assert result.result["data"] == {"completed": ["create", "prune", "stats"]}
+
+
+# -- min_keep: what the policy accepts keeps at least what the minimum keeps, by borg's own rules --
+
+MIN_KEEP_CASES: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    ({"daily": 5}, {"hourly": 3, "daily": 5}),
+    ({"within": "2d"}, {"within": "3d"}),
+    ({"daily": 3, "weekly": 2}, {"daily": 4, "weekly": 2, "monthly": 1}),
+    ({"within": "1d", "daily": 4}, {"within": "24H", "hourly": 2, "daily": 4, "yearly": 1}),
+]
+
+
+def keep_options(keep: dict[str, Any]) -> list[str]:
+    return [f"--keep-{rule}={value}" for rule, value in keep.items()]
+
+
+def test_a_prune_the_policy_accepts_keeps_what_min_keep_keeps(repo: Repo) -> None:
+    """Archives every 13 hours over ten days; borg's own dry run decides what each rule set
+    keeps."""
+    now = int(time.time())
+    for step in range(18):
+        stamp = datetime.fromtimestamp(now - step * 13 * 3600, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        make_archive(repo, f"drone-{stamp}", timestamp=stamp)
+    agent = load_agent()
+    for minimum, keep in MIN_KEEP_CASES:
+        policy = agent.parse_policy({"repositories": ["/"], "paths": ["/"], "min_keep": minimum})
+        job = agent.validate_job("prune", repo.job(protocol=2, keep=keep))
+        agent.check_policy(policy, "prune", job)  # accepted
+        pruned_by_minimum = borg_would_prune(repo, *keep_options(minimum))
+        pruned_by_job = borg_would_prune(repo, *keep_options(keep))
+        assert pruned_by_job <= pruned_by_minimum, (minimum, keep)

@@ -455,3 +455,21 @@ def test_a_full_disk_elsewhere_is_not_blamed_on_the_repository() -> None:
 def test_other_errors_are_not_disk_full() -> None:
     records = [log_message("ERROR", "Failed to create/acquire the lock", "LockTimeout")]
     assert agent.borg_error(finished_run(records, 2))["msgid"] == "LockTimeout"
+
+
+def test_a_person_is_told_what_a_result_left_out() -> None:
+    listing = {"archives": [{"name": "web-9", "time": "t"}], "archive_count": 3}
+    assert agent.list_summary(listing) == ["... and 2 more older archives, not listed", "web-9  t"]
+    pruned = {
+        "kept": ["web-9"],
+        "kept_count": 1,
+        "pruned": ["web-8"],
+        "pruned_count": 5,
+        "compact": {"freed_bytes": None},
+    }
+    assert agent.prune_summary(pruned) == [
+        "kept    web-9",
+        "pruned  web-8",
+        "... and 4 more pruned archives, not listed",
+        "compact freed an unknown amount",
+    ]

@@ -492,7 +492,7 @@ def test_the_human_output_shows_each_step_and_the_sequence() -> None:
         "rc": 0,
         "duration": 0.2,
         "warnings": 0,
-        "data": {"archives": [{"name": "a-1", "time": "t"}]},
+        "data": {"archives": [{"name": "a-1", "time": "t"}], "archive_count": 1},
     }
     assert agent.summary_lines(step) == ["a-1  t", "list finished in 0.2 s, exit code 0"]
     result = {
