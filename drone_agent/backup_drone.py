@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import argparse
     from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-AGENT_VERSION = "1.1.0"
+AGENT_VERSION = "1.2.0"
 PROTOCOL_VERSION = 2  # the newest protocol this agent speaks
 SUPPORTED_PROTOCOLS = (1, 2)
 SEQUENCE = "sequence"
@@ -46,6 +46,13 @@ EXIT_FAILED = 2
 EXIT_REJECTED = 3
 
 JOB_LINE_LIMIT = 1024 * 1024
+# Bounds on what the agent keeps and sends, so that a result line stays well under 1 MiB (about
+# 300 kB at most) however much borg prints: the longest borg line read as one (a longer one
+# arrives in pieces), the longest message passed on, and the JSON bytes of each list in a
+# result (list's archives, prune's kept and pruned names, check's findings).
+BORG_LINE_LIMIT = 1024 * 1024
+MESSAGE_MAX_CHARS = 8192
+RESULT_LIST_BUDGET = 96 * 1024
 JOB_READ_TIMEOUT = 30.0
 # After SIGINT borg writes a checkpoint and releases its lock; give it time, then escalate.
 SIGINT_GRACE = 30.0
@@ -203,6 +210,10 @@ RSH_SAFE_SSH_OPTIONS = {
 # -o KEY=VALUE as one word: ssh would also read "KEY VALUE" and "KEY = VALUE"; one form only.
 RSH_OPTION = re.compile(r"(?P<key>[A-Za-z]+)=(?P<value>[^\s\"'=]+)")
 RSH_PORT = re.compile(r"[1-9][0-9]{0,4}")
+# borg reads a pattern's style from two letters or digits and ":" (fm: when there is none).
+PATTERN_STYLE = re.compile(r"(?P<style>[A-Za-z0-9]{2}):")
+PATTERN_STYLES = ("fm", "sh", "pp", "pf")
+PATTERN_MAX_STARS = 3
 
 
 def require_text(value: object, name: str, max_length: int = 4096) -> str:
@@ -345,7 +356,24 @@ def validate_paths(value: object, name: str) -> Tuple[str, ...]:
 
 def validate_exclude_patterns(value: object, name: str) -> Tuple[str, ...]:
     items = require_list(value, name, 1000)
-    return tuple(require_text(item, f"{name}[{i}]") for i, item in enumerate(items))
+    patterns = tuple(require_text(item, f"{name}[{i}]") for i, item in enumerate(items))
+    for i, pattern in enumerate(patterns):
+        check_exclude_pattern(pattern, f"{name}[{i}]")
+    return patterns
+
+
+def check_exclude_pattern(pattern: str, name: str) -> None:
+    """borg matches every pattern against every file: one that backtracks could keep borg busy
+    for hours. Regular expressions (re:) are refused; shell and fnmatch patterns may hold a few
+    ``*`` (borg's sh: translation backtracks polynomially in their number)."""
+    style = PATTERN_STYLE.match(pattern)
+    kind = style["style"] if style else "fm"  # borg reads a pattern without a style as fm:
+    if kind == "re":
+        raise Rejected(name, "re: patterns are not accepted (use sh:, fm:, pp: or pf:)")
+    if kind not in PATTERN_STYLES:
+        raise Rejected(name, "unknown pattern style (use sh:, fm:, pp: or pf:)")
+    if kind in ("sh", "fm") and pattern.count("*") > PATTERN_MAX_STARS:
+        raise Rejected(name, f"may contain at most {PATTERN_MAX_STARS} '*' ('**' counts as two)")
 
 
 def validate_exclude_if_present(value: object, name: str) -> Tuple[str, ...]:
@@ -411,13 +439,17 @@ def check_rsh_options(words: Sequence[str], name: str) -> None:
         argument = words[index + 1]
         if argument.startswith("-"):
             raise Rejected(name, "option values must not start with '-'")
-        if word == "-p" and not (RSH_PORT.fullmatch(argument) and int(argument) <= 65535):
+        if word == "-p" and not is_port(argument):
             raise Rejected(name, "-p must be a port number between 1 and 65535")
         if word == "-o":
             key, option_value = rsh_option(argument, name)
             options.setdefault(key, option_value)
         index += 2
     check_host_key_options(options, name)
+
+
+def is_port(text: str) -> bool:
+    return bool(RSH_PORT.fullmatch(text)) and int(text) <= 65535
 
 
 def rsh_option(argument: str, name: str) -> Tuple[str, str]:
@@ -427,6 +459,8 @@ def rsh_option(argument: str, name: str) -> Tuple[str, str]:
     key = match["key"].lower()
     if key not in RSH_SAFE_SSH_OPTIONS:
         raise Rejected(name, "uses an ssh -o option that is not allowed")
+    if key == "port" and not is_port(match["value"]):
+        raise Rejected(name, "Port must be a port number between 1 and 65535")
     if key == "stricthostkeychecking" and match["value"].lower() != "yes":
         raise Rejected(name, "StrictHostKeyChecking may only be yes: host keys are always verified")
     if key == "userknownhostsfile" and match["value"] == "/dev/null":
@@ -441,6 +475,41 @@ def check_host_key_options(options: Dict[str, str], name: str) -> None:
     could say StrictHostKeyChecking=accept-new, which would then trust any key)."""
     if "userknownhostsfile" in options and "stricthostkeychecking" not in options:
         raise Rejected(name, "UserKnownHostsFile needs -o StrictHostKeyChecking=yes as well")
+
+
+def rsh_ports(borg_rsh: str) -> List[str]:
+    """Every port a validated borg_rsh names (-p PORT, -o Port=PORT), in order."""
+    import shlex
+
+    words = shlex.split(borg_rsh)
+    ports = []
+    for index in range(1, len(words) - 1):
+        option, argument = words[index], words[index + 1]
+        if option == "-p":
+            ports.append(argument)
+        elif option == "-o" and argument.lower().startswith("port="):
+            ports.append(argument.split("=", 1)[1])
+    return ports
+
+
+def check_rsh_port(job: Job) -> None:
+    """ssh takes the first port it is given, and borg puts BORG_RSH's words before the
+    location's port: a port in borg_rsh would reach another port than the location (and the
+    policy) names. So it may only repeat the location's port; a location without a port (ssh's
+    own choice for that host) accepts none. A local repository never runs ssh."""
+    if not job.borg_rsh or not job.repository:
+        return
+    parts = split_location(job.repository)
+    if parts is None or not parts[0]:
+        return
+    location_port = parts[2]
+    for port in rsh_ports(job.borg_rsh):
+        if location_port is None:
+            raise Rejected(
+                "borg_rsh", "must not set a port: write it in the repository location instead"
+            )
+        if int(port) != int(location_port):
+            raise Rejected("borg_rsh", "sets a port other than the repository location's")
 
 
 def validate_remote_path(value: object, name: str) -> str:
@@ -499,6 +568,7 @@ def validate_job(operation: str, raw: object) -> Job:
         name: check(raw[name], name) for name, check in FIELD_VALIDATORS.items() if name in raw
     }
     job = Job(**values)
+    check_rsh_port(job)
     check_steps_field(operation, job, "steps" in raw)
     check_required_fields(operation, job)
     return job
@@ -559,9 +629,10 @@ def validate_operation(from_ssh: Optional[str], from_argv: Optional[str]) -> str
 
 
 class Policy:
-    """What the host admin allows; None means "no restriction" (no policy file)."""
+    """What the host admin allows; None means "no restriction" (no policy file, or the key left
+    out). Local prefixes are stored resolved (symlinks followed), as jobs are checked."""
 
-    __slots__ = ("borg", "operations", "paths", "repositories")
+    __slots__ = ("archive_prefixes", "borg", "min_keep", "operations", "paths", "repositories")
 
     def __init__(
         self,
@@ -569,20 +640,24 @@ class Policy:
         paths: Optional[Tuple[Tuple[str, ...], ...]] = None,
         operations: Optional[Tuple[str, ...]] = None,
         borg: Optional[str] = None,
+        archive_prefixes: Optional[Tuple[str, ...]] = None,
+        min_keep: Optional[KeepRules] = None,
     ) -> None:
         self.repositories = repositories
         self.paths = paths
         self.operations = operations
         self.borg = borg
+        self.archive_prefixes = archive_prefixes
+        self.min_keep = min_keep
 
 
-POLICY_KEYS = ("repositories", "paths", "operations", "borg")
+POLICY_KEYS = ("repositories", "paths", "operations", "borg", "archive_prefixes", "min_keep")
+# borg's own units for --keep-within, in hours (borg 1.2 and 1.4: a month is 31 days).
+WITHIN_HOURS = {"H": 1, "d": 24, "w": 24 * 7, "m": 24 * 31, "y": 24 * 365}
 
 
 def load_policy(explicit_path: Optional[str]) -> Policy:
-    path = explicit_path
-    if path is None and os.path.exists(DEFAULT_POLICY_PATH):
-        path = DEFAULT_POLICY_PATH
+    path = explicit_path if explicit_path is not None else default_policy_path()
     if path is None:
         return Policy()
     try:
@@ -596,6 +671,21 @@ def load_policy(explicit_path: Optional[str]) -> Policy:
         raise Rejected("policy", f"malformed policy file {path}: {error}") from None
 
 
+def default_policy_path() -> Optional[str]:
+    """The default policy file, or None only when it does not exist (lstat says ENOENT). Any
+    other answer (a directory this user may not search, a dangling symlink, a loop) refuses
+    every request: an unreadable policy must never mean "no restriction"."""
+    try:
+        os.lstat(DEFAULT_POLICY_PATH)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise Rejected(
+            "policy", f"cannot look for the policy file {DEFAULT_POLICY_PATH}: {error.strerror}"
+        ) from None
+    return DEFAULT_POLICY_PATH
+
+
 def parse_policy(raw: object) -> Policy:
     if not isinstance(raw, dict) or any(key not in POLICY_KEYS for key in raw):
         raise Rejected("policy", f"must be an object with the keys {', '.join(POLICY_KEYS)}")
@@ -607,7 +697,7 @@ def parse_policy(raw: object) -> Policy:
         for i, item in enumerate(require_list(raw["repositories"], "repositories", 10000))
     )
     paths = tuple(
-        path_components(require_absolute_path(item, f"paths[{i}]"))
+        resolved_components(require_absolute_path(item, f"paths[{i}]"))
         for i, item in enumerate(require_list(raw["paths"], "paths", 10000))
     )
     operations = None
@@ -619,12 +709,53 @@ def parse_policy(raw: object) -> Policy:
     borg = None
     if "borg" in raw:
         borg = require_absolute_path(raw["borg"], "borg")
-    return Policy(repositories, paths, operations, borg)
+    return Policy(
+        repositories,
+        paths,
+        operations,
+        borg,
+        policy_archive_prefixes(raw),
+        policy_min_keep(raw),
+    )
+
+
+def policy_archive_prefixes(raw: Dict[str, Any]) -> Optional[Tuple[str, ...]]:
+    if "archive_prefixes" not in raw:
+        return None
+    items = require_list(raw["archive_prefixes"], "archive_prefixes", 10000)
+    return tuple(
+        require_match(item, f"archive_prefixes[{i}]", ARCHIVE_PREFIX, "an archive prefix")
+        for i, item in enumerate(items)
+    )
+
+
+def policy_min_keep(raw: Dict[str, Any]) -> Optional[KeepRules]:
+    if "min_keep" not in raw:
+        return None
+    minimum = validate_keep(raw["min_keep"], "min_keep")
+    if minimum.is_empty():
+        raise Rejected("min_keep", "must name at least one rule with a count above 0")
+    return minimum
+
+
+def resolved_components(path: str) -> Tuple[str, ...]:
+    """The path's components after following every symlink that exists on this host."""
+    return path_components(os.path.realpath(path))
 
 
 def policy_location(value: object, name: str) -> Location:
-    location = parse_location(validate_repository(value, name))
+    location = job_location(validate_repository(value, name))
     assert location is not None  # validate_repository accepts only parseable locations
+    return location
+
+
+def job_location(repository: str) -> Optional[Location]:
+    """A repository as the policy compares it: a local path resolved on this host (a symlink
+    under an allowed prefix must not lead elsewhere); a remote one as written (its host
+    resolves it)."""
+    location = parse_location(repository)
+    if location is not None and not location.authority:
+        location.components = resolved_components(repository)
     return location
 
 
@@ -644,14 +775,16 @@ def location_allowed(location: Location, allowed: Tuple[Location, ...]) -> bool:
 def check_policy(policy: Policy, operation: str, job: Job) -> None:
     check_policy_operations(policy, operation, job)
     if job.repository and policy.repositories is not None:
-        location = parse_location(job.repository)
+        location = job_location(job.repository)
         if location is None or not location_allowed(location, policy.repositories):
             raise Rejected("repository", "not allowed by this host's policy")
     if policy.paths is not None:
         for i, path in enumerate(job.paths):
-            components = path_components(path)
+            components = resolved_components(path)
             if not any(is_under(components, prefix) for prefix in policy.paths):
                 raise Rejected(f"paths[{i}]", "not allowed by this host's policy")
+    check_policy_prefix(policy, job)
+    check_policy_retention(policy, operation, job)
 
 
 def check_policy_operations(policy: Policy, operation: str, job: Job) -> None:
@@ -664,6 +797,46 @@ def check_policy_operations(policy: Policy, operation: str, job: Job) -> None:
     for i, step in enumerate(job.steps):
         if step not in policy.operations:
             raise Rejected(f"steps[{i}]", "not allowed by this host's policy")
+
+
+def check_policy_prefix(policy: Policy, job: Job) -> None:
+    """``archive_prefixes`` binds the key to its own archives: a job that names a prefix (create
+    and prune must) names one of them."""
+    if policy.archive_prefixes is None or not job.archive_prefix:
+        return
+    if job.archive_prefix not in policy.archive_prefixes:
+        raise Rejected("archive_prefix", "not allowed by this host's policy")
+
+
+def check_policy_retention(policy: Policy, operation: str, job: Job) -> None:
+    """``min_keep``: a prune (alone or as a step) must keep at least what these rules keep."""
+    if policy.min_keep is None or "prune" not in (job.steps or (operation,)):
+        return
+    rule = rule_below_minimum(job.keep, policy.min_keep)
+    if rule is not None:
+        raise Rejected(f"keep.{rule}", "keeps less than this host's policy requires (min_keep)")
+
+
+def rule_below_minimum(keep: KeepRules, minimum: KeepRules) -> Optional[str]:
+    """The first rule of ``minimum`` that ``keep`` does not reach, or None. ``keep`` reaches
+    ``minimum`` when it has each of its rules with at least the same value (``within`` compared
+    in borg's units). borg's prune then keeps every archive the minimum alone would keep:
+    ``within`` keeps a longer span, and each count rule, applied in borg's order, skips the
+    periods whose newest archive an earlier rule kept already, so a larger count and more
+    earlier rules only take it further back."""
+    if minimum.within is not None and (
+        keep.within is None or within_hours(keep.within) < within_hours(minimum.within)
+    ):
+        return "within"
+    counts = dict(keep.counts)
+    for rule, count in minimum.counts:
+        if counts.get(rule, 0) < count:
+            return rule
+    return None
+
+
+def within_hours(within: str) -> int:
+    return int(within[:-1]) * WITHIN_HOURS[within[-1]]
 
 
 def parse_job_line(line: bytes) -> object:
@@ -683,13 +856,16 @@ def parse_job_line(line: bytes) -> object:
 
 
 def archive_name(prefix: str, now: float) -> str:
-    """``PREFIX-YYYY-MM-DDTHH:MM:SS`` in UTC for ``now`` (seconds since the epoch)."""
-    return f"{prefix}-{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}"
+    """``PREFIX-YYYY-MM-DDTHH:MM:SS.ffffff`` in UTC for ``now`` (seconds since the epoch): to
+    the microsecond, so two creates in the same second get different names."""
+    seconds, micros = divmod(round(now * 1000000), 1000000)
+    return f"{prefix}-{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{micros:06d}"
 
 
 def archive_glob(prefix: str) -> str:
-    """Matches this prefix's archives (and their checkpoints) but not those of a longer prefix
-    (``web`` must not match ``web-db-2024-...``), which a plain ``PREFIX-*`` would."""
+    """Matches this prefix's archives (and their checkpoints), named to the second (older
+    agents) or to the microsecond, but not those of a longer prefix (``web`` must not match
+    ``web-db-2024-...``), which a plain ``PREFIX-*`` would."""
     digits = "[0-9]"
     date = f"{digits * 4}-{digits * 2}-{digits * 2}T{digits * 2}:{digits * 2}:{digits * 2}"
     return f"{prefix}-{date}*"
@@ -750,22 +926,47 @@ def check_argv(borg: str, job: Job) -> List[str]:
     return [borg, "check", *common_options(job), "--", job.repository]
 
 
+# What borg gets from the agent's environment, and nothing else: where to find programs and
+# the user's files, the temporary directory, the time zone (prune's days are local days) and
+# where borg keeps its cache, config, security data and keys. Everything else is dropped: other
+# BORG_* settings (BORG_RSH, BORG_REMOTE_PATH, BORG_LOGGING_CONF, BORG_*_I_KNOW_WHAT_I_AM_DOING,
+# ...), PYTHON* (borg is a Python program), LANG/LC_* (which ssh clients may send).
+BORG_INHERITED_ENVIRONMENT = (
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "TZ",
+    "BORG_BASE_DIR",
+    "BORG_CACHE_DIR",
+    "BORG_CONFIG_DIR",
+    "BORG_SECURITY_DIR",
+    "BORG_KEYS_DIR",
+)
+# The host's own passphrase, for jobs without one (BORG_PASSPHRASE_FD is useless: borg gets no
+# inherited file descriptors).
+BORG_HOST_PASSPHRASE_ENVIRONMENT = ("BORG_PASSPHRASE", "BORG_PASSCOMMAND")
 BORG_SAFE_ENVIRONMENT = {
     "BORG_RELOCATED_REPO_ACCESS_IS_OK": "no",
     "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "no",
     "BORG_DISPLAY_PASSPHRASE": "no",
+    # borg 1.4 reads it: "modern" would turn errors and warnings into codes 3..127, which the
+    # agent would misread. borg 1.2 ignores it.
+    "BORG_EXIT_CODES": "legacy",
+    # English UTF-8: the messages the agent parses (prune --list, compact) and file names.
     "LANG": "C.UTF-8",
     "LC_ALL": "C.UTF-8",
 }
 
 
-def borg_environment(base: Dict[str, str], job: Job) -> Dict[str, str]:
-    """The agent's environment (BORG_BASE_DIR etc. from the host) plus safe defaults; the
-    passphrase goes here and never into argv."""
-    env = {**base, **BORG_SAFE_ENVIRONMENT}
+def borg_environment(base: Mapping[str, str], job: Job) -> Dict[str, str]:
+    """borg's environment: the allow-listed part of the agent's (BORG_BASE_DIR etc. from the
+    host) plus safe defaults; the passphrase goes here and never into argv."""
+    inherited: Tuple[str, ...] = BORG_INHERITED_ENVIRONMENT
+    if job.passphrase is None:
+        inherited += BORG_HOST_PASSPHRASE_ENVIRONMENT
+    env = {name: base[name] for name in inherited if name in base}
+    env.update(BORG_SAFE_ENVIRONMENT)
     if job.passphrase is not None:
-        for name in ("BORG_PASSCOMMAND", "BORG_PASSPHRASE_FD"):
-            env.pop(name, None)
         env["BORG_PASSPHRASE"] = job.passphrase
     if job.borg_rsh:
         env["BORG_RSH"] = job.borg_rsh
@@ -850,9 +1051,42 @@ def log_event(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         "type": "log",
         "level": level.lower(),
         "msgid": str(record.get("msgid") or ""),
-        "message": str(record.get("message", "")),
+        "message": capped_text(str(record.get("message", ""))),
         "time": record.get("time", time.time()),
     }
+
+
+def capped_text(text: str) -> str:
+    """At most MESSAGE_MAX_CHARS characters: a long message (a traceback) keeps its start and
+    its end, where the cause is."""
+    if len(text) <= MESSAGE_MAX_CHARS:
+        return text
+    half = MESSAGE_MAX_CHARS // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"
+
+
+def json_size(value: object) -> int:
+    return len(json.dumps(value, ensure_ascii=True, default=str))
+
+
+class BoundedList:
+    """Items up to a budget of JSON bytes (as the result line will carry them), and how many
+    were offered in all: a result line stays small however much borg printed."""
+
+    __slots__ = ("budget", "count", "items", "size")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.items: List[Any] = []
+        self.count = 0
+        self.size = 0
+
+    def add(self, item: object) -> None:
+        self.count += 1
+        if self.size <= self.budget:
+            self.size += json_size(item) + 2
+            if self.size <= self.budget:
+                self.items.append(item)
 
 
 def parse_prune_line(message: str) -> Optional[Tuple[str, str, str]]:
@@ -921,58 +1155,106 @@ def archive_summaries(listing: Dict[str, Any]) -> List[Dict[str, Any]]:
     ]
 
 
-def stats_data(info: Dict[str, Any], archives: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The repository totals of `borg info --json` and this prefix's archives, oldest first."""
+def list_data(archives: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """All archives counted; the newest of them listed (oldest first) up to the budget."""
+    newest = BoundedList(RESULT_LIST_BUDGET)
+    for archive in reversed(archives):
+        newest.add(archive)
+    return {"archives": newest.items[::-1], "archive_count": newest.count}
+
+
+def stats_data(info: Dict[str, Any], count: int, last: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The repository totals of `borg info --json`, and how many archives this prefix has and
+    the newest of them (``{"name", "time"}``)."""
     totals = repository_totals((info.get("cache") or {}).get("stats") or {})
-    last = archives[-1] if archives else None
     return {
         "total_size": totals["total_size"],
         "compressed_size": totals["compressed_size"],
         "deduplicated_size": totals["deduplicated_size"],
-        "archive_count": len(archives),
+        "archive_count": count,
         "last_archive": {"name": last["name"], "time": last["time"]} if last else None,
     }
 
 
-def prune_data(
-    prune_records: List[Dict[str, Any]], compact_records: List[Dict[str, Any]]
-) -> Dict[str, Any]:
-    decided: Dict[str, List[str]] = {"kept": [], "pruned": []}
-    for decision, name, _time in prune_decisions(prune_records):
-        decided[decision].append(name)
-    freed = None
-    for record in compact_records:
-        freed = parse_freed_bytes(str(record.get("message", ""))) or freed
-    return {"kept": decided["kept"], "pruned": decided["pruned"], "compact": {"freed_bytes": freed}}
+class PruneTally:
+    """What prune --list says, line by line, kept bounded however many archives it names: the
+    kept and pruned names in borg's order (newest first, up to a budget) with their counts, and
+    the archives left as `borg list` counts them (checkpoints left out): how many, and the
+    newest, which is what a stats step right after the prune reports."""
+
+    def __init__(self) -> None:
+        self.kept = BoundedList(RESULT_LIST_BUDGET)
+        self.pruned = BoundedList(RESULT_LIST_BUDGET)
+        self.left = 0
+        self.newest_left: Optional[Dict[str, str]] = None
+
+    def add(self, record: Dict[str, Any]) -> None:
+        decision = parse_prune_line(str(record.get("message", "")))
+        if decision is None:
+            return
+        kind, name, when = decision
+        if kind == "pruned":
+            self.pruned.add(name)
+            return
+        self.kept.add(name)
+        if not CHECKPOINT_NAME.search(name):
+            self.left += 1
+            self.newest_left = self.newest_left or {"name": name, "time": when}
 
 
-def prune_decisions(records: List[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
-    """Every archive prune --list named, in borg's order (newest first)."""
-    parsed = (parse_prune_line(str(record.get("message", ""))) for record in records)
-    return [decision for decision in parsed if decision]
+class CompactTally:
+    """The space compact says it freed (None when it did not say)."""
+
+    def __init__(self) -> None:
+        self.freed_bytes: Optional[int] = None
+
+    def add(self, record: Dict[str, Any]) -> None:
+        freed = parse_freed_bytes(str(record.get("message", "")))
+        self.freed_bytes = freed if freed is not None else self.freed_bytes
 
 
-def archives_kept_by_prune(prune_records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The archives a successful prune kept, oldest first, as `borg list` would list them
-    (checkpoints left out): what a stats step right after the prune reports."""
-    kept = [
-        {"name": name, "time": when}
-        for decision, name, when in prune_decisions(prune_records)
-        if decision == "kept" and not CHECKPOINT_NAME.search(name)
-    ]
-    return kept[::-1]
+def prune_data(pruned: PruneTally, compacted: CompactTally) -> Dict[str, Any]:
+    return {
+        "kept": pruned.kept.items,
+        "kept_count": pruned.kept.count,
+        "pruned": pruned.pruned.items,
+        "pruned_count": pruned.pruned.count,
+        "compact": {"freed_bytes": compacted.freed_bytes},
+    }
 
 
-def borg_error(records: List[Dict[str, Any]], rc: int) -> Dict[str, str]:
-    """The error borg reported (the last error with a msgid wins), for a result's ``error``."""
-    errors = [
-        r for r in records if r.get("type") == "log_message" and r.get("levelname") in ERROR_LEVELS
-    ]
-    chosen = [r for r in errors if r.get("msgid")] or errors
-    if not chosen:
-        return {"msgid": "BorgError", "message": f"borg exited with return code {rc}"}
-    last = chosen[-1]
-    return {"msgid": str(last.get("msgid") or "BorgError"), "message": str(last.get("message", ""))}
+ENOSPC_TEXT = ("No space left on device", "[Errno 28]", "ENOSPC")
+
+
+def disk_full_place(record: Dict[str, Any]) -> str:
+    """Where a warning-or-worse line says borg ran out of disk space: "repository" when the
+    line comes from borg's repository code (its logger or a traceback through repository.py),
+    "disk" for any other place, "" when it says nothing of the kind."""
+    message = str(record.get("message", ""))
+    if not any(text in message for text in ENOSPC_TEXT):
+        return ""
+    if record.get("name") == "borg.repository" or "repository.py" in message:
+        return "repository"
+    return "disk"
+
+
+def borg_error(run: BorgRun) -> Dict[str, str]:
+    """The error borg reported, for a result's ``error``: running out of disk space when borg's
+    lines say so (borg itself reports only "Local Exception"), else the last error with a msgid,
+    else the last error."""
+    if run.disk_full == "repository":
+        return {"msgid": "RepositoryDiskFull", "message": "no space left on the repository's disk"}
+    if run.disk_full:
+        return {
+            "msgid": "DiskFull",
+            "message": "no space left on a disk borg writes to "
+            "(the repository's, or this host's for borg's cache and temporary files)",
+        }
+    last = run.last_error_with_msgid or run.last_error
+    if last is None:
+        return {"msgid": "BorgError", "message": f"borg exited with return code {run.rc}"}
+    message = capped_text(str(last.get("message", "")))
+    return {"msgid": str(last.get("msgid") or "BorgError"), "message": message}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -981,14 +1263,44 @@ def borg_error(records: List[Dict[str, Any]], rc: int) -> Dict[str, str]:
 
 
 class BorgRun:
-    """One finished borg command."""
+    """One borg command, and what the agent keeps of its log lines: bounded, however long
+    borg runs and however much it prints. Lines an operation parses (prune's decisions,
+    compact's freed space) go to its ``watch`` as they come."""
 
-    __slots__ = ("rc", "records", "stdout")
+    __slots__ = (
+        "disk_full",
+        "last_error",
+        "last_error_with_msgid",
+        "problems",
+        "rc",
+        "stdout",
+        "watch",
+    )
 
-    def __init__(self, rc: int, stdout: bytes, records: List[Dict[str, Any]]) -> None:
-        self.rc = rc
-        self.stdout = stdout
-        self.records = records  # every log_message and text record, in order
+    def __init__(self, watch: Optional[Callable[[Dict[str, Any]], None]] = None) -> None:
+        self.rc = 0
+        self.stdout = b""
+        self.watch = watch
+        self.last_error: Optional[Dict[str, Any]] = None
+        self.last_error_with_msgid: Optional[Dict[str, Any]] = None
+        # The messages of warning-or-worse lines (check's findings): up to a budget, all counted.
+        self.problems = BoundedList(RESULT_LIST_BUDGET)
+        self.disk_full = ""  # see disk_full_place
+
+    def add(self, record: Dict[str, Any]) -> None:
+        """One log_message or text record of this run."""
+        event = log_event(record)
+        if event is None:
+            if self.watch is not None:
+                self.watch(record)
+            return
+        self.problems.add(event["message"])
+        if self.disk_full != "repository":
+            self.disk_full = disk_full_place(record) or self.disk_full
+        if record.get("type") == "log_message" and record.get("levelname") in ERROR_LEVELS:
+            self.last_error = record
+            if record.get("msgid"):
+                self.last_error_with_msgid = record
 
 
 class Session:
@@ -1058,8 +1370,14 @@ class Span:
         return round(time.monotonic() - self.started, 3)
 
 
-def run_borg(session: Session, argv: List[str], env: Dict[str, str]) -> BorgRun:
+def run_borg(
+    session: Session,
+    argv: List[str],
+    env: Dict[str, str],
+    watch: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> BorgRun:
     """Runs one borg command, streaming its stderr as events; stops it when asked to."""
+    run = BorgRun(watch)
     try:
         process = subprocess.Popen(
             argv,
@@ -1070,12 +1388,12 @@ def run_borg(session: Session, argv: List[str], env: Dict[str, str]) -> BorgRun:
             start_new_session=True,  # no terminal: borg can never prompt, and Ctrl-C is ours
         )
     except OSError as error:
-        message = f"cannot start borg: {error.strerror}"
-        return BorgRun(EXIT_FAILED, b"", [log_record("ERROR", "BorgNotStarted", message)])
+        run.add(log_record("ERROR", "BorgNotStarted", f"cannot start borg: {error.strerror}"))
+        run.rc = EXIT_FAILED
+        return run
     events: queue.Queue[Tuple[str, bytes]] = queue.Queue()
     start_thread(pump_lines, process.stderr, events)
     start_thread(pump_all, process.stdout, events)
-    run = BorgRun(0, b"", [])
     session.process = process
     collect_output(session, process, events, run)
     run.rc = session.borg_finished(process.wait())
@@ -1097,7 +1415,7 @@ def start_thread(target: Callable[..., None], *args: Any) -> None:
 
 
 def pump_lines(stream: IO[bytes], events: queue.Queue[Tuple[str, bytes]]) -> None:
-    for line in iter(stream.readline, b""):
+    for line in iter(lambda: stream.readline(BORG_LINE_LIMIT), b""):
         events.put(("stderr", line))
     events.put(("stderr_end", b""))
 
@@ -1142,7 +1460,7 @@ def handle_stderr_line(session: Session, line: bytes, run: BorgRun) -> None:
         if item:
             session.handle_record(item)
             if item.get("type") in ("log_message", "text"):
-                run.records.append(item)
+                run.add(item)
 
 
 def stop_process(
@@ -1317,7 +1635,7 @@ def failed(run: BorgRun) -> Optional[Outcome]:
     """An Outcome for a borg run that did not succeed (rc >= 2), else None."""
     if run.rc < EXIT_FAILED:
         return None
-    return Outcome({}, ok=False, error=borg_error(run.records, run.rc))
+    return Outcome({}, ok=False, error=borg_error(run))
 
 
 def stopped(session: Session) -> Outcome:
@@ -1347,12 +1665,14 @@ class Runner:
         self.borg = borg
         self.env = env
         self.version = version
-        # This prefix's archives (oldest first) as a prune step of this sequence left them;
+        # How many archives of this prefix a prune step of this sequence left, and the newest;
         # None when not known (no prune yet, or a create ran since).
-        self.archives: Optional[List[Dict[str, Any]]] = None
+        self.archives_left: Optional[Tuple[int, Optional[Dict[str, str]]]] = None
 
-    def run(self, argv: List[str]) -> BorgRun:
-        return run_borg(self.session, argv, self.env)
+    def run(
+        self, argv: List[str], watch: Optional[Callable[[Dict[str, Any]], None]] = None
+    ) -> BorgRun:
+        return run_borg(self.session, argv, self.env, watch)
 
     def halted(self, run: BorgRun) -> Optional[Outcome]:
         """Why not to go on after this run: borg failed, or the request is being stopped."""
@@ -1364,7 +1684,7 @@ def run_hello(runner: Runner) -> Outcome:
 
 
 def run_create(runner: Runner) -> Outcome:
-    runner.archives = None  # a new archive: what an earlier prune listed is out of date
+    runner.archives_left = None  # a new archive: what an earlier prune left is out of date
     name = archive_name(runner.job.archive_prefix, time.time())
     run = runner.run(create_argv(runner.borg, runner.job, name))
     return failed(run) or Outcome(create_data(parse_stdout_json(run)))
@@ -1372,51 +1692,58 @@ def run_create(runner: Runner) -> Outcome:
 
 def run_prune(runner: Runner) -> Outcome:
     """prune, then compact (which frees the space; not when prune failed or a stop came)."""
-    pruning = runner.run(prune_argv(runner.borg, runner.job))
-    halted = runner.halted(pruning)
+    pruned = PruneTally()
+    halted = runner.halted(runner.run(prune_argv(runner.borg, runner.job), pruned.add))
     if halted:
         return halted
-    compacting = runner.run(compact_argv(runner.borg, runner.job))
-    outcome = failed(compacting) or Outcome(prune_data(pruning.records, compacting.records))
+    compacted = CompactTally()
+    compacting = runner.run(compact_argv(runner.borg, runner.job), compacted.add)
+    outcome = failed(compacting) or Outcome(prune_data(pruned, compacted))
     if outcome.ok:
-        runner.archives = archives_kept_by_prune(pruning.records)
+        runner.archives_left = (pruned.left, pruned.newest_left)
     return outcome
 
 
 def run_stats(runner: Runner) -> Outcome:
     """borg info for the totals and borg list for the archives; right after a prune of the same
-    sequence, prune's own list of kept archives stands in for borg list."""
+    sequence, what prune said it kept stands in for borg list."""
     info = runner.run(info_argv(runner.borg, runner.job))
     halted = runner.halted(info)
     if halted:
         return halted
-    if runner.archives is not None:
-        return Outcome(stats_data(parse_stdout_json(info), runner.archives))
+    if runner.archives_left is not None:
+        return Outcome(stats_data(parse_stdout_json(info), *runner.archives_left))
     listing = runner.run(list_argv(runner.borg, runner.job))
-    return failed(listing) or Outcome(
-        stats_data(parse_stdout_json(info), archive_summaries(parse_stdout_json(listing)))
-    )
+    listing_failed = failed(listing)
+    if listing_failed:
+        return listing_failed
+    archives = archive_summaries(parse_stdout_json(listing))
+    newest = archives[-1] if archives else None
+    return Outcome(stats_data(parse_stdout_json(info), len(archives), newest))
 
 
 def run_list(runner: Runner) -> Outcome:
     run = runner.run(list_argv(runner.borg, runner.job))
-    return failed(run) or Outcome({"archives": archive_summaries(parse_stdout_json(run))})
+    return failed(run) or Outcome(list_data(archive_summaries(parse_stdout_json(run))))
 
 
 def run_check(runner: Runner) -> Outcome:
     """Finds problems (warnings are its findings, so borg rc 1 is a failure here too)."""
     run = runner.run(check_argv(runner.borg, runner.job))
-    findings = [str(event["message"]) for event in map(log_event, run.records) if event]
-    repository_ok = run.rc == EXIT_OK and not findings
-    error = None if repository_ok else borg_error(run.records, run.rc)
+    findings = run.problems
+    repository_ok = run.rc == EXIT_OK and not findings.count
+    error = None if repository_ok else borg_error(run)
     if error and run.rc < EXIT_FAILED:
         error = {
             "msgid": "CheckFoundProblems",
-            "message": "; ".join(findings[:5]) or error["message"],
+            "message": capped_text("; ".join(findings.items[:5])) or error["message"],
         }
-    return Outcome(
-        {"findings": findings, "repository_ok": repository_ok}, ok=repository_ok, error=error
-    )
+    data = {
+        "findings": findings.items,
+        "finding_count": findings.count,
+        "repository_ok": repository_ok,
+    }
+    return Outcome(data, ok=repository_ok, error=error)
 
 
 def run_sequence(runner: Runner) -> Outcome:
@@ -1500,8 +1827,15 @@ def prune_summary(data: Dict[str, Any]) -> List[str]:
     return [
         *[f"kept    {name}" for name in data["kept"]],
         *[f"pruned  {name}" for name in data["pruned"]],
+        *left_out(data["kept_count"] - len(data["kept"]), "kept archives"),
+        *left_out(data["pruned_count"] - len(data["pruned"]), "pruned archives"),
         "compact freed " + (human_size(freed) if freed is not None else "an unknown amount"),
     ]
+
+
+def left_out(count: int, what: str) -> List[str]:
+    """A line about the names a result left out (see RESULT_LIST_BUDGET), if any."""
+    return [f"... and {count} more {what}, not listed"] if count > 0 else []
 
 
 def stats_summary(data: Dict[str, Any]) -> List[str]:
@@ -1515,7 +1849,8 @@ def stats_summary(data: Dict[str, Any]) -> List[str]:
 
 
 def list_summary(data: Dict[str, Any]) -> List[str]:
-    return [f"{a['name']}  {a['time']}" for a in data["archives"]] or ["no archives"]
+    older = left_out(data["archive_count"] - len(data["archives"]), "older archives")
+    return [*older, *[f"{a['name']}  {a['time']}" for a in data["archives"]]] or ["no archives"]
 
 
 def check_summary(_data: Dict[str, Any]) -> List[str]:
@@ -1841,7 +2176,7 @@ def execute(request: Request, job: Job, policy: Policy) -> int:
     """Runs a validated job: hello first, then the operation, then the result."""
     session = request.session
     session.steps = job.steps
-    env = borg_environment(dict(os.environ), job)
+    env = borg_environment(os.environ, job)
     borg = find_borg(policy, env)
     version = borg_version(borg, env)
     session.emit(hello_event(session, version))

@@ -110,9 +110,12 @@ def host_key_hint(target: SshTarget) -> str:
 
 
 def auth_hint(target: SshTarget) -> str:
+    """The authorized_keys line docs/security.md shows, for this drone."""
     return (
-        f"add to ~{target.user}/.ssh/authorized_keys on {target.host}: "
-        f'command="/usr/local/bin/backup-drone serve",restrict '
+        f"add to ~{target.user}/.ssh/authorized_keys on {target.host} "
+        "(<coordinator-ip>: the address this coordinator connects from): "
+        'from="<coordinator-ip>",command="/usr/bin/python3 -I /usr/local/bin/backup-drone serve '
+        '--policy /etc/backup-drone/policy.json",restrict '
         f"<contents of {target.client_key}.pub>"
     )
 

@@ -45,6 +45,21 @@ def load_agent() -> ModuleType:
     return module
 
 
+def fed(sink: Any, records: list[dict[str, Any]]) -> Any:
+    """``sink`` (a BorgRun or a tally of the agent) after it was given ``records`` one by one,
+    as the agent gives them while borg runs."""
+    for record in records:
+        sink.add(record)
+    return sink
+
+
+def finished_run(records: list[dict[str, Any]], rc: int) -> Any:
+    """The agent's BorgRun of a borg that printed ``records`` and exited with ``rc``."""
+    run = fed(load_agent().BorgRun(), records)
+    run.rc = rc
+    return run
+
+
 def python39() -> str:
     path = os.environ.get("BACKUP_COORDINATOR_PY39", DEFAULT_PY39)
     if not os.access(path, os.X_OK):
@@ -152,11 +167,12 @@ class AgentProcess:
         args: tuple[str, ...] = ("serve",),
         user: str | None = None,
         program: Path = AGENT_PATH,
+        python_options: tuple[str, ...] = (),
     ) -> None:
         env = dict(env)
         if ssh_command is not None:
             env["SSH_ORIGINAL_COMMAND"] = ssh_command
-        argv = [python, str(program), *args]
+        argv = [python, *python_options, str(program), *args]
         if user is not None:
             argv = ["runuser", "-u", user, "--", *argv]
         self.process = subprocess.Popen(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.borg import AGENT_PATH, list_archives, run_borg
+from devstack.borg import AGENT_PATH, init_repository, list_archives, run_borg
 from devstack.waiting import wait_until
 from tests.integration.agent_support import (
     SYSTEM_PYTHON,
@@ -23,6 +23,7 @@ from tests.integration.agent_support import (
     agent_python,
     assert_framing,
     lines_without_progress,
+    load_agent,
     make_repo,
     process_gone,
     repo,
@@ -564,3 +565,89 @@ def test_an_agent_bug_while_borg_runs_stops_borg(
     assert result.events[0]["borg_version"] == "1.2.4"
     assert marker.read_text() == "SIGINT"  # borg was stopped the clean way
     assert result.result["borg_rc"] == 2
+
+
+# -- borg gets an allow-listed environment -------------------------------------------------------
+
+# A borg (named by the policy) that writes down its environment, then runs the real one.
+ENVIRONMENT_DUMPING_BORG = """#!{python}
+import json, os, sys
+if sys.argv[1:2] != ["--version"]:
+    with open({dump!r}, "w") as dump:
+        json.dump(dict(os.environ), dump)
+os.execv({real!r}, [{real!r}] + sys.argv[1:])
+"""
+
+
+def test_borg_gets_only_the_allow_listed_environment(
+    agent_python: str, repo: Repo, tmp_path: Path
+) -> None:
+    dump = tmp_path / "borg-environment.json"
+    borg = tmp_path / "borg"
+    borg.write_text(
+        ENVIRONMENT_DUMPING_BORG.format(python=SYSTEM_PYTHON, dump=str(dump), real=REAL_BORG)
+    )
+    borg.chmod(0o755)
+    policy = write_policy(tmp_path / "policy.json", repositories=["/"], paths=["/"], borg=str(borg))
+    marker = tmp_path / "passcommand-ran"
+    host = {
+        **repo.env(),
+        "BORG_PASSCOMMAND": f"touch {marker}",  # the job has a passphrase: never run this
+        "BORG_EXIT_CODES": "modern",
+        "BORG_LOGGING_CONF": str(tmp_path / "no-such-logging.conf"),
+        "PYTHONPATH": str(tmp_path / "python-injection"),
+        "LC_MESSAGES": "de_DE.UTF-8",
+    }
+    args = ("serve", "--policy", str(policy))
+    result = run_agent(agent_python, "list", repo.job(), host, args=args)
+    assert result.exit_code == 0, result.events
+    environment = json.loads(dump.read_text())
+    agent = load_agent()
+    allowed = set(agent.BORG_INHERITED_ENVIRONMENT) | set(agent.BORG_SAFE_ENVIRONMENT)
+    assert set(environment) <= allowed | {"BORG_PASSPHRASE"}
+    assert environment["BORG_BASE_DIR"] == str(repo.base_dir)  # the host's borg state
+    assert environment["BORG_EXIT_CODES"] == "legacy"
+    assert environment["BORG_PASSPHRASE"] == repo.passphrase
+    assert not marker.exists()
+
+
+# -- a full repository disk ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of its own, unmounted afterwards."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True, capture_output=True, timeout=30)
+
+
+def test_a_full_repository_disk_is_named(
+    agent_python: str, tmp_path: Path, small_disk: Path
+) -> None:
+    base_dir = tmp_path / "borg-base"
+    repo = Repo(small_disk / "repo", base_dir, tmp_path / "big-data")
+    init_repository(repo.path, repo.passphrase, base_dir)
+    repo.data.mkdir()
+    (repo.data / "random.bin").write_bytes(random.Random(3).randbytes(8 * 1024 * 1024))
+    result = run_agent(agent_python, "create", repo.job(), repo.env())
+    assert_framing(result)
+    assert result.exit_code == 2, result.events
+    assert result.error == {
+        "msgid": "RepositoryDiskFull",
+        "message": "no space left on the repository's disk",
+    }
+    assert lock_is_free(repo)
+    # Room again (a smaller data set): the next create succeeds.
+    (repo.data / "random.bin").write_bytes(random.Random(4).randbytes(64 * 1024))
+    again = run_agent(agent_python, "create", repo.job(), repo.env())
+    assert again.exit_code == 0, again.events

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from devstack.borg import list_archives
+from devstack.borg import AGENT_PATH, list_archives
 from tests.integration.agent_support import (
+    SYSTEM_PYTHON,
     AgentProcess,
     AgentResult,
     RecordingBorg,
@@ -23,11 +24,12 @@ from tests.integration.agent_support import (
     make_recording_borg,
     make_repo,
     run_agent,
+    world_readable_dir,
     write_policy,
 )
 
 pytestmark = pytest.mark.integration
-__all__ = ["agent_python"]  # a fixture, used by name
+__all__ = ["agent_python", "world_readable_dir"]  # fixtures, used by name
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,8 @@ INJECTIONS: list[tuple[str, Any, str]] = [
     ("archive_prefix", "x; rm -rf /", "archive_prefix"),
     ("archive_prefix", "--dry-run", "archive_prefix"),
     ("exclude_patterns", ["ok", "bad\x00nul"], "exclude_patterns[1]"),
+    ("exclude_patterns", ["re:(a+)+$"], "exclude_patterns[0]"),  # backtracks for hours
+    ("exclude_patterns", ["sh:*a*a*a*ab"], "exclude_patterns[0]"),
     ("exclude_if_present", ["../../etc/passwd"], "exclude_if_present[0]"),
     ("compression", "lz4 --remote-path=sh", "compression"),
     ("keep", {"within": "1d; id"}, "keep.within"),
@@ -307,3 +311,148 @@ def test_a_remote_location_without_a_user_reaches_borg_as_written(
     assert result.exit_code == 2, result.events
     assert [argv[0] for argv in borg.operations()] == ["list"]
     assert borg.operations()[0][-2:] == ["--", location]
+
+
+# -- the policy fails closed -------------------------------------------------------------------
+
+# The agent with its default policy path moved to where the test says (the real one is /etc).
+AGENT_WITH_DEFAULT_POLICY = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("backup_drone", {agent!r})
+agent = importlib.util.module_from_spec(spec)
+sys.modules["backup_drone"] = agent
+spec.loader.exec_module(agent)
+agent.DEFAULT_POLICY_PATH = {policy!r}
+sys.exit(agent.main(sys.argv[1:]))
+"""
+
+
+def serve_with_default_policy(
+    python: str, repo: Repo, borg: RecordingBorg, directory: Path, policy: Path, user: str | None
+) -> AgentResult:
+    program = directory / "agent_with_default_policy.py"
+    program.write_text(AGENT_WITH_DEFAULT_POLICY.format(agent=str(AGENT_PATH), policy=str(policy)))
+    program.chmod(0o644)
+    env = {**repo.env(), "PATH": f"{borg.path.parent}:{repo.env()['PATH']}"}  # borg: the wrapper
+    agent = AgentProcess(python, repo.job(), env, ssh_command="list", user=user, program=program)
+    return agent.finish()
+
+
+def test_a_default_policy_this_user_may_not_read_refuses_every_job(
+    shared_repo: Repo, world_readable_dir: Path
+) -> None:
+    borg = make_recording_borg(world_readable_dir)
+    private = world_readable_dir / "private"
+    private.mkdir(mode=0o700)  # root's: nobody may not even look inside
+    policy = write_policy(private / "policy.json", repositories=["/srv/only"], paths=["/srv"])
+    result = serve_with_default_policy(
+        SYSTEM_PYTHON, shared_repo, borg, world_readable_dir, policy, user="nobody"
+    )
+    assert_rejected(result, "policy", borg)
+    assert "Permission denied" in result.error["message"]
+
+
+def test_a_dangling_default_policy_symlink_refuses_every_job(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.json"
+    policy.symlink_to(tmp_path / "moved-away.json")
+    result = serve_with_default_policy(agent_python, shared_repo, borg, tmp_path, policy, None)
+    assert_rejected(result, "policy", borg)
+
+
+def test_without_a_default_policy_file_the_job_runs(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
+) -> None:
+    """The control: only a policy file that does not exist means no restriction."""
+    absent = tmp_path / "absent.json"
+    result = serve_with_default_policy(agent_python, shared_repo, borg, tmp_path, absent, None)
+    assert result.exit_code == 0, result.events
+    assert [argv[0] for argv in borg.operations()] == ["list"]
+
+
+# -- symlinks cannot lead out of the policy's prefixes ---------------------------------------------
+
+
+@pytest.fixture
+def link_out(tmp_path: Path) -> Path:
+    """tmp/allowed/link -> tmp/outside, which holds a secret."""
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("not for the backup\n")
+    (tmp_path / "allowed" / "link").symlink_to(tmp_path / "outside")
+    return tmp_path
+
+
+def test_a_path_through_a_symlink_out_of_the_allowed_prefix(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, link_out: Path
+) -> None:
+    policy = open_policy(
+        link_out, borg, repositories=[str(shared_repo.path)], paths=[str(link_out / "allowed")]
+    )
+    job = shared_repo.job(paths=[str(link_out / "allowed" / "link" / "secret.txt")])
+    result = serve(agent_python, "create", job, shared_repo, policy)
+    assert_rejected(result, "paths[0]", borg)
+
+
+def test_a_repository_through_a_symlink_out_of_the_allowed_prefix(
+    agent_python: str, shared_repo: Repo, borg: RecordingBorg, link_out: Path
+) -> None:
+    outside_repo = link_out / "outside" / "repo"
+    outside_repo.symlink_to(shared_repo.path)
+    policy = open_policy(link_out, borg, repositories=[str(link_out / "allowed")])
+    job = shared_repo.job(repository=str(link_out / "allowed" / "link" / "repo"))
+    result = serve(agent_python, "list", job, shared_repo, policy)
+    assert_rejected(result, "repository", borg)
+
+
+# -- a key bound to its prefixes and a minimum retention ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("job_overrides", "field"),
+    [
+        ({"archive_prefix": "other-drone"}, "archive_prefix"),
+        ({"keep": {"within": "1H"}}, "keep.within"),
+        ({"keep": {"within": "7d", "daily": 3}}, "keep.daily"),
+    ],
+)
+def test_a_prune_of_another_prefix_or_below_the_minimum_is_refused(
+    agent_python: str,
+    shared_repo: Repo,
+    borg: RecordingBorg,
+    tmp_path: Path,
+    job_overrides: dict[str, Any],
+    field: str,
+) -> None:
+    policy = open_policy(
+        tmp_path, borg, archive_prefixes=["drone"], min_keep={"within": "7d", "daily": 7}
+    )
+    job = shared_repo.job(**{"keep": {"within": "7d", "daily": 7}, **job_overrides})
+    result = serve(agent_python, "prune", job, shared_repo, policy)
+    assert_rejected(result, field, borg)
+    sequence = shared_repo.sequence_job(["create", "prune"], **job_overrides)
+    assert_rejected(serve(agent_python, "sequence", sequence, shared_repo, policy), field, borg)
+
+
+# -- borg_rsh cannot reach another port than the location's -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("location", "borg_rsh"),
+    [
+        ("ssh://borg@127.0.0.1/./repo", "ssh -p 2222"),
+        ("ssh://borg@127.0.0.1:2222/./repo", "ssh -o Port=22"),
+    ],
+)
+def test_a_borg_rsh_port_other_than_the_locations_is_refused(
+    agent_python: str,
+    shared_repo: Repo,
+    borg: RecordingBorg,
+    tmp_path: Path,
+    location: str,
+    borg_rsh: str,
+) -> None:
+    policy = open_policy(tmp_path, borg, repositories=[location])
+    job = shared_repo.job(repository=location, borg_rsh=borg_rsh)
+    assert_rejected(serve(agent_python, "list", job, shared_repo, policy), "borg_rsh", borg)

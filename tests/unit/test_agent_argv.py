@@ -106,8 +106,11 @@ def test_prune_argv() -> None:
 
 def test_the_archive_glob_matches_only_this_prefix() -> None:
     pattern = agent.archive_glob("web")
-    assert fnmatch.fnmatchcase("web-2025-01-31T23:59:59", pattern)
+    assert fnmatch.fnmatchcase("web-2025-01-31T23:59:59", pattern)  # named by older agents
     assert fnmatch.fnmatchcase("web-2025-01-31T23:59:59.checkpoint", pattern)
+    assert fnmatch.fnmatchcase("web-2025-01-31T23:59:59.123456", pattern)
+    assert fnmatch.fnmatchcase("web-2025-01-31T23:59:59.123456.checkpoint.1", pattern)
+    assert fnmatch.fnmatchcase(agent.archive_name("web", 1738367999.5), pattern)
     assert not fnmatch.fnmatchcase("web-db-2025-01-31T23:59:59", pattern)
     assert not fnmatch.fnmatchcase("webx-2025-01-31T23:59:59", pattern)
     assert not fnmatch.fnmatchcase("other-2025-01-31T23:59:59", pattern)
@@ -178,10 +181,60 @@ def test_the_passphrase_goes_to_the_environment_only() -> None:
 
 
 def test_without_a_job_passphrase_the_hosts_own_is_kept() -> None:
-    host = {"BORG_PASSCOMMAND": "cat /root/pass", "BORG_PASSPHRASE": "host-secret"}
+    host = {
+        "BORG_PASSCOMMAND": "cat /root/pass",
+        "BORG_PASSPHRASE": "host-secret",
+        "BORG_PASSPHRASE_FD": "3",  # borg inherits no file descriptors: useless
+    }
     env = agent.borg_environment(host, job(passphrase=None))
     assert env["BORG_PASSCOMMAND"] == "cat /root/pass"
     assert env["BORG_PASSPHRASE"] == "host-secret"
+    assert "BORG_PASSPHRASE_FD" not in env
+
+
+HOST_ENVIRONMENT = {
+    "PATH": "/usr/sbin:/usr/bin",
+    "HOME": "/root",
+    "TMPDIR": "/var/tmp",
+    "TZ": "Europe/Berlin",
+    "BORG_BASE_DIR": "/var/lib/borg",
+    "BORG_CACHE_DIR": "/var/cache/borg",
+    "BORG_CONFIG_DIR": "/etc/borg",
+    "BORG_SECURITY_DIR": "/var/lib/borg/security",
+    "BORG_KEYS_DIR": "/etc/borg/keys",
+    # none of these may reach borg
+    "BORG_PASSCOMMAND": "touch /tmp/passcommand-ran",
+    "BORG_RSH": "sh -c id",
+    "BORG_REMOTE_PATH": "sh -c id",
+    "BORG_LOGGING_CONF": "/tmp/logging.conf",
+    "BORG_CHECK_I_KNOW_WHAT_I_AM_DOING": "YES",
+    "BORG_EXIT_CODES": "modern",
+    "BORG_REPO": "/elsewhere",
+    "PYTHONPATH": "/tmp/evil",
+    "PYTHONSTARTUP": "/tmp/evil.py",
+    "LD_PRELOAD": "/tmp/evil.so",
+    "LANG": "de_DE.UTF-8",
+    "LC_MESSAGES": "de_DE.UTF-8",
+    "SSH_ORIGINAL_COMMAND": "create",
+}
+
+
+def test_borg_gets_only_the_allow_listed_environment() -> None:
+    env = agent.borg_environment(HOST_ENVIRONMENT, job())
+    allowed = set(agent.BORG_INHERITED_ENVIRONMENT)
+    assert {k: v for k, v in env.items() if k in allowed} == {
+        k: v for k, v in HOST_ENVIRONMENT.items() if k in allowed
+    }
+    assert set(env) == allowed | set(agent.BORG_SAFE_ENVIRONMENT) | {"BORG_PASSPHRASE"}
+    assert env["BORG_EXIT_CODES"] == "legacy"  # a host's "modern" cannot change what rc 2 means
+    assert env["LANG"] == env["LC_ALL"] == "C.UTF-8"
+
+
+def test_without_a_job_passphrase_only_the_passphrase_settings_are_added() -> None:
+    env = agent.borg_environment(HOST_ENVIRONMENT, job(passphrase=None))
+    assert env["BORG_PASSCOMMAND"] == HOST_ENVIRONMENT["BORG_PASSCOMMAND"]
+    assert "BORG_RSH" not in env
+    assert "PYTHONPATH" not in env
 
 
 def test_borg_rsh_goes_to_the_environment() -> None:
@@ -193,12 +246,19 @@ def test_borg_rsh_goes_to_the_environment() -> None:
 @pytest.mark.parametrize(
     ("now", "name"),
     [
-        (datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC), "web-2025-03-04T05:06:07"),
-        (datetime.fromisoformat("2025-03-04T07:06:07+02:00"), "web-2025-03-04T05:06:07"),
+        (datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC), "web-2025-03-04T05:06:07.000000"),
+        (datetime.fromisoformat("2025-03-04T07:06:07+02:00"), "web-2025-03-04T05:06:07.000000"),
+        (datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC), "web-2025-03-04T05:06:07.123456"),
+        (datetime(2025, 3, 4, 5, 6, 7, 999999, tzinfo=UTC), "web-2025-03-04T05:06:07.999999"),
     ],
 )
-def test_archive_names_are_utc(now: datetime, name: str) -> None:
+def test_archive_names_are_utc_to_the_microsecond(now: datetime, name: str) -> None:
     assert agent.archive_name("web", now.timestamp()) == name
+
+
+def test_two_names_in_the_same_second_differ() -> None:
+    second = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC).timestamp()
+    assert agent.archive_name("web", second + 0.1) != agent.archive_name("web", second + 0.2)
 
 
 @pytest.mark.parametrize(

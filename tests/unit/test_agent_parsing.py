@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.integration.agent_support import load_agent
+from tests.integration.agent_support import fed, finished_run, load_agent
 
 agent = load_agent()
 
@@ -197,15 +197,20 @@ def test_freed_bytes_of_compact(message: str, freed: int | None) -> None:
 def test_prune_data_collects_kept_pruned_and_freed() -> None:
     prune_records = [log_message("INFO", line) for line in BORG_12_PRUNE[:2] + BORG_12_PRUNE[3:4]]
     compact_records = [log_message("INFO", "compaction freed about 4.68 kB repository space.")]
-    assert agent.prune_data(prune_records, compact_records) == {
+    pruned = fed(agent.PruneTally(), prune_records)
+    compacted = fed(agent.CompactTally(), compact_records)
+    assert agent.prune_data(pruned, compacted) == {
         "kept": ["web-2025-01-10T12:00:00", "web-2025-01-01T12:00:00"],
+        "kept_count": 2,
         "pruned": ["web-2025-01-09T12:00:00"],
+        "pruned_count": 1,
         "compact": {"freed_bytes": 4680},
     }
 
 
 def test_prune_data_without_a_freed_line() -> None:
-    assert agent.prune_data([], [])["compact"] == {"freed_bytes": None}
+    data = agent.prune_data(agent.PruneTally(), agent.CompactTally())
+    assert data["compact"] == {"freed_bytes": None}
 
 
 # -- final JSON documents ------------------------------------------------------------------------
@@ -270,7 +275,7 @@ def test_stats_data_counts_the_listed_archives() -> None:
         ]
     }
     archives = agent.archive_summaries(listing)
-    assert agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, archives) == {
+    assert agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, 2, archives[-1]) == {
         "total_size": 60,
         "compressed_size": 92,
         "deduplicated_size": 870,
@@ -280,7 +285,7 @@ def test_stats_data_counts_the_listed_archives() -> None:
 
 
 def test_stats_data_of_an_empty_repository() -> None:
-    stats = agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, [])
+    stats = agent.stats_data({"cache": CREATE_OUTPUT["cache"]}, 0, None)
     assert stats["archive_count"] == 0
     assert stats["last_archive"] is None
 
@@ -292,13 +297,179 @@ def test_borg_error_prefers_the_last_error_with_a_msgid() -> None:
         log_message("ERROR", "no msgid here"),
         log_message("WARNING", "only a warning", "Warn"),
     ]
-    assert agent.borg_error(records, 2) == {"msgid": "LockTimeout", "message": "the lock timed out"}
+    assert agent.borg_error(finished_run(records, 2)) == {
+        "msgid": "LockTimeout",
+        "message": "the lock timed out",
+    }
 
 
 def test_borg_error_without_any_error_line() -> None:
-    assert agent.borg_error([], 2) == {
+    assert agent.borg_error(finished_run([], 2)) == {
         "msgid": "BorgError",
         "message": "borg exited with return code 2",
     }
     only_text = [log_message("ERROR", "Traceback ...")]
-    assert agent.borg_error(only_text, 2) == {"msgid": "BorgError", "message": "Traceback ..."}
+    assert agent.borg_error(finished_run(only_text, 2)) == {
+        "msgid": "BorgError",
+        "message": "Traceback ...",
+    }
+
+
+# -- what the agent keeps and sends stays bounded however much borg prints ----------------------
+
+ONE_MIB = 1024 * 1024
+# Worst-case text: every character becomes a 6-byte \uXXXX escape in the ASCII-only JSON line.
+WIDE_NAME = "\u00e9" * 200
+
+
+def result_line_size(operation: str, data: dict[str, Any], error: dict[str, str] | None) -> int:
+    event = {
+        "type": "result",
+        "operation": operation,
+        "ok": error is None,
+        "rc": 0 if error is None else 2,
+        "borg_rc": 0,
+        "duration": 1.0,
+        "warnings": 0,
+        "data": data,
+    }
+    if error is not None:
+        event["error"] = error
+    return len(json.dumps(event, ensure_ascii=True))
+
+
+def test_a_run_with_endless_warnings_keeps_a_bounded_part_and_counts_all() -> None:
+    records = [
+        log_message("WARNING", f"/srv/{WIDE_NAME}/{n}: [Errno 13] Permission denied")
+        for n in range(20000)
+    ]
+    run = finished_run([*records, log_message("ERROR", "x" * 100000, "Huge")], 2)
+    assert run.problems.count == 20001
+    assert len(json.dumps(run.problems.items)) <= agent.RESULT_LIST_BUDGET
+    assert run.problems.items[0] == records[0]["message"]  # the first ones are kept
+    error = agent.borg_error(run)
+    assert error["msgid"] == "Huge"
+    assert len(error["message"]) < agent.MESSAGE_MAX_CHARS + 100
+
+
+def test_a_check_result_with_endless_findings_stays_well_under_one_mib() -> None:
+    records = [log_message("ERROR", f"{WIDE_NAME * 40} {n}") for n in range(5000)]
+    data = {
+        "findings": finished_run(records, 1).problems.items,
+        "finding_count": 5000,
+        "repository_ok": False,
+    }
+    error = {"msgid": "CheckFoundProblems", "message": agent.capped_text("; ".join(["y" * 9000]))}
+    assert result_line_size("check", data, error) < ONE_MIB / 2
+
+
+def test_a_listing_of_many_archives_sends_the_newest_and_counts_all() -> None:
+    archives = [
+        {"name": f"{WIDE_NAME}-{n:06d}", "id": ARCHIVE_ID, "time": "2025-01-01T00:00:00.000000"}
+        for n in range(50000)
+    ]
+    data = agent.list_data(archives)
+    assert data["archive_count"] == 50000
+    assert data["archives"] == archives[-len(data["archives"]) :]  # the newest, oldest first
+    assert result_line_size("list", data, None) < ONE_MIB / 2
+
+
+def test_a_prune_of_many_archives_sends_a_bounded_list_and_counts_all() -> None:
+    lines = [
+        f"{'Keeping archive (rule: daily #1):' if n % 2 else 'Pruning archive (1/2):':44}"
+        f"web-{WIDE_NAME}-{n:06d}   Fri, 2025-01-10 12:00:00 [{ARCHIVE_ID}]"
+        for n in range(40000)
+    ]
+    tally = fed(agent.PruneTally(), [log_message("INFO", line) for line in lines])
+    data = agent.prune_data(tally, agent.CompactTally())
+    assert (data["kept_count"], data["pruned_count"]) == (20000, 20000)
+    assert data["kept"][0] == f"web-{WIDE_NAME}-000001"  # borg's order: newest first
+    assert result_line_size("prune", data, None) < ONE_MIB / 2
+    assert tally.left == 20000
+
+
+def test_a_long_message_keeps_its_start_and_its_end() -> None:
+    traceback = "Traceback (most recent call last):\n" + "  frame\n" * 5000 + "OSError: the cause"
+    capped = agent.capped_text(traceback)
+    assert len(capped) < agent.MESSAGE_MAX_CHARS + 100
+    assert capped.startswith("Traceback")
+    assert capped.endswith("OSError: the cause")
+    assert agent.capped_text("short") == "short"
+
+
+# -- a full disk is named as such, from borg's own lines ------------------------------------------
+
+# What borg 1.2.4 printed (--log-json) when the repository's filesystem filled up during create.
+DISK_FULL_LINES = [
+    {
+        "type": "log_message",
+        "message": "data/big: read: [Errno 28] No space left on device",
+        "levelname": "WARNING",
+        "name": "borg.archiver",
+    },
+    {
+        "type": "log_message",
+        "message": "No space left on device, cleaning up partial transaction to free space.",
+        "levelname": "WARNING",
+        "name": "borg.repository",
+    },
+    {
+        "type": "log_message",
+        "message": "Local Exception",
+        "levelname": "ERROR",
+        "name": "borg.archiver",
+        "msgid": "Exception",
+    },
+    {
+        "type": "log_message",
+        "message": "Traceback (most recent call last):\n"
+        '  File "/usr/lib/python3/dist-packages/borg/repository.py", line 1468, in close_segment\n'
+        "OSError: [Errno 28] No space left on device",
+        "levelname": "ERROR",
+        "name": "borg.archiver",
+    },
+]
+
+
+def test_a_full_repository_disk_is_named() -> None:
+    assert agent.borg_error(finished_run(DISK_FULL_LINES, 2)) == {
+        "msgid": "RepositoryDiskFull",
+        "message": "no space left on the repository's disk",
+    }
+    # the traceback alone says so too
+    assert agent.borg_error(finished_run(DISK_FULL_LINES[2:], 2))["msgid"] == "RepositoryDiskFull"
+
+
+def test_a_full_disk_elsewhere_is_not_blamed_on_the_repository() -> None:
+    cache_full = [
+        DISK_FULL_LINES[2],
+        log_message(
+            "ERROR",
+            'Traceback ...\n  File "/usr/lib/python3/dist-packages/borg/cache.py", line 9\n'
+            "OSError: [Errno 28] No space left on device",
+        ),
+    ]
+    assert agent.borg_error(finished_run(cache_full, 2))["msgid"] == "DiskFull"
+
+
+def test_other_errors_are_not_disk_full() -> None:
+    records = [log_message("ERROR", "Failed to create/acquire the lock", "LockTimeout")]
+    assert agent.borg_error(finished_run(records, 2))["msgid"] == "LockTimeout"
+
+
+def test_a_person_is_told_what_a_result_left_out() -> None:
+    listing = {"archives": [{"name": "web-9", "time": "t"}], "archive_count": 3}
+    assert agent.list_summary(listing) == ["... and 2 more older archives, not listed", "web-9  t"]
+    pruned = {
+        "kept": ["web-9"],
+        "kept_count": 1,
+        "pruned": ["web-8"],
+        "pruned_count": 5,
+        "compact": {"freed_bytes": None},
+    }
+    assert agent.prune_summary(pruned) == [
+        "kept    web-9",
+        "pruned  web-8",
+        "... and 4 more pruned archives, not listed",
+        "compact freed an unknown amount",
+    ]

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devstack.borg import AGENT_PATH
-from tests.integration.agent_support import load_agent
+from tests.integration.agent_support import fed, load_agent
 
 agent = load_agent()
 
@@ -492,7 +492,7 @@ def test_the_human_output_shows_each_step_and_the_sequence() -> None:
         "rc": 0,
         "duration": 0.2,
         "warnings": 0,
-        "data": {"archives": [{"name": "a-1", "time": "t"}]},
+        "data": {"archives": [{"name": "a-1", "time": "t"}], "archive_count": 1},
     }
     assert agent.summary_lines(step) == ["a-1  t", "list finished in 0.2 s, exit code 0"]
     result = {
@@ -542,16 +542,19 @@ PRUNE_OUTPUT = [
 ] + [{"type": "log_message", "levelname": "INFO", "message": "Pruning archives  50%"}]
 
 
-def test_the_archives_prune_kept_without_checkpoints_oldest_first() -> None:
-    assert agent.archives_kept_by_prune(PRUNE_OUTPUT) == [
-        {"name": "web-2025-01-05T12:00:00", "time": "2025-01-05T12:00:00.000000"},
-        {"name": "web-2025-01-10T12:00:00", "time": "2025-01-10T12:00:01.000000"},
-    ]
+def test_the_archives_prune_left_without_checkpoints() -> None:
+    tally = fed(agent.PruneTally(), PRUNE_OUTPUT)
+    assert tally.left == 2
+    assert tally.newest_left == {
+        "name": "web-2025-01-10T12:00:00",
+        "time": "2025-01-10T12:00:01.000000",
+    }
 
 
 def test_stats_from_prunes_list_counts_and_names_the_newest() -> None:
     info = {"cache": {"stats": {"total_size": 10, "total_csize": 8, "unique_csize": 5}}}
-    data = agent.stats_data(info, agent.archives_kept_by_prune(PRUNE_OUTPUT))
+    tally = fed(agent.PruneTally(), PRUNE_OUTPUT)
+    data = agent.stats_data(info, tally.left, tally.newest_left)
     assert data == {
         "total_size": 10,
         "compressed_size": 8,
@@ -562,11 +565,13 @@ def test_stats_from_prunes_list_counts_and_names_the_newest() -> None:
 
 
 def test_a_prune_that_kept_nothing_means_no_archives() -> None:
-    assert agent.stats_data({}, agent.archives_kept_by_prune([]))["last_archive"] is None
+    tally = agent.PruneTally()
+    assert agent.stats_data({}, tally.left, tally.newest_left)["last_archive"] is None
 
 
 def test_prune_data_still_lists_kept_checkpoints_as_kept() -> None:
-    assert agent.prune_data(PRUNE_OUTPUT, [])["kept"] == [
+    data = agent.prune_data(fed(agent.PruneTally(), PRUNE_OUTPUT), agent.CompactTally())
+    assert data["kept"] == [
         "web-2025-01-11T12:00:00.checkpoint",
         "web-2025-01-10T12:00:00",
         "web-2025-01-05T12:00:00",

@@ -483,3 +483,85 @@ def test_more_bad_locations(repository: str, message: str) -> None:
         agent.validate_job("list", job(repository=repository))
     assert caught.value.field == "repository"
     assert message in caught.value.message
+
+
+# -- borg_rsh may not reach another port than the repository location names ---------------------
+
+
+@pytest.mark.parametrize(
+    ("repository", "borg_rsh"),
+    [
+        ("ssh://borg@nas:2222/srv/borg", "ssh -p 2222"),
+        ("ssh://borg@nas:2222/srv/borg", "ssh -o Port=2222"),
+        ("ssh://borg@nas/srv/borg", "ssh -i /root/.ssh/backup -o BatchMode=yes"),
+        ("borg@nas:/srv/borg", "ssh -C"),
+        ("/srv/borg", "ssh -p 2222"),  # a local repository runs no ssh
+    ],
+)
+def test_borg_rsh_ports_that_agree_with_the_location(repository: str, borg_rsh: str) -> None:
+    agent.validate_job("list", job(repository=repository, borg_rsh=borg_rsh))
+
+
+@pytest.mark.parametrize(
+    ("repository", "borg_rsh", "message"),
+    [
+        ("ssh://borg@nas:2222/srv/borg", "ssh -p 22", "other than the repository location's"),
+        ("ssh://borg@nas:2222/srv/borg", "ssh -o Port=22", "other than the repository"),
+        ("ssh://borg@nas:2222/srv/borg", "ssh -p 2222 -o port=23", "other than the repository"),
+        ("ssh://borg@nas/srv/borg", "ssh -p 2222", "write it in the repository location"),
+        ("ssh://borg@nas/srv/borg", "ssh -p 22", "write it in the repository location"),
+        ("borg@nas:/srv/borg", "ssh -o Port=2222", "write it in the repository location"),
+        ("borg@nas:/srv/borg", "ssh -o Port=ssh", "Port must be a port number"),
+    ],
+)
+def test_borg_rsh_may_not_override_the_locations_port(
+    repository: str, borg_rsh: str, message: str
+) -> None:
+    with pytest.raises(agent.Rejected) as caught:
+        agent.validate_job("list", job(repository=repository, borg_rsh=borg_rsh))
+    assert caught.value.field == "borg_rsh"
+    assert message in caught.value.message
+
+
+# -- exclude patterns that could keep borg busy for hours are refused ---------------------------
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "*.tmp",
+        "/home/*/.cache",
+        "sh:**/.cache",
+        "sh:**/*.tmp",
+        "sh:/home/*/.local/share/Trash",
+        "fm:*/node_modules/*",
+        "pp:/var/cache",
+        "pf:/etc/shadow",
+        "pp:/weird/***/**/*",  # no wildcards in pp: and pf:
+        "- /home/*/.cache",
+        "C:/x",  # one letter: no style
+    ],
+)
+def test_exclude_patterns_that_are_accepted(pattern: str) -> None:
+    validated = agent.validate_job("create", job(exclude_patterns=[pattern]))
+    assert validated.exclude_patterns == (pattern,)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("re:(a+)+$", "re: patterns are not accepted"),
+        ("re:^/home/[^/]+/\\.cache$", "re: patterns are not accepted"),
+        ("xx:/home", "unknown pattern style"),
+        ("RE:(a+)+$", "unknown pattern style"),  # borg knows only lower-case styles
+        ("sh:*a*a*a*ab", "at most 3 '*'"),
+        ("sh:**/**/x", "at most 3 '*'"),
+        ("*a*a*a*ab", "at most 3 '*'"),
+        ("fm:*/*/*/*", "at most 3 '*'"),
+    ],
+)
+def test_exclude_patterns_that_could_backtrack_are_refused(pattern: str, message: str) -> None:
+    with pytest.raises(agent.Rejected) as caught:
+        agent.validate_job("create", job(exclude_patterns=["*.tmp", pattern]))
+    assert caught.value.field == "exclude_patterns[1]"
+    assert message in caught.value.message
