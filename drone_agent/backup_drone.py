@@ -1693,20 +1693,21 @@ def run_create(runner: Runner) -> Outcome:
 def run_prune(runner: Runner) -> Outcome:
     """prune, then compact (which frees the space; not when prune failed or a stop came)."""
     pruned = PruneTally()
-    halted = runner.halted(runner.run(prune_argv(runner.borg, runner.job), pruned.add))
+    pruning = runner.run(prune_argv(runner.borg, runner.job), pruned.add)
+    halted = runner.halted(pruning)
     if halted:
         return halted
     compacted = CompactTally()
     compacting = runner.run(compact_argv(runner.borg, runner.job), compacted.add)
     outcome = failed(compacting) or Outcome(prune_data(pruned, compacted))
-    if outcome.ok:
+    if outcome.ok and pruning.rc == EXIT_OK:  # with warnings its listing may be incomplete
         runner.archives_left = (pruned.left, pruned.newest_left)
     return outcome
 
 
 def run_stats(runner: Runner) -> Outcome:
     """borg info for the totals and borg list for the archives; right after a prune of the same
-    sequence, what prune said it kept stands in for borg list."""
+    sequence that ended without warnings, what prune said it kept stands in for borg list."""
     info = runner.run(info_argv(runner.borg, runner.job))
     halted = runner.halted(info)
     if halted:

@@ -37,6 +37,7 @@ from .redaction import Redactor
 from .values import (
     PORT_RANGE,
     InvalidValue,
+    check_rsh_port,
     optional,
     read_archive_prefix,
     read_boolean,
@@ -451,6 +452,8 @@ def parse_drone(
             raise InvalidValue(required, _missing_message(required))
     parsed = {key: _parse_drone_value(key, key, raw, base_dir) for key, raw in merged.items()}
     drone = _assemble_drone(name, parsed)
+    if drone.borg_rsh is not None:
+        check_rsh_port(drone.borg_rsh, drone.repository)
     _check_job_size(drone)
     return drone
 

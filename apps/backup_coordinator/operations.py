@@ -136,7 +136,15 @@ def _create_summary(data: Mapping[str, Any]) -> str:
 
 
 def _prune_summary(data: Mapping[str, Any]) -> str:
-    return f"pruned {len(data.get('pruned') or [])}, kept {len(data.get('kept') or [])}"
+    return f"pruned {_count(data, 'pruned')}, kept {_count(data, 'kept')}"
+
+
+def _count(data: Mapping[str, Any], key: str) -> int:
+    """The agent's ``<key>_count`` (its lists may be cut short), else the list's length."""
+    count = data.get(f"{key}_count")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    return len(data.get(key) or [])
 
 
 def _stats_summary(data: Mapping[str, Any]) -> str:

@@ -83,6 +83,8 @@ BORG_ERROR_HINTS = {
     "RepositoryDiskFull": "the disk holding the repository is full: free space there, or prune "
     "and compact old archives (borg compact frees what prune deleted); on a remote repository "
     "this is the server's disk",
+    "DiskFull": "a disk on the drone is full (borg's cache or temporary files: BORG_BASE_DIR, "
+    "TMPDIR, the home directory); free space there",
 }
 
 

@@ -14,6 +14,7 @@ raises ``InvalidValue``.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -36,6 +37,10 @@ COMPRESSION_PATTERN = re.compile(
     r"^(auto,)?(none|lz4|zstd(,([1-9]|1[0-9]|2[0-2]))?|zlib(,[0-9])?|lzma(,[0-9])?)$"
 )
 REMOTE_PATH_PATTERN = re.compile(r"[A-Za-z0-9_./+][A-Za-z0-9_./+-]*")
+# borg matches every exclude pattern against every file: styles and limits as the agent has them.
+PATTERN_STYLE_PATTERN = re.compile(r"(?P<style>[A-Za-z0-9]{2}):")
+PATTERN_STYLES = ("fm", "sh", "pp", "pf")
+PATTERN_MAX_STARS = 3
 
 # BORG_RSH is a command borg executes: ssh itself, with options that neither run other programs
 # nor weaken host key checking.
@@ -167,6 +172,38 @@ def read_borg_rsh(key: str, value: object) -> str:
     return text
 
 
+def rsh_ports(borg_rsh: str) -> list[str]:
+    """Every port a borg_rsh read by ``read_borg_rsh`` names (-p PORT, -o Port=PORT)."""
+    words = shlex.split(borg_rsh)
+    ports = []
+    for option, argument in itertools.pairwise(words[1:]):
+        if option == "-p":
+            ports.append(argument)
+        elif option == "-o" and argument.lower().startswith("port="):
+            ports.append(argument.split("=", 1)[1])
+    return ports
+
+
+def check_rsh_port(borg_rsh: str, repository: str) -> None:
+    """ssh takes the first port it is given, and borg puts BORG_RSH's words before the
+    location's: a port in borg_rsh may only repeat the location's, and a location without one
+    accepts none (the agent refuses anything else). A local repository never runs ssh."""
+    location = parse_location(repository)
+    if location is None or location.is_local:
+        return
+    for port in rsh_ports(borg_rsh):
+        if location.port is None:
+            raise InvalidValue(
+                "borg_rsh", "must not set a port: write it in the repository location instead"
+            )
+        if int(port) != int(location.port):
+            raise InvalidValue(
+                "borg_rsh",
+                f"sets port {port}, but the repository location says {location.port}: "
+                "the port belongs in the location",
+            )
+
+
 def read_remote_path(key: str, value: object) -> str:
     text = read_single_line(key, value, "the borg command on the repository host", WORD_MAX)
     if not REMOTE_PATH_PATTERN.fullmatch(text):
@@ -291,7 +328,22 @@ def _absolute_path(key: str, value: object) -> str:
 
 
 def _pattern_text(key: str, value: object) -> str:
-    return read_single_line(key, value, "a borg pattern")
+    """A borg exclude pattern that cannot keep borg busy for hours: no regular expressions
+    (re:), and at most a few ``*`` in shell and fnmatch patterns (borg's sh: backtracks)."""
+    text = read_single_line(key, value, "a borg pattern")
+    style = PATTERN_STYLE_PATTERN.match(text)
+    kind = style["style"] if style else "fm"  # borg reads a pattern without a style as fm:
+    if kind not in PATTERN_STYLES:
+        raise InvalidValue(
+            key,
+            f"must be an sh:, fm:, pp: or pf: pattern (re: is not accepted), got {shown(value)}",
+        )
+    if kind in ("sh", "fm") and text.count("*") > PATTERN_MAX_STARS:
+        raise InvalidValue(
+            key,
+            f"may contain at most {PATTERN_MAX_STARS} '*' ('**' counts as two), got {shown(value)}",
+        )
+    return text
 
 
 def _file_name(key: str, value: object) -> str:

@@ -577,3 +577,43 @@ def test_prune_data_still_lists_kept_checkpoints_as_kept() -> None:
         "web-2025-01-05T12:00:00",
         "web-2024-12-29T12:00:00.checkpoint.2",
     ]
+
+
+class ScriptedRunner(agent.Runner):  # type: ignore[misc, name-defined]
+    """The agent's runner with borg played: each command's rc and log lines scripted."""
+
+    def __init__(self, prune_rc: int) -> None:
+        job = agent.validate_job(
+            "prune",
+            {"protocol": 2, "repository": "/r", "archive_prefix": "web", "keep": {"daily": 1}},
+        )
+        super().__init__(
+            agent.Session("sequence", agent.JsonLinesOutput(-1)), job, "borg", {}, "1.2.4"
+        )
+        self.prune_rc = prune_rc
+        self.commands: list[str] = []
+
+    def run(self, argv: list[str], watch: Any = None) -> Any:
+        command = argv[1]
+        self.commands.append(command)
+        run = agent.BorgRun(watch)
+        if command == "prune":
+            run.rc = self.prune_rc
+            for record in PRUNE_OUTPUT:
+                run.add(record)
+        if command == "info":
+            run.stdout = json.dumps({"cache": {"stats": {"total_size": 1}}}).encode()
+        if command == "list":
+            run.stdout = json.dumps({"archives": []}).encode()
+        return run
+
+
+@pytest.mark.parametrize(("prune_rc", "commands"), [(0, ["info"]), (1, ["info", "list"])])
+def test_stats_trusts_prunes_listing_only_after_a_prune_without_warnings(
+    prune_rc: int, commands: list[str]
+) -> None:
+    runner = ScriptedRunner(prune_rc)
+    assert agent.run_prune(runner).ok
+    runner.commands.clear()
+    assert agent.run_stats(runner).ok
+    assert runner.commands == commands

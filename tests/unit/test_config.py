@@ -523,6 +523,10 @@ NOT_ABSOLUTE = "must be an absolute path"
         ({"exclude_patterns": "*.tmp"}, "exclude_patterns", "must be a list"),
         ({"exclude_patterns": [""]}, "exclude_patterns[0]", "a borg pattern"),
         ({"exclude_patterns": [None]}, "exclude_patterns[0]", "a borg pattern"),
+        ({"exclude_patterns": ["re:(a+)+$"]}, "exclude_patterns[0]", "re: is not accepted"),
+        ({"exclude_patterns": ["xx:a"]}, "exclude_patterns[0]", "sh:, fm:, pp: or pf:"),
+        ({"exclude_patterns": ["sh:*a*a*a*ab"]}, "exclude_patterns[0]", "at most 3 '*'"),
+        ({"exclude_patterns": ["**/**/x"]}, "exclude_patterns[0]", "at most 3 '*'"),
         ({"exclude_if_present": ".nobackup"}, "exclude_if_present", "must be a list"),
         ({"exclude_if_present": ["a/b"]}, "exclude_if_present[0]", "a file name without '/'"),
         ({"one_file_system": "yes"}, "one_file_system", "true or false"),
@@ -536,6 +540,16 @@ NOT_ABSOLUTE = "must be an absolute path"
         ({"borg_rsh": ""}, "borg_rsh", "an ssh command line"),
         ({"borg_rsh": ["ssh"]}, "borg_rsh", "an ssh command line"),
         ({"borg_remote_path": "borg --x"}, "borg_remote_path", "the borg command"),
+        (
+            {"repository": "ssh://borg@nas:2222/srv/r", "borg_rsh": "ssh -p 22"},
+            "borg_rsh",
+            "the repository location says 2222",
+        ),
+        (
+            {"repository": "borg@nas:/srv/r", "borg_rsh": "ssh -o Port=2222"},
+            "borg_rsh",
+            "must not set a port",
+        ),
         # settings (the model's messages)
         ({"mode": "sometimes"}, "mode", "mode must be one of scheduled, manual, disabled"),
         ({"mode": 1}, "mode", "must be text"),
@@ -1324,3 +1338,27 @@ def test_session_limits_are_read_from_apps_yaml() -> None:
 def test_invalid_session_limits_are_rejected_naming_the_key(args: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"key {key!r}")):
         parse_config(app_args(**args), BASE)
+
+
+@pytest.mark.parametrize(
+    ("repository", "borg_rsh"),
+    [
+        ("ssh://borg@nas:2222/srv/r", "ssh -p 2222 -o Port=2222"),
+        ("/srv/borg/nas", "ssh -p 2222"),  # a local repository never runs ssh
+        ("borg@nas:/srv/r", "ssh -i /root/.ssh/borg"),
+    ],
+)
+def test_borg_rsh_ports_the_agent_accepts_are_accepted(repository: str, borg_rsh: str) -> None:
+    config = parse_config(
+        app_args(drones={"nas": minimal_drone(repository=repository, borg_rsh=borg_rsh)}), BASE
+    )
+    assert not config.problems, config.problems
+    job = build_job(config.drones[0], DroneSettings(), ("create",))
+    agent.check_rsh_port(agent.validate_job("create", job))
+
+
+@pytest.mark.parametrize("pattern", ["sh:**/.cache", "*.tmp", "pp:/home/x", "pf:/a/b", "fm:a*b*c"])
+def test_exclude_patterns_the_agent_accepts_are_accepted(pattern: str) -> None:
+    config = parse_config(app_args(drones={"nas": minimal_drone(exclude_patterns=[pattern])}), BASE)
+    assert not config.problems, config.problems
+    agent.validate_job("create", build_job(config.drones[0], DroneSettings(), ("create",)))

@@ -130,6 +130,11 @@ def test_every_button_requests_the_operation_the_registry_gives_it() -> None:
     assert {b.object_id.removeprefix("backup_nas_"): b.operation for b in buttons} == expected
 
 
+def test_a_prune_summary_counts_what_the_agent_counted_beyond_its_cut_lists() -> None:
+    data = {"kept": ["a"], "pruned": ["b"], "kept_count": 1200, "pruned_count": 3}
+    assert operations.STEPS["prune"].summary(data) == "pruned 3, kept 1200"
+
+
 def test_summary_joins_the_steps_in_the_order_they_ran() -> None:
     text = operations.summary({"create": STEP_DATA["create"], "stats": STEP_DATA["stats"]})
     assert text.startswith("archive nas-2026-12-03T10:00:00: 3 files")

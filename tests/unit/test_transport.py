@@ -786,6 +786,13 @@ def test_a_full_repository_disk_gets_a_hint() -> None:
     assert "compact" in caught.value.hint
 
 
+def test_a_full_disk_on_the_drone_gets_its_own_hint() -> None:
+    error = {"msgid": "DiskFull", "message": "no space left on a disk of the drone"}
+    with pytest.raises(OperationFailed) as caught:
+        checked(failed_result(2, error), SshTarget(host="h"))
+    assert "BORG_BASE_DIR" in caught.value.hint
+
+
 async def test_an_agent_killed_by_a_signal_is_named_so(drone: FakeDrone) -> None:
     async def behaviour(process: ServerProcess, fake: FakeDrone) -> None:
         await fake.read_job(process)
