@@ -518,7 +518,8 @@ class Coordinator:
         if snapshot is None:
             return
         self._progress = snapshot
-        await self._publish(entities.progress_sensor(self.config.entity_prefix, snapshot))
+        # The event first: the port sends an event only after the sensors published before it,
+        # and the progress sensor need not hold up the event that carries the same figures.
         await self.port.fire_event(
             EVENT_PROGRESS,
             {
@@ -534,6 +535,7 @@ class Coordinator:
                 "final": snapshot.final,
             },
         )
+        await self._publish(entities.progress_sensor(self.config.entity_prefix, snapshot))
 
     # --- outcomes -----------------------------------------------------------------------------
 
