@@ -13,8 +13,9 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from backup_coordinator.coordinator import EVENT_FINISHED, Coordinator
 from backup_coordinator.model import SshTarget
 from backup_coordinator.protocol import AgentEvent, Hello, Progress, Result, StepResult
 from backup_coordinator.transport import run_agent, session_steps
+from devstack.borg import AGENT_PATH
 from devstack.sshd import process_is_running
 from devstack.waiting import async_wait_until
 from tests.integration.transport_support import (
@@ -263,3 +265,35 @@ def pass_backoff(coordinator: Coordinator, clock: ShiftedClock, drone: str) -> N
     assert backoff is not None, "a failure sets a backoff"
     assert backoff > clock()
     clock.advance(backoff - clock() + timedelta(days=1))
+
+
+def wrapped_borg_drone_host(
+    workdir: Path, script: str, subcommand: str, marker_name: str
+) -> tuple[AbstractContextManager[DroneHost], Path]:
+    """A loopback drone whose agent runs ``script`` as borg (named by the host's policy).
+
+    ``script`` is a wrapper around the real borg with the fields ``python``, ``real``,
+    ``marker`` and ``subcommand``; it writes the marker file when it acts on ``subcommand``.
+    Returns the drone (a context manager, not started yet) and the marker's path.
+    """
+    workdir.mkdir(parents=True)
+    marker = workdir / marker_name
+    borg = workdir / "wrapped-borg"
+    borg.write_text(
+        script.format(
+            python=sys.executable, real="/usr/bin/borg", marker=str(marker), subcommand=subcommand
+        )
+    )
+    borg.chmod(0o755)
+    policy = workdir / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "repositories": [str(workdir / "host" / "repo")],
+                "paths": [str(workdir / "host" / "data")],
+                "borg": str(borg),
+            }
+        )
+    )
+    command = [sys.executable, str(AGENT_PATH), "serve", "--policy", str(policy)]
+    return started_drone_host(workdir / "host", command), marker

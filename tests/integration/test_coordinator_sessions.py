@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +17,6 @@ import pytest
 
 from backup_coordinator.coordinator import EVENT_FINISHED
 from backup_coordinator.transport import Connections
-from devstack.borg import AGENT_PATH
 from tests.integration.coordinator_support import (
     ShiftedClock,
     drone_args,
@@ -28,6 +26,7 @@ from tests.integration.coordinator_support import (
     processes_gone,
     settle,
     started_coordinator,
+    wrapped_borg_drone_host,
 )
 from tests.integration.transport_support import DroneHost, started_drone_host
 
@@ -65,22 +64,7 @@ def pausing_drone_host(
     workdir: Path, subcommand: str
 ) -> tuple[AbstractContextManager[DroneHost], Path]:
     """A loopback drone whose agent runs a borg that pauses once at ``subcommand``."""
-    workdir.mkdir(parents=True)
-    marker = workdir / f"paused-at-{subcommand}"
-    borg = workdir / "pausing-borg"
-    borg.write_text(
-        PAUSING_BORG.format(
-            python=sys.executable, real="/usr/bin/borg", marker=str(marker), subcommand=subcommand
-        )
-    )
-    borg.chmod(0o755)
-    policy = workdir / "policy.json"
-    policy.write_text(
-        f'{{"repositories": ["{workdir / "host" / "repo"}"],'
-        f' "paths": ["{workdir / "host" / "data"}"], "borg": "{borg}"}}'
-    )
-    command = [sys.executable, str(AGENT_PATH), "serve", "--policy", str(policy)]
-    return started_drone_host(workdir / "host", command), marker
+    return wrapped_borg_drone_host(workdir, PAUSING_BORG, subcommand, f"paused-at-{subcommand}")
 
 
 def borg_running(host: DroneHost, subcommand: str) -> bool:

@@ -24,7 +24,7 @@ from backup_coordinator.config import SessionLimits
 from backup_coordinator.coordinator import EVENT_FINISHED, EVENT_STARTED, Coordinator
 from backup_coordinator.protocol import PROTOCOL_VERSION
 from backup_coordinator.transport import Connections
-from devstack.borg import AGENT_PATH, borg_env
+from devstack.borg import borg_env
 from devstack.waiting import wait_until
 from tests.integration.coordinator_support import (
     APP_ENTRY,
@@ -42,6 +42,7 @@ from tests.integration.coordinator_support import (
     saved_state,
     settle,
     started_coordinator,
+    wrapped_borg_drone_host,
 )
 from tests.integration.transport_support import (
     PASSPHRASE,
@@ -261,27 +262,7 @@ def stopping_drone_host(
     workdir: Path, subcommand: str
 ) -> tuple[AbstractContextManager[DroneHost], Path]:
     """A loopback drone whose agent runs a borg that stops once in ``subcommand``, lock held."""
-    workdir.mkdir(parents=True)
-    marker = workdir / f"stopped-in-{subcommand}"
-    borg = workdir / "stopping-borg"
-    borg.write_text(
-        STOPPING_BORG.format(
-            python=sys.executable, real="/usr/bin/borg", marker=str(marker), subcommand=subcommand
-        )
-    )
-    borg.chmod(0o755)
-    policy = workdir / "policy.json"
-    policy.write_text(
-        json.dumps(
-            {
-                "repositories": [str(workdir / "host" / "repo")],
-                "paths": [str(workdir / "host" / "data")],
-                "borg": str(borg),
-            }
-        )
-    )
-    command = [sys.executable, str(AGENT_PATH), "serve", "--policy", str(policy)]
-    return started_drone_host(workdir / "host", command), marker
+    return wrapped_borg_drone_host(workdir, STOPPING_BORG, subcommand, f"stopped-in-{subcommand}")
 
 
 def is_stopped(pid: int) -> bool:
