@@ -34,7 +34,7 @@ MAX_CONCURRENT = 4
 REQUESTABLE = tuple(Operation)  # whatever a button can ask for
 
 
-def drone_views(count: int, now: datetime, seed: int) -> list[scheduler.DroneView]:
+def drone_views(count: int, now: datetime, seed: int) -> list[scheduler.WorkView]:
     rng = random.Random(seed)  # noqa: S311 - test data, not secrets
     views = []
     for index in range(count):
@@ -44,13 +44,13 @@ def drone_views(count: int, now: datetime, seed: int) -> list[scheduler.DroneVie
         age = frequency * rng.choice([0.1, 0.5, 0.9, 1.5]) if rng.random() > 0.02 else None
         failing = rng.random() < 0.05
         views.append(
-            scheduler.DroneView(
+            scheduler.WorkView(
                 name=f"drone{index:04d}",
-                repository_key=f"nas{index % 400:03d}:/backups/{index % 400:03d}",
+                repositories=frozenset({f"nas{index % 400:03d}:/backups/{index % 400:03d}"}),
                 mode=mode,
                 frequency=frequency,
                 busy=index % 400 == 7,  # a few drones are running an operation
-                last_backup=None if age is None else now - age,
+                last_success=None if age is None else now - age,
                 backoff_until=now + timedelta(minutes=rng.choice([-5, 10])) if failing else None,
                 pending=(rng.choice(REQUESTABLE),) if rng.random() < 0.03 else (),
             )
@@ -58,7 +58,7 @@ def drone_views(count: int, now: datetime, seed: int) -> list[scheduler.DroneVie
     return views
 
 
-def measure(views: Sequence[scheduler.DroneView], now: datetime, samples: int) -> list[float]:
+def measure(views: Sequence[scheduler.WorkView], now: datetime, samples: int) -> list[float]:
     """Milliseconds of each call of ``decide``."""
     cursor = 0
     timings = []

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -58,6 +58,9 @@ from .values import (
     read_whole_number,
     shown,
 )
+
+if TYPE_CHECKING:
+    from .offsite_config import OffsiteTargetConfig
 
 # Keys AppDaemon puts into (or accepts in) every app's args; they are not ours to check.
 APPDAEMON_KEYS = frozenset(
@@ -112,6 +115,7 @@ TOP_LEVEL_KEYS = frozenset(
         "ssh",
         "defaults",
         "drones",
+        "offsite",
     }
 )
 SSH_BLOCK_KEYS = frozenset(
@@ -182,12 +186,13 @@ class ConfigError(ValueError):
 class ConfigProblem:
     """One drone's configuration is broken; that drone is skipped."""
 
-    drone: str
+    drone: str  # or the offsite target's name
     key: str
     message: str
+    kind: str = "drone"
 
     def __str__(self) -> str:
-        return f"drone {self.drone!r}: key {self.key!r}: {self.message}"
+        return f"{self.kind} {self.drone!r}: key {self.key!r}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -251,11 +256,16 @@ class Config:
     limits: SessionLimits = field(default_factory=SessionLimits)
     notify: str | None = None
     drones: tuple[DroneConfig, ...] = ()
+    offsite: tuple[OffsiteTargetConfig, ...] = ()
     problems: tuple[ConfigProblem, ...] = ()
     warnings: tuple[str, ...] = ()  # worth a look, nothing skipped
 
     def drone(self, name: str) -> DroneConfig | None:
         return next((d for d in self.drones if d.name == name), None)
+
+    def writers(self, repository_key: str) -> tuple[DroneConfig, ...]:
+        """The drones backing up into the repository."""
+        return tuple(d for d in self.drones if d.repository_key == repository_key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +284,7 @@ def parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
 
 
 def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
-    _reject_unknown_keys("", args, TOP_LEVEL_KEYS, ignored=APPDAEMON_KEYS)
+    reject_unknown_keys("", args, TOP_LEVEL_KEYS, ignored=APPDAEMON_KEYS)
     ssh_block = _parse_ssh_block(args.get("ssh", {}), base_dir)
     defaults = _parse_defaults(args.get("defaults", {}), ssh_block, base_dir)
     entity_prefix = read_matching(
@@ -285,6 +295,12 @@ def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
     )
     drones, problems = _parse_drones(
         args.get("drones"), defaults, base_dir, _passphrases_in(args), entity_prefix
+    )
+    from .offsite_config import parse_offsite_targets  # it builds on this module
+
+    drone_names = frozenset(str(name) for name in mapping_any_keys("drones", args["drones"]))
+    targets, target_problems = parse_offsite_targets(
+        args.get("offsite"), defaults, base_dir, drone_names | RESERVED_DRONE_NAMES
     )
     return Config(
         entity_prefix=entity_prefix,
@@ -314,7 +330,8 @@ def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
         ),
         notify=optional(_notify)("notify", args.get("notify")),
         drones=drones,
-        problems=problems,
+        offsite=targets,
+        problems=problems + target_problems,
         warnings=_shared_repository_warnings(drones),
     )
 
@@ -325,10 +342,10 @@ def _inactivity_minutes(value: object) -> dict[str, int]:
     if value is None:
         return dict(DEFAULT_INACTIVITY_MINUTES)
     given = read_mapping(key, value)
-    _reject_unknown_keys(f"{key}.", given, DEFAULT_INACTIVITY_MINUTES)
+    reject_unknown_keys(f"{key}.", given, DEFAULT_INACTIVITY_MINUTES)
     minutes = dict(DEFAULT_INACTIVITY_MINUTES)
     for step, raw in given.items():
-        _strict_int(f"{key}.{step}", raw, "a whole number of minutes")
+        strict_int(f"{key}.{step}", raw, "a whole number of minutes")
         minutes[step] = read_whole_number(f"{key}.{step}", raw, 1)
     return minutes
 
@@ -339,7 +356,7 @@ def _notify(key: str, value: object) -> str:
     )
 
 
-def _reject_unknown_keys(
+def reject_unknown_keys(
     prefix: str,
     section: Mapping[str, Any],
     allowed: Iterable[str],
@@ -360,9 +377,9 @@ def _parse_ssh_block(value: object, base_dir: Path) -> dict[str, Any]:
     if value is None:
         return {}
     block = read_mapping("ssh", value)
-    _reject_unknown_keys("ssh.", block, SSH_BLOCK_KEYS)
+    reject_unknown_keys("ssh.", block, SSH_BLOCK_KEYS)
     for key, raw in block.items():
-        _parse_drone_value(f"ssh.{key}", key, raw, base_dir)
+        parse_drone_value(f"ssh.{key}", key, raw, base_dir)
     return dict(block)
 
 
@@ -375,9 +392,9 @@ def _parse_defaults(value: object, ssh_block: Mapping[str, Any], base_dir: Path)
     for key in block:
         if key in NOT_INHERITABLE_KEYS:
             raise InvalidValue(f"defaults.{key}", "must be set per drone, not in defaults")
-    _reject_unknown_keys("defaults.", block, DRONE_KEYS - NOT_INHERITABLE_KEYS)
+    reject_unknown_keys("defaults.", block, DRONE_KEYS - NOT_INHERITABLE_KEYS)
     for key, raw in block.items():
-        _parse_drone_value(f"defaults.{key}", key, raw, base_dir)
+        parse_drone_value(f"defaults.{key}", key, raw, base_dir)
     return {**ssh_block, **block}
 
 
@@ -394,7 +411,7 @@ def _parse_drones(
 ) -> tuple[tuple[DroneConfig, ...], tuple[ConfigProblem, ...]]:
     if value is None:
         raise InvalidValue("drones", "required: a mapping of drone names to their settings")
-    drones_section = _mapping_any_keys("drones", value)
+    drones_section = mapping_any_keys("drones", value)
     if not drones_section:
         raise InvalidValue("drones", "must name at least one drone")
     drones: list[DroneConfig] = []
@@ -439,7 +456,7 @@ def parse_drone(
             "helper; choose another name",
         )
     own = read_mapping(f"drones.{name}", value)
-    _reject_unknown_keys("", own, DRONE_KEYS)
+    reject_unknown_keys("", own, DRONE_KEYS)
     merged = {**defaults, **own}
     if "keep" in defaults and "keep" in own:
         # Keep rules merge rule by rule: a drone can change one without repeating the rest.
@@ -449,8 +466,8 @@ def parse_drone(
         }
     for required in ("host", "repository", "paths", "client_key", "known_hosts"):
         if required not in merged:
-            raise InvalidValue(required, _missing_message(required))
-    parsed = {key: _parse_drone_value(key, key, raw, base_dir) for key, raw in merged.items()}
+            raise InvalidValue(required, missing_message(required))
+    parsed = {key: parse_drone_value(key, key, raw, base_dir) for key, raw in merged.items()}
     drone = _assemble_drone(name, parsed)
     if drone.borg_rsh is not None:
         check_rsh_port(drone.borg_rsh, drone.repository)
@@ -458,13 +475,13 @@ def parse_drone(
     return drone
 
 
-def _missing_message(key: str) -> str:
+def missing_message(key: str) -> str:
     if key in SSH_BLOCK_KEYS:
         return f"required: set {key} on the drone, in defaults: or in the ssh: block"
     return "required"
 
 
-def _parse_drone_value(key: str, name: str, raw: object, base_dir: Path) -> Any:
+def parse_drone_value(key: str, name: str, raw: object, base_dir: Path) -> Any:
     """Validate one per-drone value; ``key`` is how messages name it, ``name`` what it is."""
     if name == "keep":
         return _parse_keep(key, raw)
@@ -499,8 +516,8 @@ def _drone_value_parsers(base_dir: Path) -> dict[str, Callable[[str, object], An
         "lock_wait": read_lock_wait,
         "borg_rsh": optional(read_borg_rsh),
         "borg_remote_path": optional(read_remote_path),
-        "mode": lambda key, value: _setting(key, parse_mode, read_text(key, value, "text")),
-        "frequency": _frequency,
+        "mode": lambda key, value: setting_value(key, parse_mode, read_text(key, value, "text")),
+        "frequency": read_frequency,
     }
 
 
@@ -532,10 +549,10 @@ def _known_hosts(base_dir: Path) -> Callable[[str, object], str]:
 
 def _parse_keep(key: str, value: object) -> KeepRules:
     rules = read_mapping(key, value)
-    _reject_unknown_keys(f"{key}.", rules, KEEP_KEYS)
+    reject_unknown_keys(f"{key}.", rules, KEEP_KEYS)
     changes: dict[str, str | int | None] = {}
     if "within" in rules:
-        changes["within"] = _setting(f"{key}.within", parse_keep_within, rules["within"])
+        changes["within"] = setting_value(f"{key}.within", parse_keep_within, rules["within"])
     for count in KEEP_COUNT_NAMES:
         if count in rules:
             changes[count] = _keep_count(f"{key}.{count}", count, rules[count])
@@ -546,25 +563,25 @@ def _parse_keep(key: str, value: object) -> KeepRules:
 
 
 def _keep_count(key: str, name: str, value: object) -> int:
-    _strict_int(key, value, "a whole number of archives")
-    count: int = _setting(key, lambda v: parse_keep_count(name, v), value)
+    strict_int(key, value, "a whole number of archives")
+    count: int = setting_value(key, lambda v: parse_keep_count(name, v), value)
     return count
 
 
-def _frequency(key: str, value: object) -> int:
-    _strict_int(key, value, "a whole number of minutes")
-    minutes: int = _setting(key, parse_frequency, value)
+def read_frequency(key: str, value: object) -> int:
+    strict_int(key, value, "a whole number of minutes")
+    minutes: int = setting_value(key, parse_frequency, value)
     return minutes
 
 
-def _strict_int(key: str, value: object, what: str) -> None:
+def strict_int(key: str, value: object, what: str) -> None:
     """The model's parsers also take "60" and 60.0 (HA's helpers report those); a YAML file
     must say what it means."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidValue(key, f"must be {what}, got {shown(value)}")
 
 
-def _setting(key: str, parse: Callable[[object], Any], value: object) -> Any:
+def setting_value(key: str, parse: Callable[[object], Any], value: object) -> Any:
     try:
         return parse(value)
     except SettingError as error:
@@ -673,7 +690,7 @@ def _prefixes_overlap(first: str, second: str) -> bool:
     return first == second or first.startswith(second + "-") or second.startswith(first + "-")
 
 
-def _mapping_any_keys(key: str, value: object) -> Mapping[Any, Any]:
+def mapping_any_keys(key: str, value: object) -> Mapping[Any, Any]:
     if not isinstance(value, Mapping):
         raise InvalidValue(key, f"must be a mapping of keys to values, got {shown(value)}")
     return value

@@ -17,13 +17,17 @@ from datetime import UTC, datetime, timedelta
 from traceback import format_exc
 from typing import Any
 
-from . import entities, operations, scheduler
+from . import entities, offsite, operations, scheduler
 from .config import Config, DroneConfig
 from .entities import DroneSnapshot, ProgressSnapshot, Publication
 from .jobs import agent_operation, build_job
+from .leases import RepositoryLeases
 from .model import (
     GLOBAL_MODES,
     KEEP_COUNT_NAMES,
+    AnyOperation,
+    CopyOperation,
+    CopyState,
     DroneSettings,
     DroneState,
     Mode,
@@ -35,6 +39,8 @@ from .model import (
     parse_keep_within,
     parse_mode,
 )
+from .offsite import Target
+from .offsite_config import OffsiteTargetConfig
 from .ports import HomeAssistantPort
 from .progress import ProgressTracker
 from .protocol import (
@@ -47,7 +53,7 @@ from .protocol import (
     StepResult,
 )
 from .redaction import Redactor
-from .store import DroneRecord, RunningOperation, Store
+from .store import Copies, CopyRecord, DroneRecord, RunningOperation, Store
 
 AgentRunner = Callable[
     [SshTarget, str, Mapping[str, Any], Callable[[AgentEvent], Awaitable[None]] | None],
@@ -62,6 +68,9 @@ EVENT_REQUEST = "backup_coordinator_request"
 
 GLOBAL_MODE_SETTING = "global_mode"
 OUTCOME_ALREADY_RUNNING = "already running"
+
+# Offsite copies run one at a time: they share the uplink of the host holding the repositories.
+MAX_CONCURRENT_COPIES = 1
 
 # A recorded time later than now by more than this means the clock jumped (or jumps back).
 FUTURE_TOLERANCE = timedelta(minutes=5)
@@ -137,7 +146,10 @@ class Coordinator:
         self.monotonic = monotonic
         self.store = Store(config.state_file, self.redactor)
         self.drones: dict[str, Drone] = {}
+        self.targets: dict[str, Target] = {}  # offsite targets
+        self.leases = RepositoryLeases()
         self.cursor = 0
+        self.copy_cursor = 0
         self.global_mode = "running"
         self._progress: ProgressSnapshot | None = None
         self._published: dict[str, Publication] = {}  # what HA shows, as this process set it
@@ -173,25 +185,46 @@ class Coordinator:
             self._recover_interrupted(drone)
             drone.state = _resting_state(record)
             self.drones[drone.name] = drone
+        self.copy_cursor = loaded.copy_cursor
+        for target_config in self.config.offsite:
+            self.targets[target_config.name] = self._restored_target(
+                target_config, loaded.copies.get(target_config.name), now
+            )
         for drone_name, values in helper_values.items():
             for setting, raw in values.items():
                 self._apply(drone_name, setting, raw)
-        await self._save()
+        await self.save()
         await self.publish_all()
+
+    def _restored_target(
+        self, config: OffsiteTargetConfig, record: CopyRecord | None, now: datetime
+    ) -> Target:
+        record = record or CopyRecord(first_seen=now)
+        if record.first_seen is None or _in_future(record.first_seen, now):
+            record.first_seen = now
+        if offsite.recover_interrupted(record):
+            self.port.log(f"{config.name}: the offsite copy was interrupted; it will run again")
+        target = Target(config, config.settings, record)
+        target.state = offsite.resting_state(record)
+        return target
+
+    def _tasks(self) -> list[asyncio.Task[None]]:
+        units: list[Drone | Target] = [*self.drones.values(), *self.targets.values()]
+        return [u.task for u in units if u.task is not None and not u.task.done()]
 
     async def stop(self) -> None:
         """Cancel running work (the agents stop borg) and persist; interrupted work is retried."""
         self._stopping = True
-        tasks = [d.task for d in self.drones.values() if d.task is not None and not d.task.done()]
+        tasks = self._tasks()
         for task in tasks:
             task.cancel()
         # return_exceptions: one task failing while it is cancelled must not skip the others.
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self._save()
+        await self.save()
 
     async def wait_idle(self) -> None:
         """Returns once no operation runs (including any the finished ones started)."""
-        while tasks := [d.task for d in self.drones.values() if d.task and not d.task.done()]:
+        while tasks := self._tasks():
             await asyncio.wait(tasks)
 
     def _recover_interrupted(self, drone: Drone) -> None:
@@ -263,8 +296,10 @@ class Coordinator:
         """
         accepted = self._apply(drone_name, setting, raw)
         if drone_name is None:
-            await self._save()
+            await self.save()
             await self._publish_coordinator()
+        elif drone_name in self.targets:
+            await offsite.publish_target(self, self.targets[drone_name])
         else:
             await self._publish_drone(self.drones[drone_name])
         return accepted
@@ -276,6 +311,8 @@ class Coordinator:
                 return False
             self.global_mode = str(raw)
             return True
+        if drone_name in self.targets:
+            return self._apply_to_target(self.targets[drone_name], setting, raw)
         drone = self.drones[drone_name]
         try:
             drone.settings = _updated_settings(drone.settings, setting, raw)
@@ -286,8 +323,20 @@ class Coordinator:
         drone.setting_problems.pop(setting, None)
         return True
 
-    async def request(self, drone_name: str, operation: Operation) -> str:
+    def _apply_to_target(self, target: Target, setting: str, raw: object) -> bool:
+        try:
+            target.settings = offsite.updated_settings(target.settings, setting, raw)
+        except SettingError as error:
+            target.setting_problems[setting] = f"{setting.replace('_', ' ')} rejected: {error}"
+            self.port.log(f"{target.name}: {setting} value {raw!r} rejected: {error}", "WARNING")
+            return False
+        target.setting_problems.pop(setting, None)
+        return True
+
+    async def request(self, drone_name: str, operation: AnyOperation) -> str:
         """A button press: start now, or queue ahead of scheduled work. Returns the outcome."""
+        if isinstance(operation, CopyOperation):
+            return await self._request_copy(self.targets[drone_name])
         drone = self.drones[drone_name]
         running_steps = drone.remaining_steps()
         if drone.settings.mode is Mode.DISABLED:
@@ -299,7 +348,7 @@ class Coordinator:
             outcome = "already queued"
         else:
             drone.record.pending.append(operation.value)
-            await self._save()
+            await self.save()
             self._start_what_is_due()
             outcome = (
                 "started"
@@ -313,12 +362,33 @@ class Coordinator:
         await self._publish_coordinator()
         return outcome
 
+    async def _request_copy(self, target: Target) -> str:
+        """Sync now: copy the target's repositories at once, or as soon as one may start."""
+        if target.settings.mode is Mode.DISABLED:
+            outcome = "rejected: the offsite target's mode is disabled"
+        elif target.busy:
+            outcome = OUTCOME_ALREADY_RUNNING
+        elif target.record.requested:
+            outcome = "already queued"
+        else:
+            target.record.requested = True
+            await self.save()
+            self._start_what_is_due()
+            outcome = "started" if target.busy else "queued"
+        self.port.log(f"{target.name}: offsite requested: {outcome}")
+        await self.port.fire_event(
+            EVENT_REQUEST,
+            {"drone": target.name, "operation": CopyOperation.OFFSITE.value, "outcome": outcome},
+        )
+        await self._publish_coordinator()
+        return outcome
+
     # --- the tick -----------------------------------------------------------------------------
 
     async def tick(self) -> None:
         """Check every drone for overdue backups, then start what is due."""
         if self._save_problem:
-            await self._save()  # so the problem clears as soon as the disk takes it again
+            await self.save()  # so the problem clears as soon as the disk takes it again
         now = self.clock()
         for drone in self.drones.values():
             overdue = scheduler.is_overdue(
@@ -332,6 +402,10 @@ class Coordinator:
             if overdue != drone.overdue:
                 drone.overdue = overdue
                 await self._publish_drone(drone)
+        for target in self.targets.values():
+            overdue_changed = offsite.check_overdue(target, now, self.config.overdue_factor)
+            if offsite.check_waiting(target, self._writers(target)) or overdue_changed:
+                await offsite.publish_target(self, target)
         self._start_what_is_due()
         await self._publish_coordinator()
 
@@ -345,11 +419,13 @@ class Coordinator:
             self.cursor,
             self.clock(),
             self.config.max_concurrent,
+            busy_repositories=self.leases.taken(),
             paused=self.global_mode == "paused",
         )
         self.cursor = decision.cursor
         for start in decision.starts:
-            drone = self.drones[start.drone]
+            assert isinstance(start.operation, Operation)
+            drone = self.drones[start.name]
             done: list[str] = []
             if start.requested:
                 drone.record.pending.remove(start.operation.value)
@@ -365,19 +441,49 @@ class Coordinator:
                 name=f"backup {drone.name} {start.operation}",
             )
 
-    def _view(self, drone: Drone) -> scheduler.DroneView:
+        self._start_due_copies()
+
+    def _start_due_copies(self) -> None:
+        now = self.clock()
+        for target in self.targets.values():
+            offsite.check_waiting(target, self._writers(target))
+        decision = scheduler.decide(
+            [target.view(now) for target in self.targets.values()],
+            self.copy_cursor,
+            now,
+            MAX_CONCURRENT_COPIES,
+            paused=self.global_mode == "paused",
+        )
+        self.copy_cursor = decision.cursor
+        for start in decision.starts:
+            target = self.targets[start.name]
+            offsite.start_running(target, start.requested, now)
+            target.task = asyncio.create_task(
+                self._copy(target, start.requested), name=f"offsite {target.name}"
+            )
+
+    def _writers(self, target: Target) -> list[scheduler.WriterView]:
+        """The drones backing up into the target's repositories."""
+        keys = set(target.config.repository_keys)
+        return [
+            scheduler.WriterView(d.name, d.settings.mode, d.record.last_backup, d.overdue)
+            for d in self.drones.values()
+            if d.config.repository_key in keys
+        ]
+
+    def _view(self, drone: Drone) -> scheduler.WorkView:
         pending = tuple(Operation(op) for op in drone.record.pending)
         now = self.clock()
         frequency = timedelta(minutes=drone.settings.frequency_minutes)
         record = drone.record
-        return scheduler.DroneView(
+        return scheduler.WorkView(
             name=drone.name,
-            repository_key=drone.config.repository_key,
+            repositories=frozenset({drone.config.repository_key}),
             mode=drone.settings.mode,
             frequency=frequency,
             busy=drone.busy,
             # A time from the future (the clock jumped) would never come due: as if none.
-            last_backup=None if _in_future(record.last_backup, now) else record.last_backup,
+            last_success=None if _in_future(record.last_backup, now) else record.last_backup,
             backoff_until=None
             if _in_future(record.backoff_until, now + frequency)
             else record.backoff_until,
@@ -390,7 +496,7 @@ class Coordinator:
         started = self.monotonic()
         try:
             drone.record.last_attempt = self.clock()
-            await self._save()
+            await self.save()
             await self.port.fire_event(
                 EVENT_STARTED,
                 {"drone": drone.name, "operation": operation.value, "requested": requested},
@@ -420,16 +526,77 @@ class Coordinator:
         """The drone's task is ending: persist, show it, and let the drone take the next one."""
         drone.task = None
         drone.agent_operation = None
+        self.leases.changed()  # a copy may be waiting for this repository
         if drone.state in operations.BUSY_STATES:  # ended without an outcome
             drone.state = _resting_state(drone.record)
         if self._stopping:
-            await self._save()
+            await self.save()
             return
         drone.record.running = None
-        await self._save()
+        await self.save()
         await self._publish_drone(drone)
         self._start_what_is_due()
         await self._publish_coordinator()
+
+    async def _copy(self, target: Target, requested: bool) -> None:
+        try:
+            await offsite.run_copy(self, target, requested)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            self.port.log(f"{target.name}: offsite copy cancelled by shutdown; it will run again")
+        finally:
+            await self._finish_copy(target)
+
+    async def _finish_copy(self, target: Target) -> None:
+        target.task = None
+        if target.state in (CopyState.WAITING, CopyState.COPYING):  # ended without an outcome
+            target.state, target.repository = offsite.resting_state(target.record), None
+        if self._stopping:
+            await self.save()
+            return
+        target.record.running = None
+        await self.save()
+        await offsite.publish_target(self, target)
+        self._start_what_is_due()
+        await self._publish_coordinator()
+
+    # --- what a copy asks of the coordinator (offsite.CopyHost) ---------------------------------
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def elapsed(self) -> float:
+        return self.monotonic()
+
+    def repository_busy(self, repository_key: str) -> bool:
+        return any(
+            d.busy and d.config.repository_key == repository_key for d in self.drones.values()
+        )
+
+    async def repository_changed(self, repository_key: str) -> None:
+        """A copy took or gave back the repository: its drones show it, and may start."""
+        for drone in self.drones.values():
+            if drone.config.repository_key == repository_key:
+                await self._publish_drone(drone)
+        self._start_what_is_due()
+        await self._publish_coordinator()
+
+    @property
+    def max_runtime_minutes(self) -> float:
+        return self.config.max_runtime_minutes
+
+    @property
+    def progress_interval(self) -> float:
+        return self.config.progress_interval
+
+    @property
+    def overdue_factor(self) -> float:
+        return self.config.overdue_factor
+
+    @property
+    def entity_prefix(self) -> str:
+        return self.config.entity_prefix
 
     async def _run_steps(self, drone: Drone, operation: Operation) -> dict[str, Outcome]:
         """Runs the operation's steps in one agent session.
@@ -450,7 +617,7 @@ class Coordinator:
 
         async def on_event(event: AgentEvent) -> None:
             if isinstance(event, Progress) and session.tracker is not None:
-                await self._relay_progress(session.tracker.update(event, self.monotonic()))
+                await self.relay_progress(session.tracker.update(event, self.monotonic()))
             elif isinstance(event, StepResult) and event.ok:
                 await self._step_done(drone, session, event)
                 deadline.reschedule(asyncio.get_running_loop().time() + max_runtime)
@@ -473,7 +640,7 @@ class Coordinator:
             ) from None
         finally:
             if session.tracker is not None:  # the step streaming progress did not end
-                await self._relay_progress(session.tracker.final(self.monotonic(), False))
+                await self.relay_progress(session.tracker.final(self.monotonic(), False))
         return session.results
 
     async def _begin_step(self, drone: Drone, session: _Session) -> None:
@@ -502,19 +669,19 @@ class Coordinator:
                 self.monotonic(), True, archive if isinstance(archive, dict) else None
             )
             session.tracker = None
-            await self._relay_progress(final)
+            await self.relay_progress(final)
         step.fold(drone.record, outcome.data, self.clock())
         session.results[step.name] = outcome
         if drone.record.running is not None:
             drone.record.running.done.append(step.name)
         if session.finished:
             drone.record.running = None  # done: a stop from here on must not redo it
-            await self._save()
+            await self.save()
             return
-        await self._save()
+        await self.save()
         await self._begin_step(drone, session)
 
-    async def _relay_progress(self, snapshot: ProgressSnapshot | None) -> None:
+    async def relay_progress(self, snapshot: ProgressSnapshot | None) -> None:
         if snapshot is None:
             return
         self._progress = snapshot
@@ -533,9 +700,11 @@ class Coordinator:
                 "speed": snapshot.speed,
                 "eta_seconds": snapshot.eta_seconds,
                 "final": snapshot.final,
+                **({"repository": snapshot.repository} if snapshot.repository else {}),
+                **({"phase": snapshot.phase} if snapshot.phase else {}),
             },
         )
-        await self._publish(entities.progress_sensor(self.config.entity_prefix, snapshot))
+        await self.publish(entities.progress_sensor(self.config.entity_prefix, snapshot))
 
     # --- outcomes -----------------------------------------------------------------------------
 
@@ -611,7 +780,7 @@ class Coordinator:
             },
         )
 
-    async def _update_problem(self, drone: Drone) -> bool:
+    async def update_problem(self, drone: Drone | Target) -> bool:
         """Raise, update or clear the drone's problem; True when it changed.
 
         A person is notified when it is raised and the notification withdrawn when it clears;
@@ -641,15 +810,17 @@ class Coordinator:
     async def publish_all(self) -> None:
         for drone in self.drones.values():
             await self._publish_drone(drone)
-        await self._publish(entities.progress_sensor(self.config.entity_prefix, self._progress))
+        for target in self.targets.values():
+            await offsite.publish_target(self, target)
+        await self.publish(entities.progress_sensor(self.config.entity_prefix, self._progress))
         await self._publish_coordinator()
 
     async def _publish_drone(self, drone: Drone) -> None:
         self._check_clock(drone)
-        if await self._update_problem(drone):
-            await self._save()  # so a restart neither forgets nor repeats the notification
+        if await self.update_problem(drone):
+            await self.save()  # so a restart neither forgets nor repeats the notification
         for publication in entities.drone_sensors(self.config.entity_prefix, self.snapshot(drone)):
-            await self._publish(publication)
+            await self.publish(publication)
 
     def _check_clock(self, drone: Drone) -> None:
         clock_problem = _future_times_problem(drone, self.clock())
@@ -663,20 +834,24 @@ class Coordinator:
         order = (
             names[self.cursor % len(names) :] + names[: self.cursor % len(names)] if names else []
         )
+        targets = self.targets.values()
+        running = {d.name: d.agent_operation or "starting" for d in self.drones.values() if d.busy}
+        running |= {t.name: f"offsite {t.state.value}" for t in targets if t.busy}
+        queue = [(d.name, op) for d in self.drones.values() for op in d.record.pending]
+        queue += [(t.name, CopyOperation.OFFSITE.value) for t in targets if t.record.requested]
         publications = entities.coordinator_sensors(
             self.config.entity_prefix,
-            running={
-                d.name: d.agent_operation or "starting" for d in self.drones.values() if d.busy
-            },
-            queue=[(d.name, op) for d in self.drones.values() for op in d.record.pending],
+            running=running,
+            queue=queue,
             round_robin=order,
-            failing=[d.name for d in self.drones.values() if d.record.problem],
+            failing=[d.name for d in self.drones.values() if d.record.problem]
+            + [t.name for t in targets if t.record.problem],
             global_mode=self.global_mode,
         )
         for publication in publications:
-            await self._publish(publication)
+            await self.publish(publication)
 
-    async def _publish(self, publication: Publication) -> None:
+    async def publish(self, publication: Publication) -> None:
         """Sends a sensor's state unless HA already shows exactly that (the tick republishes)."""
         if self._published.get(publication.entity_id) == publication:
             return
@@ -685,9 +860,10 @@ class Coordinator:
 
     def snapshot(self, drone: Drone) -> DroneSnapshot:
         view = self._view(drone)
+        copied = not drone.busy and self.leases.holder(drone.config.repository_key) is not None
         return DroneSnapshot(
             name=drone.name,
-            state=drone.state,
+            state=DroneState.OFFSITE if copied else drone.state,
             operation=drone.agent_operation,
             last_backup=drone.record.last_backup,
             last_prune=drone.record.last_prune,
@@ -702,13 +878,18 @@ class Coordinator:
             last_error_hint=drone.record.last_error_hint,
         )
 
-    async def _save(self) -> None:
+    async def save(self) -> None:
         """Persist every record. A save that fails (disk full, read-only) changes nothing that
         happened: it is logged and raised as a problem of every drone until a save succeeds."""
         records = {name: drone.record for name, drone in self.drones.items()}
         problem: str | None = None
         try:
-            await self.store.save_async(records, self.cursor, self.global_mode)
+            await self.store.save_async(
+                records,
+                self.cursor,
+                self.global_mode,
+                Copies({t.name: t.record for t in self.targets.values()}, self.copy_cursor),
+            )
         except OSError as error:
             problem = (
                 f"the state file {self.config.state_file} cannot be written ({error}): what"
@@ -723,10 +904,14 @@ class Coordinator:
             self.port.log(problem, "ERROR")
         for drone in self.drones.values():
             drone.state_file_problem = problem
+        for target in self.targets.values():
+            target.state_file_problem = problem
         # The problem sensors and notifications follow. They save again, which is safe: the
         # problem only changes when a save's outcome does.
         for drone in list(self.drones.values()):
             await self._publish_drone(drone)
+        for target in list(self.targets.values()):
+            await offsite.publish_target(self, target)
 
 
 # --- pure helpers -----------------------------------------------------------------------------

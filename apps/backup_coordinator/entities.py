@@ -22,10 +22,10 @@ from .model import (
     KEEP_COUNT_RANGE,
     KEEP_WITHIN_PATTERN,
     MIB,
+    AnyOperation,
     DroneSettings,
     DroneState,
     Mode,
-    Operation,
 )
 from .operations import OPERATIONS, OperationSpec
 from .store import DEFAULT_GLOBAL_MODE
@@ -74,7 +74,7 @@ class HelperDescription(EntityDescription, Generic[Source]):
     icon: str
     create_fields: Mapping[str, Any] = field(default_factory=dict)  # for ``<domain>/create``
     setting: str | None = None
-    operation: Operation | None = None
+    operation: AnyOperation | None = None
     first_value: Callable[[Source], str | float] | None = None  # set once after creation
 
 
@@ -103,7 +103,7 @@ class HelperSpec:
     first_value: str | float | None = None  # set once after creation (no `initial`: HA keeps it)
     drone: str | None = None
     setting: str | None = None  # which setting this helper steers
-    operation: Operation | None = None  # for buttons
+    operation: AnyOperation | None = None  # for buttons
 
     @property
     def entity_id(self) -> str:
@@ -174,6 +174,8 @@ class ProgressSnapshot:
     speed: float | None  # bytes per second
     eta_seconds: float | None
     final: bool
+    repository: str | None = None  # an offsite copy's repository (its sizes are bytes sent)
+    phase: str | None = None  # an offsite copy's phase: copy, verify
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ class CoordinatorSnapshot:
 # --- the controls -----------------------------------------------------------------------------
 
 
-def _number_fields(bounds: tuple[int, int], unit: str | None) -> dict[str, Any]:
+def number_fields(bounds: tuple[int, int], unit: str | None) -> dict[str, Any]:
     fields: dict[str, Any] = {"min": bounds[0], "max": bounds[1], "step": 1, "mode": "box"}
     if unit:
         fields["unit_of_measurement"] = unit
@@ -210,7 +212,7 @@ def _keep_count(name: str, icon: str) -> HelperDescription[DroneSettings]:
         icon=icon,
         section=Section.RETENTION,
         category=EntityCategory.CONFIG,
-        create_fields=_number_fields(KEEP_COUNT_RANGE, None),
+        create_fields=number_fields(KEEP_COUNT_RANGE, None),
         setting=f"keep_{name}",
         first_value=first_value,
     )
@@ -224,7 +226,7 @@ DRONE_HELPERS: tuple[HelperDescription[DroneSettings], ...] = (
         label="frequency",
         icon="mdi:timer-sync-outline",
         category=EntityCategory.CONFIG,
-        create_fields=_number_fields(FREQUENCY_MINUTES_RANGE, "min"),
+        create_fields=number_fields(FREQUENCY_MINUTES_RANGE, "min"),
         setting="frequency",
         first_value=lambda settings: settings.frequency_minutes,
     ),
@@ -348,7 +350,7 @@ def _last_backup_attributes(snap: DroneSnapshot) -> dict[str, Any]:
     }
 
 
-def _byte_count(size: object) -> int | None:
+def byte_count(size: object) -> int | None:
     return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
@@ -356,7 +358,7 @@ def _repository_size(key: str, label: str) -> SensorDescription[DroneSnapshot]:
     """A data_size sensor in MiB; the exact byte count is the ``bytes`` attribute."""
 
     def size(snap: DroneSnapshot) -> int | None:
-        return _byte_count((snap.repository or {}).get(key))
+        return byte_count((snap.repository or {}).get(key))
 
     def state(snap: DroneSnapshot) -> str:
         exact = size(snap)
@@ -445,6 +447,8 @@ def _progress_attributes(progress: ProgressSnapshot | None) -> dict[str, Any]:
         "deduplicated_size": progress.deduplicated_size,
         "speed_bytes_per_s": None if progress.speed is None else round(progress.speed),
         "eta_s": None if progress.eta_seconds is None else round(progress.eta_seconds),
+        **({"repository": progress.repository} if progress.repository else {}),
+        **({"phase": progress.phase} if progress.phase else {}),
     }
 
 

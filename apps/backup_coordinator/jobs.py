@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import DroneConfig
 from .model import DroneSettings
+from .offsite_config import OffsiteRepository, OffsiteTargetConfig
 from .operations import STEPS
 from .protocol import PROTOCOL_VERSION, SEQUENCE_OPERATION
 
@@ -37,6 +38,23 @@ def build_job(
         job.update(step.job_fields(drone, settings))
     if len(steps) > 1:
         job["steps"] = list(steps)
+    return job
+
+
+def build_copy_job(target: OffsiteTargetConfig, repository: OffsiteRepository) -> dict[str, Any]:
+    """The ``offsite`` job that copies one repository of the target (the coordinator holds
+    each repository only while its copy runs, so it sends them one at a time)."""
+    job: dict[str, Any] = {
+        "protocol": PROTOCOL_VERSION,
+        "repositories": [repository.path],
+        "tool": target.tool.value,
+        "destination": target.destination,
+        "tool_options": list(target.tool_options),
+        "keep_replaced": target.keep_replaced,
+        "lock_wait": target.lock_wait,
+    }
+    if target.max_delete is not None:
+        job["max_delete"] = target.max_delete
     return job
 
 

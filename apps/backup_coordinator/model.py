@@ -23,6 +23,15 @@ class Operation(StrEnum):
     SCHEDULED = "scheduled"  # create, then prune, then stats
 
 
+class CopyOperation(StrEnum):
+    """What can be asked of an offsite target: copy its repositories now."""
+
+    OFFSITE = "offsite"
+
+
+AnyOperation = Operation | CopyOperation
+
+
 class Mode(StrEnum):
     SCHEDULED = "scheduled"  # backed up by the tick when due
     MANUAL = "manual"  # only on request, no overdue alarm
@@ -42,6 +51,21 @@ class DroneState(StrEnum):
     OFFSITE = "offsite"
     ERROR = "error"
     UNREACHABLE = "unreachable"
+
+
+class CopyState(StrEnum):
+    """What an offsite target is doing; ``waiting`` = for a repository other work holds."""
+
+    IDLE = "idle"
+    WAITING = "waiting"
+    COPYING = "copying"
+    ERROR = "error"
+    UNREACHABLE = "unreachable"
+
+
+class CopyTool(StrEnum):
+    RCLONE = "rclone"
+    RSYNC = "rsync"
 
 
 # borg's --keep-within interval: a positive number and one unit (hours, days, weeks, months,
@@ -91,6 +115,14 @@ class DroneSettings:
 
     def with_keep(self, **changes: str | int | None) -> DroneSettings:
         return replace(self, keep=replace(self.keep, **changes))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CopySettings:
+    """What Home Assistant's helpers steer for one offsite target."""
+
+    mode: Mode = Mode.SCHEDULED
+    frequency_minutes: int = 1440
 
 
 def parse_mode(value: object) -> Mode:

@@ -18,6 +18,7 @@ from .redaction import Redactor
 
 PROTOCOL_VERSION = 2
 SEQUENCE_OPERATION = "sequence"  # runs the job's ``steps`` in one agent session
+COPY_OPERATION = "offsite"  # copies repositories of the host elsewhere, never a step
 
 EXIT_OK = 0
 EXIT_WARNING = 1
@@ -96,6 +97,21 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class CopyProgress:
+    """How far an offsite copy got (``progress`` lines of the ``offsite`` operation)."""
+
+    time: float
+    repository: str
+    phase: str  # copy, verify
+    bytes: int
+    total_bytes: int | None
+    speed: float | None  # bytes per second, as the tool measures it
+    eta: float | None  # seconds, as the tool estimates it
+    files: int
+    total_files: int | None
+
+
+@dataclass(frozen=True)
 class LogLine:
     level: str
     message: str
@@ -126,7 +142,7 @@ class StepResult(Outcome):
     """The end of one step of a ``sequence`` session, as that step alone would have ended."""
 
 
-AgentEvent = Hello | Progress | LogLine | StepResult | Result
+AgentEvent = Hello | Progress | CopyProgress | LogLine | StepResult | Result
 
 
 def _require(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -143,6 +159,31 @@ def _int(obj: Mapping[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"{obj.get('type')!r} line: {key!r} is not a number")
     return int(value)
+
+
+def _optional_number(obj: Mapping[str, Any], key: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{obj.get('type')!r} line: {key!r} is not a number")
+    return float(value)
+
+
+def _copy_progress(obj: Mapping[str, Any]) -> CopyProgress:
+    total_bytes = _optional_number(obj, "total_bytes")
+    total_files = _optional_number(obj, "total_files")
+    return CopyProgress(
+        time=float(_require(obj, "time", (int, float))),
+        repository=str(obj.get("repository", "")),
+        phase=str(obj.get("phase", "copy")),
+        bytes=_int(obj, "bytes"),
+        total_bytes=None if total_bytes is None else int(total_bytes),
+        speed=_optional_number(obj, "speed"),
+        eta=_optional_number(obj, "eta"),
+        files=_int(obj, "files"),
+        total_files=None if total_files is None else int(total_files),
+    )
 
 
 def parse_line(line: str) -> AgentEvent:
@@ -169,6 +210,8 @@ def _event(obj: Any, line: str) -> AgentEvent:
             hostname=str(obj.get("hostname", "")),
             operation=str(obj.get("operation", "")),
         )
+    if kind == "progress" and obj.get("operation") == COPY_OPERATION:
+        return _copy_progress(obj)
     if kind == "progress":
         return Progress(
             operation=str(obj.get("operation", "")),

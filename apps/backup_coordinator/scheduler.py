@@ -1,8 +1,11 @@
 """Pure scheduling decisions: what starts next. No I/O and no clock: ``now`` is an argument.
 
-Round robin: drones are considered from a rotating cursor, so none starves. At most
-``max_concurrent`` operations run at once, never two on one repository, and requests (buttons)
-go ahead of scheduled work.
+What is scheduled is *work that holds repositories*: a drone's operations hold its repository;
+an offsite copy holds each of its repositories while it copies that one (the coordinator's
+``leases`` hand them over, so a copy starts holding none). The same rules apply to both:
+round robin from a rotating cursor, so none starves; at most ``max_concurrent`` at once; never
+two holders of one repository; requests (buttons) ahead of scheduled work; backoff after a
+failure; overdue when no success for too long.
 """
 
 from __future__ import annotations
@@ -11,30 +14,42 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .model import Mode, Operation
+from .model import AnyOperation, Mode, Operation
 
 # Requests run in these modes; ``disabled`` means nothing at all runs on the drone.
 MODES_ACCEPTING_REQUESTS = frozenset({Mode.SCHEDULED, Mode.MANUAL})
 
 
 @dataclass(frozen=True)
-class DroneView:
-    """What the scheduler needs to know about one drone at one instant."""
+class WorkView:
+    """What the scheduler needs to know about one drone (or offsite target) at one instant."""
 
     name: str
-    repository_key: str
+    repositories: frozenset[str]  # what it holds while it runs (keys, as config spells them)
     mode: Mode
     frequency: timedelta
-    busy: bool  # an operation is running on this drone
-    last_backup: datetime | None  # last successful create
+    busy: bool  # an operation is running on it
+    last_success: datetime | None  # last successful backup (create) or copy
     backoff_until: datetime | None
-    pending: tuple[Operation, ...]  # requested operations, oldest first
+    pending: tuple[AnyOperation, ...]  # requested operations, oldest first
+    due_operation: AnyOperation = Operation.SCHEDULED  # what runs when it is due
+    waiting_for: tuple[str, ...] = ()  # not due before these drones have backed up
+
+
+@dataclass(frozen=True)
+class WriterView:
+    """A drone writing into a repository an offsite target copies (for ``after_backups``)."""
+
+    name: str
+    mode: Mode
+    last_backup: datetime | None
+    overdue: bool
 
 
 @dataclass(frozen=True)
 class Start:
-    drone: str
-    operation: Operation
+    name: str
+    operation: AnyOperation
     requested: bool  # from a request (button) rather than the schedule
 
 
@@ -44,25 +59,44 @@ class Decision:
     cursor: int  # the new round-robin cursor
 
 
-def is_backing_off(drone: DroneView, now: datetime) -> bool:
+def is_backing_off(drone: WorkView, now: datetime) -> bool:
     return drone.backoff_until is not None and now < drone.backoff_until
 
 
-def is_due(drone: DroneView, now: datetime) -> bool:
-    """Scheduled, idle, not backing off, and the last success is at least a frequency old."""
+def is_due(drone: WorkView, now: datetime) -> bool:
+    """Scheduled, idle, not backing off, not waiting for writers, and the last success is at
+    least a frequency old."""
     if drone.mode is not Mode.SCHEDULED or drone.busy or is_backing_off(drone, now):
         return False
-    return drone.last_backup is None or now - drone.last_backup >= drone.frequency
+    if drone.waiting_for:
+        return False
+    return drone.last_success is None or now - drone.last_success >= drone.frequency
 
 
-def next_due(drone: DroneView, now: datetime) -> datetime | None:
-    """When the next scheduled backup is due (possibly already past); None unless scheduled."""
+def next_due(drone: WorkView, now: datetime) -> datetime | None:
+    """When the next scheduled run is due (possibly already past); None unless scheduled."""
     if drone.mode is not Mode.SCHEDULED:
         return None
-    due = now if drone.last_backup is None else drone.last_backup + drone.frequency
+    due = now if drone.last_success is None else drone.last_success + drone.frequency
     if drone.backoff_until is not None and drone.backoff_until > due:
         return drone.backoff_until
     return due
+
+
+def writers_to_wait_for(
+    last_copy: datetime | None, writers: Sequence[WriterView]
+) -> tuple[str, ...]:
+    """``after_backups``: the writers that have not backed up since the last copy, so the copy
+    waits for them. Only scheduled drones count, and not one that is overdue itself: its own
+    problem is raised, and one host that is off for a week must not hold up everyone's copy."""
+    return tuple(
+        writer.name
+        for writer in writers
+        if writer.mode is Mode.SCHEDULED
+        and not writer.overdue
+        and last_copy is not None
+        and (writer.last_backup is None or writer.last_backup <= last_copy)
+    )
 
 
 def backoff_delay(
@@ -111,44 +145,44 @@ class _Slots:
     """Concurrency and repositories still free within one decision."""
 
     def __init__(
-        self, drones: Sequence[DroneView], max_concurrent: int, busy_repositories: frozenset[str]
+        self, drones: Sequence[WorkView], max_concurrent: int, busy_repositories: frozenset[str]
     ) -> None:
         self.initially_free = max_concurrent - sum(1 for drone in drones if drone.busy)
         self.initially_taken = frozenset(busy_repositories).union(
-            d.repository_key for d in drones if d.busy
+            *(d.repositories for d in drones if d.busy)
         )
         self.free = self.initially_free
         self.taken_repositories = set(self.initially_taken)
         self.started_drones: set[str] = set()
 
-    def could_start_before_this_decision(self, drone: DroneView) -> bool:
+    def could_start_before_this_decision(self, drone: WorkView) -> bool:
         return (
             self.initially_free > 0
             and not drone.busy
             and drone.mode is not Mode.DISABLED
-            and drone.repository_key not in self.initially_taken
+            and not drone.repositories & self.initially_taken
         )
 
-    def can_start(self, drone: DroneView) -> bool:
+    def can_start(self, drone: WorkView) -> bool:
         return (
             self.free > 0
             and self.could_start_before_this_decision(drone)
             and drone.name not in self.started_drones
-            and drone.repository_key not in self.taken_repositories
+            and not drone.repositories & self.taken_repositories
         )
 
-    def take(self, drone: DroneView) -> None:
+    def take(self, drone: WorkView) -> None:
         self.free -= 1
-        self.taken_repositories.add(drone.repository_key)
+        self.taken_repositories.update(drone.repositories)
         self.started_drones.add(drone.name)
 
 
-def _wants_request(drone: DroneView) -> bool:
+def _wants_request(drone: WorkView) -> bool:
     return bool(drone.pending) and drone.mode in MODES_ACCEPTING_REQUESTS
 
 
 def decide(
-    drones: Sequence[DroneView],
+    drones: Sequence[WorkView],
     cursor: int,
     now: datetime,
     max_concurrent: int,
@@ -159,7 +193,8 @@ def decide(
 
     First one pass for requests (a drone's oldest pending one; in modes scheduled and manual,
     even while backing off), then, unless paused, one pass for due drones. Concurrency counts
-    busy drones; ``busy_repositories`` adds repositories held by anything else (offsite sync).
+    busy drones; ``busy_repositories`` adds repositories held by anything else (an offsite
+    copy holding or waiting for one).
 
     The new cursor points just after the started drone furthest along in round-robin order,
     or at an earlier drone that wanted to start but lost its repository or its slot to a
@@ -173,11 +208,11 @@ def decide(
     passed_over: list[int] = []  # offsets of drones that lost out to a start made here
     next_offset: int | None = None  # where the next decision begins, relative to the cursor
 
-    def consider(offset: int, drone: DroneView, operation: Operation, requested: bool) -> None:
+    def consider(offset: int, drone: WorkView, operation: AnyOperation, requested: bool) -> None:
         nonlocal next_offset
         if slots.can_start(drone):
             slots.take(drone)
-            starts.append(Start(drone=drone.name, operation=operation, requested=requested))
+            starts.append(Start(name=drone.name, operation=operation, requested=requested))
             next_offset = offset + 1 if next_offset is None else max(next_offset, offset + 1)
         elif drone.name not in slots.started_drones and slots.could_start_before_this_decision(
             drone
@@ -192,7 +227,7 @@ def decide(
         for offset, index in _round_robin(len(drones), cursor):
             drone = drones[index]
             if is_due(drone, now):
-                consider(offset, drone, Operation.SCHEDULED, requested=False)
+                consider(offset, drone, drone.due_operation, requested=False)
     if next_offset is None:
         return Decision(starts=(), cursor=cursor)
     next_offset = min([next_offset, *passed_over])

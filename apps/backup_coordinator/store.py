@@ -68,13 +68,41 @@ class DroneRecord:
     first_seen: datetime | None = None  # when the coordinator first knew the drone
 
 
+@dataclass
+class CopyRecord:
+    """What the coordinator knows of one offsite target."""
+
+    last_copy: datetime | None = None  # end of the last successful copy
+    last_copy_data: dict[str, Any] | None = None  # the agent's result data of that copy
+    last_attempt: datetime | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_error_kind: str | None = None
+    last_error_hint: str | None = None
+    backoff_until: datetime | None = None
+    requested: bool = False  # sync now was asked for and has not started
+    running: RunningOperation | None = None  # a copy running; ``done``: repositories copied
+    problem: str | None = None
+    first_seen: datetime | None = None
+
+
 @dataclass(frozen=True)
 class LoadResult:
     records: dict[str, DroneRecord] = field(default_factory=dict)
     cursor: int = 0
+    copies: dict[str, CopyRecord] = field(default_factory=dict)
+    copy_cursor: int = 0
     global_mode: str = DEFAULT_GLOBAL_MODE
     problem: str | None = None  # why the file could not be used (it was moved aside)
     warnings: tuple[str, ...] = ()  # entries dropped because this coordinator cannot use them
+
+
+@dataclass(frozen=True)
+class Copies:
+    """The offsite targets' part of the state: their records and their round-robin cursor."""
+
+    records: Mapping[str, CopyRecord]
+    cursor: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +152,24 @@ def encode_record(record: DroneRecord, redactor: Redactor | None = None) -> dict
     }
 
 
+def encode_copy_record(record: CopyRecord, redactor: Redactor | None = None) -> dict[str, Any]:
+    scrub = redactor.value if redactor else _unchanged
+    return {
+        "last_copy": _encode_time(record.last_copy),
+        "last_copy_data": scrub(record.last_copy_data),
+        "last_attempt": _encode_time(record.last_attempt),
+        "consecutive_failures": record.consecutive_failures,
+        "last_error": scrub(record.last_error),
+        "last_error_kind": record.last_error_kind,
+        "last_error_hint": scrub(record.last_error_hint),
+        "backoff_until": _encode_time(record.backoff_until),
+        "requested": record.requested,
+        "running": _encode_running(record.running),
+        "problem": scrub(record.problem),
+        "first_seen": _encode_time(record.first_seen),
+    }
+
+
 def _unchanged(value: Any) -> Any:
     return value
 
@@ -133,6 +179,7 @@ def encode_state(
     cursor: int,
     global_mode: str,
     redactor: Redactor | None = None,
+    copies: Copies | None = None,
 ) -> str:
     if global_mode not in GLOBAL_MODES:
         raise ValueError(
@@ -146,6 +193,14 @@ def encode_state(
             name: encode_record(record, redactor) for name, record in sorted(records.items())
         },
     }
+    if copies is not None:
+        document["offsite"] = {
+            "cursor": copies.cursor,
+            "targets": {
+                name: encode_copy_record(record, redactor)
+                for name, record in sorted(copies.records.items())
+            },
+        }
     return json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n"
 
 
@@ -258,6 +313,48 @@ def decode_record(data: object, warnings: list[str] | None = None) -> DroneRecor
     )
 
 
+def decode_copy_record(data: object) -> CopyRecord:
+    if not isinstance(data, dict):
+        raise CorruptState(f"an offsite target's record must be an object, got {data!r}")
+    running = _field(data, "running", lambda v: isinstance(v, dict), "an object")
+    return CopyRecord(
+        last_copy=_decode_time(data, "last_copy"),
+        last_copy_data=_field(data, "last_copy_data", lambda v: isinstance(v, dict), "an object"),
+        last_attempt=_decode_time(data, "last_attempt"),
+        consecutive_failures=_field(data, "consecutive_failures", _is_int, "a whole number") or 0,
+        last_error=_field(data, "last_error", _is_text, "text"),
+        last_error_kind=_field(data, "last_error_kind", _is_text, "text"),
+        last_error_hint=_field(data, "last_error_hint", _is_text, "text"),
+        backoff_until=_decode_time(data, "backoff_until"),
+        requested=bool(_field(data, "requested", lambda v: isinstance(v, bool), "true or false")),
+        running=None if running is None else _decode_copy_running(running),
+        problem=_field(data, "problem", _is_text, "text"),
+        first_seen=_decode_time(data, "first_seen"),
+    )
+
+
+def _decode_copy_running(running: Mapping[str, Any]) -> RunningOperation:
+    started = _decode_time(running, "started")
+    requested = _field(running, "requested", lambda v: isinstance(v, bool), "true or false")
+    done = _field(running, "done", lambda v: isinstance(v, list), "a list") or []
+    if started is None or not all(isinstance(path, str) for path in done):
+        raise CorruptState(f"running needs started and a list of repositories, got {running!r}")
+    return RunningOperation("offsite", started, bool(requested), list(done))
+
+
+def _decode_copies(document: Mapping[str, Any]) -> tuple[dict[str, CopyRecord], int]:
+    section = _field(document, "offsite", lambda v: isinstance(v, dict), "an object") or {}
+    cursor = _field(section, "cursor", _is_int, "a whole number") or 0
+    targets = _field(section, "targets", lambda v: isinstance(v, dict), "an object") or {}
+    records = {}
+    for name, data in targets.items():
+        try:
+            records[name] = decode_copy_record(data)
+        except CorruptState as error:
+            raise CorruptState(f"offsite target {name!r}: {error}") from None
+    return records, cursor
+
+
 def decode_state(text: str) -> LoadResult:
     try:
         document = json.loads(text)
@@ -282,8 +379,14 @@ def decode_state(text: str) -> LoadResult:
         except CorruptState as error:
             raise CorruptState(f"drone {name!r}: {error}") from None
         warnings.extend(f"drone {name!r}: {warning}" for warning in dropped)
+    copies, copy_cursor = _decode_copies(document)
     return LoadResult(
-        records=records, cursor=cursor, global_mode=global_mode, warnings=tuple(warnings)
+        records=records,
+        cursor=cursor,
+        copies=copies,
+        copy_cursor=copy_cursor,
+        global_mode=global_mode,
+        warnings=tuple(warnings),
     )
 
 
@@ -321,17 +424,27 @@ class Store:
         except CorruptState as error:
             return unusable(f"unusable state file {self.path}: {error}")
 
-    def save(self, records: Mapping[str, DroneRecord], cursor: int, global_mode: str) -> None:
-        text = encode_state(records, cursor, global_mode, self.redactor)
+    def save(
+        self,
+        records: Mapping[str, DroneRecord],
+        cursor: int,
+        global_mode: str,
+        copies: Copies | None = None,
+    ) -> None:
+        text = encode_state(records, cursor, global_mode, self.redactor, copies)
         self._write(next(self._snapshots), text)
 
     async def save_async(
-        self, records: Mapping[str, DroneRecord], cursor: int, global_mode: str
+        self,
+        records: Mapping[str, DroneRecord],
+        cursor: int,
+        global_mode: str,
+        copies: Copies | None = None,
     ) -> None:
         """Like save, with the disk work in a thread so the event loop is not blocked."""
         # Encode here, on the loop, so the thread never reads records the loop is changing.
         snapshot = next(self._snapshots)
-        text = encode_state(records, cursor, global_mode, self.redactor)
+        text = encode_state(records, cursor, global_mode, self.redactor, copies)
         await asyncio.to_thread(self._write, snapshot, text)
 
     def _write(self, snapshot: int, text: str) -> None:

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from backup_coordinator.model import Mode, Operation
 from backup_coordinator.scheduler import (
     Decision,
-    DroneView,
     Start,
+    WorkView,
     backoff_delay,
     decide,
     is_due,
@@ -31,24 +31,24 @@ def drone(
     mode: Mode = Mode.SCHEDULED,
     frequency: timedelta = DAY,
     busy: bool = False,
-    last_backup: datetime | None = None,
+    last_success: datetime | None = None,
     backoff_until: datetime | None = None,
     pending: tuple[Operation, ...] = (),
-) -> DroneView:
-    return DroneView(
+) -> WorkView:
+    return WorkView(
         name=name,
-        repository_key=repository if repository is not None else f"{name}:/repo",
+        repositories=frozenset({repository if repository is not None else f"{name}:/repo"}),
         mode=mode,
         frequency=frequency,
         busy=busy,
-        last_backup=last_backup,
+        last_success=last_success,
         backoff_until=backoff_until,
         pending=pending,
     )
 
 
 def started(decision: Decision) -> list[str]:
-    return [start.drone for start in decision.starts]
+    return [start.name for start in decision.starts]
 
 
 # --- is_due / next_due ---------------------------------------------------------------------
@@ -58,9 +58,9 @@ def test_a_drone_never_backed_up_is_due() -> None:
     assert is_due(drone("a"), NOW)
 
 
-def test_due_exactly_one_frequency_after_the_last_backup() -> None:
-    assert is_due(drone("a", last_backup=NOW - DAY), NOW)
-    assert not is_due(drone("a", last_backup=NOW - DAY + timedelta(seconds=1)), NOW)
+def test_due_exactly_one_frequency_after_the_last_success() -> None:
+    assert is_due(drone("a", last_success=NOW - DAY), NOW)
+    assert not is_due(drone("a", last_success=NOW - DAY + timedelta(seconds=1)), NOW)
 
 
 def test_only_mode_scheduled_is_due() -> None:
@@ -77,8 +77,8 @@ def test_a_drone_backing_off_is_due_only_when_the_backoff_ends() -> None:
     assert is_due(drone("a", backoff_until=NOW), NOW)
 
 
-def test_next_due_is_one_frequency_after_the_last_backup() -> None:
-    assert next_due(drone("a", last_backup=NOW - timedelta(hours=5)), NOW) == NOW + timedelta(
+def test_next_due_is_one_frequency_after_the_last_success() -> None:
+    assert next_due(drone("a", last_success=NOW - timedelta(hours=5)), NOW) == NOW + timedelta(
         hours=19
     )
 
@@ -91,7 +91,7 @@ def test_next_due_is_now_without_any_backup_and_none_unless_scheduled() -> None:
 
 def test_next_due_waits_for_the_backoff() -> None:
     later = NOW + timedelta(hours=2)
-    assert next_due(drone("a", last_backup=NOW - 2 * DAY, backoff_until=later), NOW) == later
+    assert next_due(drone("a", last_success=NOW - 2 * DAY, backoff_until=later), NOW) == later
 
 
 # --- backoff_delay -------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_the_cursor_wraps_around() -> None:
 
 
 def test_cursor_unchanged_when_nothing_starts() -> None:
-    drones = [drone("a", last_backup=NOW), drone("b", last_backup=NOW)]
+    drones = [drone("a", last_success=NOW), drone("b", last_success=NOW)]
     assert decide(drones, 7, NOW, 1) == Decision(starts=(), cursor=7)
 
 
@@ -206,7 +206,7 @@ def test_a_busy_drone_gets_nothing_new_not_even_a_request() -> None:
 
 
 def test_requests_go_ahead_of_scheduled_work() -> None:
-    drones = [drone("a"), drone("b", last_backup=NOW, pending=(Operation.STATS,))]
+    drones = [drone("a"), drone("b", last_success=NOW, pending=(Operation.STATS,))]
     decision = decide(drones, 0, NOW, 1)
     assert decision.starts == (Start("b", Operation.STATS, True),)
     assert decision.cursor == 0
@@ -251,7 +251,7 @@ def test_a_drone_with_a_started_request_gets_no_scheduled_run_too() -> None:
 
 
 def test_cursor_goes_past_the_furthest_started_drone() -> None:
-    drones = [drone("a"), drone("b", last_backup=NOW), drone("c", pending=(Operation.PRUNE,))]
+    drones = [drone("a"), drone("b", last_success=NOW), drone("c", pending=(Operation.PRUNE,))]
     decision = decide(drones, 0, NOW, 2)
     assert started(decision) == ["c", "a"]
     assert decision.cursor == 0  # just after c, wrapped
@@ -263,7 +263,7 @@ NAMES = [f"d{i}" for i in range(8)]
 
 
 @st.composite
-def drone_sets(draw: st.DrawFn, max_frequency_minutes: int = 3000) -> list[DroneView]:
+def drone_sets(draw: st.DrawFn, max_frequency_minutes: int = 3000) -> list[WorkView]:
     count = draw(st.integers(min_value=1, max_value=len(NAMES)))
     repositories = draw(st.integers(min_value=1, max_value=count))
     views = []
@@ -279,7 +279,7 @@ def drone_sets(draw: st.DrawFn, max_frequency_minutes: int = 3000) -> list[Drone
                 mode=draw(st.sampled_from(list(Mode))),
                 frequency=frequency,
                 busy=draw(st.booleans()),
-                last_backup=None if age is None else NOW - timedelta(minutes=age),
+                last_success=None if age is None else NOW - timedelta(minutes=age),
                 backoff_until=None if backoff is None else NOW + timedelta(minutes=backoff),
                 pending=tuple(draw(st.lists(st.sampled_from(list(Operation)), max_size=2))),
             )
@@ -299,7 +299,7 @@ decide_arguments = {
 @settings(max_examples=150, deadline=None)
 @given(**decide_arguments)
 def test_decisions_respect_every_limit(
-    drones: list[DroneView],
+    drones: list[WorkView],
     cursor: int,
     max_concurrent: int,
     outside: frozenset[str],
@@ -307,14 +307,18 @@ def test_decisions_respect_every_limit(
 ) -> None:
     decision = decide(drones, cursor, NOW, max_concurrent, outside, paused)
     by_name = {d.name: d for d in drones}
-    starting = [by_name[start.drone] for start in decision.starts]
+    starting = [by_name[start.name] for start in decision.starts]
     busy = [d for d in drones if d.busy]
 
     assert len(busy) + len(starting) <= max(max_concurrent, len(busy))
-    held = [d.repository_key for d in busy] + [d.repository_key for d in starting]
-    assert all(d.repository_key not in outside for d in starting)
-    assert len({d.repository_key for d in starting}) == len(starting)
-    assert not {d.repository_key for d in starting} & {d.repository_key for d in busy}
+    held = [key for d in busy for key in d.repositories] + [
+        key for d in starting for key in d.repositories
+    ]
+    assert all(not d.repositories & set(outside) for d in starting)
+    assert len(set().union(*(d.repositories for d in starting))) == len(starting)
+    assert not set().union(*(d.repositories for d in starting)) & set().union(
+        *(d.repositories for d in busy)
+    )
     assert len(held) >= len(starting)
     assert len({d.name for d in starting}) == len(starting)
     assert not any(d.busy or d.mode is Mode.DISABLED for d in starting)
@@ -339,11 +343,13 @@ def test_decisions_respect_every_limit(
             if d.pending
             and d.mode is not Mode.DISABLED
             and not d.busy
-            and d.name not in {s.drone for s in decision.starts}
+            and d.name not in {s.name for s in decision.starts}
         ]
-        taken = {d.repository_key for d in busy} | set(outside)
-        taken |= {by_name[s.drone].repository_key for s in decision.starts if s.requested}
-        assert all(d.repository_key in taken for d in waiting)
+        taken = set().union(*(d.repositories for d in busy)) | set(outside)
+        taken |= set().union(
+            *(by_name[s.name].repositories for s in decision.starts if s.requested)
+        )
+        assert all(d.repositories & taken for d in waiting)
 
 
 @settings(max_examples=150, deadline=None)
@@ -354,7 +360,7 @@ def test_decisions_respect_every_limit(
     step_minutes=st.integers(min_value=0, max_value=3),
 )
 def test_no_due_drone_starves(
-    drones: list[DroneView], cursor: int, max_concurrent: int, step_minutes: int
+    drones: list[WorkView], cursor: int, max_concurrent: int, step_minutes: int
 ) -> None:
     # Operations finish at once; a successful create makes a drone not due for a frequency.
     views = [replace(d, busy=False, pending=(), backoff_until=None) for d in drones]
@@ -364,9 +370,9 @@ def test_no_due_drone_starves(
     for _ in range(len(views)):
         decision = decide(views, cursor, now, max_concurrent)
         cursor = decision.cursor
-        names = {start.drone for start in decision.starts}
+        names = {start.name for start in decision.starts}
         served |= names
-        views = [replace(d, last_backup=now) if d.name in names else d for d in views]
+        views = [replace(d, last_success=now) if d.name in names else d for d in views]
         now += timedelta(minutes=step_minutes)
     assert due_at_start <= served
 
@@ -381,5 +387,5 @@ def test_a_drone_losing_its_repository_to_a_neighbour_is_first_next_time() -> No
     first = decide(views, 0, NOW, 2)
     assert started(first) == ["a", "c"]
     assert first.cursor == 1  # b was passed over only because a took its repository
-    views = [replace(v, last_backup=NOW) if v.name in {"a", "c"} else v for v in views]
+    views = [replace(v, last_success=NOW) if v.name in {"a", "c"} else v for v in views]
     assert started(decide(views, first.cursor, NOW + minute, 2)) == ["b", "c"]

@@ -1,0 +1,173 @@
+"""The entities of an offsite target, in the style of a drone's (see ``entities``).
+
+Per target ``T``: its controls (frequency, mode, sync now) and its sensors (state, last
+offsite copy, next copy, bytes transferred in the last copy, problem, last error). Its progress
+goes through the coordinator's progress sensor and events, with the repository being copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .entities import (
+    EntityCategory,
+    HelperDescription,
+    HelperSpec,
+    Publication,
+    Section,
+    SensorDescription,
+    byte_count,
+    iso_or_unknown,
+    number_fields,
+    render_helpers,
+    render_sensors,
+)
+from .model import FREQUENCY_MINUTES_RANGE, MIB, CopyOperation, CopySettings, CopyState, Mode
+
+
+@dataclass(frozen=True)
+class TargetSnapshot:
+    """What the sensors of one offsite target show."""
+
+    name: str
+    state: CopyState
+    repository: str | None  # being copied or waited for
+    last_copy: datetime | None
+    last_copy_data: Mapping[str, Any] | None
+    next_copy: datetime | None
+    waiting_for: Sequence[str]
+    problems: Sequence[str]
+    consecutive_failures: int
+    last_error: str | None
+    last_error_kind: str | None
+    last_error_hint: str | None
+
+
+TARGET_HELPERS: tuple[HelperDescription[CopySettings], ...] = (
+    HelperDescription(
+        domain="input_number",
+        key="frequency",
+        label="frequency",
+        icon="mdi:timer-sync-outline",
+        category=EntityCategory.CONFIG,
+        create_fields=number_fields(FREQUENCY_MINUTES_RANGE, "min"),
+        setting="frequency",
+        first_value=lambda settings: settings.frequency_minutes,
+    ),
+    HelperDescription(
+        domain="input_select",
+        key="mode",
+        label="mode",
+        icon="mdi:cog-outline",
+        category=EntityCategory.CONFIG,
+        create_fields={"options": [m.value for m in Mode]},
+        setting="mode",
+        first_value=lambda settings: settings.mode.value,
+    ),
+    HelperDescription(
+        domain="input_button",
+        key="sync_now",
+        label="sync now",
+        icon="mdi:cloud-upload-outline",
+        section=Section.ACTIONS,
+        operation=CopyOperation.OFFSITE,
+    ),
+)
+
+
+def _copied_bytes(snap: TargetSnapshot) -> int | None:
+    return byte_count((snap.last_copy_data or {}).get("bytes"))
+
+
+def _last_copy_attributes(snap: TargetSnapshot) -> dict[str, Any]:
+    data = snap.last_copy_data or {}
+    entries = data.get("repositories") or []
+    return {
+        "repositories": [entry.get("repository", "") for entry in entries],
+        "files": data.get("files"),
+        "verified": data.get("verified"),
+    }
+
+
+TARGET_SENSORS: tuple[SensorDescription[TargetSnapshot], ...] = (
+    SensorDescription(
+        domain="sensor",
+        key="state",
+        label="state",
+        icon="mdi:cloud-sync-outline",
+        device_class="enum",
+        options=tuple(s.value for s in CopyState),
+        value=lambda snap: snap.state.value,
+        attributes=lambda snap: {
+            "repository": snap.repository or "none",
+            "waiting_for": list(snap.waiting_for),
+        },
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="last_offsite",
+        label="last offsite copy",
+        icon="mdi:cloud-check-outline",
+        device_class="timestamp",
+        value=lambda snap: iso_or_unknown(snap.last_copy),
+        attributes=_last_copy_attributes,
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="next_offsite",
+        label="next offsite copy",
+        icon="mdi:calendar-clock",
+        device_class="timestamp",
+        value=lambda snap: iso_or_unknown(snap.next_copy),
+        attributes=lambda snap: {"waiting_for": list(snap.waiting_for)},
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="last_copy_size",
+        label="last copy transferred",
+        icon="mdi:cloud-upload",
+        device_class="data_size",
+        unit="MiB",
+        state_class="measurement",
+        section=Section.REPOSITORY,
+        value=lambda snap: (
+            "unknown" if (size := _copied_bytes(snap)) is None else f"{size / MIB:.2f}"
+        ),
+        attributes=lambda snap: {"bytes": _copied_bytes(snap)},
+    ),
+    SensorDescription(
+        domain="binary_sensor",
+        key="problem",
+        label="problem",
+        device_class="problem",
+        value=lambda snap: "on" if snap.problems else "off",
+        attributes=lambda snap: {
+            "reason": "; ".join(snap.problems) or "none",
+            "consecutive_failures": snap.consecutive_failures,
+        },
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="last_error",
+        label="last error",
+        icon="mdi:alert-circle-outline",
+        category=EntityCategory.DIAGNOSTIC,
+        value=lambda snap: snap.last_error or "none",
+        attributes=lambda snap: {
+            "kind": snap.last_error_kind or "none",
+            "hint": snap.last_error_hint or "",
+        },
+    ),
+)
+
+
+def target_helpers(prefix: str, target: str, settings: CopySettings) -> list[HelperSpec]:
+    """Every control of one offsite target, with the first values from apps.yaml."""
+    return render_helpers(TARGET_HELPERS, prefix, target, settings)
+
+
+def target_sensors(prefix: str, snap: TargetSnapshot) -> list[Publication]:
+    return render_sensors(TARGET_SENSORS, prefix, snap.name, snap)
