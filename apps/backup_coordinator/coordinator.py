@@ -403,9 +403,9 @@ class Coordinator:
                 drone.overdue = overdue
                 await self._publish_drone(drone)
         for target in self.targets.values():
-            overdue_changed = offsite.check_overdue(target, now, self.config.overdue_factor)
-            if offsite.check_waiting(target, self._writers(target)) or overdue_changed:
-                await offsite.publish_target(self, target)
+            offsite.check_overdue(target, now, self.config.overdue_factor)
+            offsite.check_waiting(target, self._writers(target))
+            await offsite.publish_target(self, target)  # only what changed reaches HA
         self._start_what_is_due()
         await self._publish_coordinator()
 

@@ -418,9 +418,8 @@ def start_running(target: Target, requested: bool, now: datetime) -> None:
     target.record.running = RunningOperation(COPY_OPERATION, now, requested, [])
 
 
-def check_overdue(target: Target, now: datetime, overdue_factor: float) -> bool:
-    """Whether the target's overdue flag changed."""
-    overdue = scheduler.is_overdue(
+def check_overdue(target: Target, now: datetime, overdue_factor: float) -> None:
+    target.overdue = scheduler.is_overdue(
         target.settings.mode,
         target.record.last_copy,
         timedelta(minutes=target.settings.frequency_minutes),
@@ -428,18 +427,12 @@ def check_overdue(target: Target, now: datetime, overdue_factor: float) -> bool:
         now,
         target.record.first_seen or now,
     )
-    changed = overdue != target.overdue
-    target.overdue = overdue
-    return changed
 
 
-def check_waiting(target: Target, writers: Sequence[scheduler.WriterView]) -> bool:
-    """after_backups: which drones the next copy waits for; whether that changed."""
-    waiting = (
+def check_waiting(target: Target, writers: Sequence[scheduler.WriterView]) -> None:
+    """after_backups: the drones the next copy waits for."""
+    target.waiting_for = (
         scheduler.writers_to_wait_for(target.record.last_copy, writers)
         if target.config.after_backups and target.settings.mode is Mode.SCHEDULED
         else ()
     )
-    changed = waiting != target.waiting_for
-    target.waiting_for = waiting
-    return changed

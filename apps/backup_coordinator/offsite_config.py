@@ -69,7 +69,7 @@ DEFAULT_COPY_LOCK_WAIT = 600  # a backup may be finishing when the copy starts
 
 RCLONE_REMOTE_PATTERN = re.compile(r"(?P<remote>[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<path>.*)", re.S)
 RSYNC_SSH_PATTERN = re.compile(
-    r"(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*):(?P<path>/.*)",
+    r"(?:(?P<user>[A-Za-z0-9_.][A-Za-z0-9_.-]*)@)?(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*):(?P<path>/(?!/).*)",
     re.S,
 )
 RATE_PATTERN = re.compile(r"[0-9]+(?:\.[0-9]+)?[KMGkmg]?")
