@@ -24,6 +24,7 @@ from . import entities
 from .config import Config, ConfigError, parse_config
 from .coordinator import Coordinator
 from .entities import HelperSpec, Publication
+from .offsite_entities import target_helpers
 from .publishing import HomeAssistantUnavailable, SensorPublisher, StatePoster, bounded
 from .transport import Connections
 
@@ -130,11 +131,21 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
 
     async def _start(self, config: Config, attempt: int) -> None:
         timer = _PhaseTimer()
-        helpers = entities.coordinator_helpers(config.entity_prefix) + [
-            helper
-            for drone in config.drones
-            for helper in entities.drone_helpers(config.entity_prefix, drone.name, drone.settings)
-        ]
+        helpers = (
+            entities.coordinator_helpers(config.entity_prefix)
+            + [
+                helper
+                for drone in config.drones
+                for helper in entities.drone_helpers(
+                    config.entity_prefix, drone.name, drone.settings
+                )
+            ]
+            + [
+                helper
+                for target in config.offsite
+                for helper in target_helpers(config.entity_prefix, target.name, target.settings)
+            ]
+        )
         created = await self._ensure_helpers(helpers)
         timer.done(f"helpers ({len(created)} created)")
         self.helpers_by_entity = {helper.entity_id: helper for helper in helpers}

@@ -150,7 +150,13 @@ KEEP_KEYS = frozenset({"within", *KEEP_COUNT_NAMES})
 # nothing until they are done, so they get more. Every step may also wait lock_wait seconds
 # for the repository lock, silently: that is added to its limit.
 DEFAULT_HELLO_TIMEOUT = 60.0
-DEFAULT_INACTIVITY_MINUTES = {"create": 30, "prune": 180, "stats": 60, "check": 720}
+DEFAULT_INACTIVITY_MINUTES = {
+    "create": 30,
+    "prune": 180,
+    "stats": 60,
+    "check": 720,
+    "offsite": 60,  # rclone and rsync report progress every second while they copy
+}
 # The agent refuses a job line longer than this (drone_agent's JOB_LINE_LIMIT); what Home
 # Assistant can change (keep rules, as numbers) needs a little room on top of apps.yaml's values.
 AGENT_JOB_LINE_LIMIT = 1024 * 1024

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from traceback import format_exc
@@ -33,7 +33,6 @@ from .model import (
     Mode,
     Operation,
     SettingError,
-    SshTarget,
     parse_frequency,
     parse_keep_count,
     parse_keep_within,
@@ -41,7 +40,7 @@ from .model import (
 )
 from .offsite import Target
 from .offsite_config import OffsiteTargetConfig
-from .ports import HomeAssistantPort
+from .ports import AgentRunner, HomeAssistantPort
 from .progress import ProgressTracker
 from .protocol import (
     AgentEvent,
@@ -49,16 +48,10 @@ from .protocol import (
     OperationFailed,
     Outcome,
     Progress,
-    Result,
     StepResult,
 )
 from .redaction import Redactor
 from .store import Copies, CopyRecord, DroneRecord, RunningOperation, Store
-
-AgentRunner = Callable[
-    [SshTarget, str, Mapping[str, Any], Callable[[AgentEvent], Awaitable[None]] | None],
-    Awaitable[Result],
-]
 
 EVENT_PROGRESS = "backup_coordinator_progress"
 EVENT_STARTED = "backup_coordinator_started"

@@ -12,11 +12,16 @@ from typing import Any
 from . import entities
 from .config import Config
 from .entities import EntityDescription, Section
+from .offsite_entities import TARGET_HELPERS, TARGET_SENSORS
 
 
 def dashboard(config: Config, title: str = "Backups") -> dict[str, Any]:
     prefix = config.entity_prefix
-    cards = [coordinator_card(prefix)] + [drone_card(prefix, d.name) for d in config.drones]
+    cards = (
+        [coordinator_card(prefix)]
+        + [drone_card(prefix, d.name) for d in config.drones]
+        + [target_card(prefix, t.name) for t in config.offsite]
+    )
     return {"title": title, "views": [{"title": title, "path": "backups", "cards": cards}]}
 
 
@@ -43,6 +48,15 @@ def drone_card(prefix: str, drone: str) -> dict[str, Any]:
         *entities.DRONE_BUTTONS,
         *entities.DRONE_SENSORS,
     )
+    return _card(prefix, drone, descriptions)
+
+
+def target_card(prefix: str, target: str) -> dict[str, Any]:
+    """An offsite target's card: the same layout as a drone's."""
+    return _card(prefix, target, (*TARGET_HELPERS, *TARGET_SENSORS))
+
+
+def _card(prefix: str, drone: str, descriptions: Sequence[EntityDescription]) -> dict[str, Any]:
     rows: list[dict[str, str]] = []
     for section in Section:
         chosen = [d for d in descriptions if d.section is section]

@@ -13,7 +13,7 @@ publish through the small ``CopyHost`` interface.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from traceback import format_exc
@@ -29,27 +29,20 @@ from .model import (
     CopyState,
     Mode,
     SettingError,
-    SshTarget,
     parse_frequency,
     parse_mode,
 )
 from .offsite_config import OffsiteRepository, OffsiteTargetConfig
 from .offsite_entities import TargetSnapshot, target_sensors
-from .ports import HomeAssistantPort
+from .ports import AgentRunner, HomeAssistantPort
 from .protocol import (
     COPY_OPERATION,
     AgentEvent,
     CopyProgress,
     FailureKind,
     OperationFailed,
-    Result,
 )
 from .store import CopyRecord, RunningOperation
-
-AgentRunner = Callable[
-    [SshTarget, str, Mapping[str, Any], Callable[[AgentEvent], Awaitable[None]] | None],
-    Awaitable[Result],
-]
 
 PERCENT_CAP = 99.0  # 100 % only once the copy has ended
 

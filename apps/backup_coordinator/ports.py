@@ -1,15 +1,24 @@
-"""The core's only way out to Home Assistant.
+"""The core's only ways out: to Home Assistant, and to the agents.
 
-``app.py`` implements this with AppDaemon; tests implement it in memory. Keeping it this small
-is what lets the whole core run and be tested without Home Assistant.
+``app.py`` implements the Home Assistant port with AppDaemon and ``transport`` runs agents over
+SSH; tests implement both in memory. Keeping them this small is what lets the whole core run and
+be tested without Home Assistant or SSH.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from .entities import Publication
+from .model import SshTarget
+from .protocol import AgentEvent, Result
+
+# Runs one agent session: (host, agent operation, job, a callback for each event) -> result.
+AgentRunner = Callable[
+    [SshTarget, str, Mapping[str, Any], Callable[[AgentEvent], Awaitable[None]] | None],
+    Awaitable[Result],
+]
 
 
 class HomeAssistantPort(Protocol):

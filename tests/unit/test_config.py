@@ -1310,7 +1310,7 @@ def test_session_limits_default_per_step() -> None:
     config = parse_config(app_args(), BASE)
     assert config.limits.hello_seconds == DEFAULT_HELLO_TIMEOUT
     assert dict(config.limits.inactivity_minutes) == DEFAULT_INACTIVITY_MINUTES
-    assert set(DEFAULT_INACTIVITY_MINUTES) == set(STEPS)
+    assert set(DEFAULT_INACTIVITY_MINUTES) == {*STEPS, "offsite"}
     # the lock wait is silent too, so it comes on top
     assert config.limits.silence_seconds("create", 60) == 30 * 60 + 60
 
