@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 from backup_coordinator import entities
-from backup_coordinator.dashboard import coordinator_card, drone_card
+from backup_coordinator.dashboard import coordinator_card, drone_card, target_card
 from backup_coordinator.entities import DroneSnapshot, Section
-from backup_coordinator.model import DroneSettings
+from backup_coordinator.model import CopySettings, CopyState, DroneSettings
+from backup_coordinator.offsite_entities import TargetSnapshot, target_helpers, target_sensors
 
 
 def test_a_drone_card_shows_each_of_the_drones_entities_once() -> None:
@@ -28,3 +29,14 @@ def test_the_coordinator_card_shows_each_coordinator_entity_once() -> None:
     progress = entities.progress_sensor("backup", None).entity_id
     shown = coordinator_card("backup")["entities"]
     assert Counter(shown) == Counter([*helpers, *sensors, progress])
+
+
+def test_an_offsite_target_card_shows_each_of_its_entities_once() -> None:
+    snapshot = TargetSnapshot(
+        "cloud", CopyState.IDLE, None, None, None, None, (), (), 0, None, None, None
+    )
+    helpers = [h.entity_id for h in target_helpers("backup", "cloud", CopySettings())]
+    sensors = [p.entity_id for p in target_sensors("backup", snapshot)]
+    shown = [row["entity"] for row in target_card("backup", "cloud")["entities"] if "entity" in row]
+    assert Counter(shown) == Counter(helpers + sensors)
+    assert "input_button.backup_cloud_sync_now" in shown

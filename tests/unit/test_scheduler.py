@@ -8,16 +8,18 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backup_coordinator.model import Mode, Operation
+from backup_coordinator.model import CopyOperation, Mode, Operation
 from backup_coordinator.scheduler import (
     Decision,
     Start,
     WorkView,
+    WriterView,
     backoff_delay,
     decide,
     is_due,
     is_overdue,
     next_due,
+    writers_to_wait_for,
 )
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -389,3 +391,49 @@ def test_a_drone_losing_its_repository_to_a_neighbour_is_first_next_time() -> No
     assert first.cursor == 1  # b was passed over only because a took its repository
     views = [replace(v, last_success=NOW) if v.name in {"a", "c"} else v for v in views]
     assert started(decide(views, first.cursor, NOW + minute, 2)) == ["b", "c"]
+
+
+# --- offsite copies ---------------------------------------------------------------------------
+
+
+def writer(name: str, last_backup: datetime | None, mode: Mode = Mode.SCHEDULED) -> WriterView:
+    return WriterView(name=name, mode=mode, last_backup=last_backup, overdue=False)
+
+
+def test_after_backups_waits_for_writers_that_have_not_backed_up_since_the_copy() -> None:
+    last_copy = NOW - DAY
+    writers = [
+        writer("fresh", NOW - timedelta(hours=1)),
+        writer("stale", NOW - 2 * DAY),
+        writer("never", None),
+        writer("manual", None, Mode.MANUAL),
+        WriterView("overdue", Mode.SCHEDULED, NOW - 9 * DAY, overdue=True),
+    ]
+    assert writers_to_wait_for(last_copy, writers) == ("stale", "never")
+    assert writers_to_wait_for(None, writers) == ()  # never copied: copy what there is
+
+
+def test_a_view_waiting_for_writers_is_not_due_but_a_request_still_runs() -> None:
+    copy = replace(
+        drone("cloud", last_success=NOW - 2 * DAY),
+        repositories=frozenset(),
+        due_operation=CopyOperation.OFFSITE,
+        waiting_for=("laptop",),
+    )
+    assert not is_due(copy, NOW)
+    assert decide([copy], 0, NOW, 1).starts == ()
+    requested = replace(copy, pending=(CopyOperation.OFFSITE,))
+    (start,) = decide([requested], 0, NOW, 1).starts
+    assert start.operation is CopyOperation.OFFSITE
+    assert start.requested
+
+
+def test_a_due_view_starts_its_own_operation() -> None:
+    copy = replace(drone("cloud"), repositories=frozenset(), due_operation=CopyOperation.OFFSITE)
+    (start,) = decide([copy], 0, NOW, 1).starts
+    assert (start.name, start.operation, start.requested) == ("cloud", CopyOperation.OFFSITE, False)
+
+
+def test_a_drone_waits_while_an_offsite_copy_claims_its_repository() -> None:
+    views = [drone("a", repository="nas:/a"), drone("b", repository="nas:/b")]
+    assert started(decide(views, 0, NOW, 2, busy_repositories=frozenset({"nas:/a"}))) == ["b"]

@@ -13,6 +13,8 @@ import pytest
 from backup_coordinator.redaction import Redactor
 from backup_coordinator.store import (
     STATE_VERSION,
+    Copies,
+    CopyRecord,
     DroneRecord,
     LoadResult,
     RunningOperation,
@@ -312,3 +314,32 @@ def test_free_text_is_written_redacted(tmp_path: Path) -> None:
         for fragment in ("ss\\w", "rd-long", "ss\\\\w", "w\\u00f6rd"):
             assert fragment not in value
     assert loaded.last_backup == WHEN  # times are never touched
+
+
+def test_offsite_records_survive_a_round_trip(tmp_path: Path) -> None:
+    record = CopyRecord(
+        last_copy=WHEN,
+        last_copy_data={"bytes": 5, "repositories": [{"repository": "/srv/a", "verified": True}]},
+        last_attempt=WHEN,
+        consecutive_failures=2,
+        last_error="rclone exited 7",
+        last_error_kind="borg_error",
+        last_error_hint="check the remote",
+        backoff_until=WHEN + timedelta(minutes=4),
+        requested=True,
+        running=RunningOperation("offsite", WHEN, True, ["/srv/a"]),
+        problem="2 failed offsite copies in a row",
+        first_seen=WHEN,
+    )
+    store = Store(tmp_path / "state.json")
+    store.save({}, 0, "running", Copies({"cloud": record}, cursor=3))
+    loaded = store.load()
+    assert loaded.copies == {"cloud": record}
+    assert loaded.copy_cursor == 3
+
+
+def test_a_state_file_without_offsite_targets_loads_none(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.json")
+    store.save({"nas": DroneRecord()}, 0, "running")
+    assert store.load().copies == {}
+    assert "offsite" not in json.loads((tmp_path / "state.json").read_text())
