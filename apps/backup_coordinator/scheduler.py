@@ -86,16 +86,18 @@ def next_due(drone: WorkView, now: datetime) -> datetime | None:
 def writers_to_wait_for(
     last_copy: datetime | None, writers: Sequence[WriterView]
 ) -> tuple[str, ...]:
-    """``after_backups``: the writers that have not backed up since the last copy, so the copy
-    waits for them. Only scheduled drones count, and not one that is overdue itself: its own
+    """``after_backups``: the writers that have not backed up since the last copy (or ever,
+    before the first copy), so the copy waits for them. Only scheduled drones count, and not one that is overdue itself: its own
     problem is raised, and one host that is off for a week must not hold up everyone's copy."""
     return tuple(
         writer.name
         for writer in writers
         if writer.mode is Mode.SCHEDULED
         and not writer.overdue
-        and last_copy is not None
-        and (writer.last_backup is None or writer.last_backup <= last_copy)
+        and (
+            writer.last_backup is None
+            or (last_copy is not None and writer.last_backup <= last_copy)
+        )
     )
 
 

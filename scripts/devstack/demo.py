@@ -1,4 +1,5 @@
-"""The whole stack on this machine: Home Assistant, AppDaemon running the app, two local drones.
+"""The whole stack on this machine: Home Assistant, AppDaemon running the app, two local drones
+and an offsite target copying their repositories into a local folder.
 
 Run through ``scripts/demo`` (which installs what is missing first). Everything it starts
 listens on 127.0.0.1 and is stopped when it ends (Ctrl-C, or after ``--smoke``).
@@ -22,7 +23,8 @@ from typing import Any
 
 from .appdaemon import AppDaemon
 from .borg import PROJECT_ROOT
-from .drones import LocalDrone, app_config, make_local_drone
+from .borg import list_archives
+from .drones import LocalDrone, app_config, make_local_drone, offsite_target
 from .haclient import HaClient
 from .homeassistant import HomeAssistant
 
@@ -31,6 +33,10 @@ USERNAME = "demo"
 PASSWORD = "demo-backups"  # noqa: S105 - a local demo login, printed for the person
 FIRST_ROUND_TIMEOUT = 300.0
 DRONES = {"laptop": 8 * 1024 * 1024, "nas": 32 * 1024 * 1024}
+# The offsite target: the nas drone's agent copies both repositories into a local folder (a
+# stand-in for a cloud bucket) once both have been backed up.
+TARGET = "vault"
+OFFSITE_DESTINATION = DEMO_ROOT / "offsite"
 
 
 def main() -> int:
@@ -92,6 +98,11 @@ def coordinator_app(
         drone_settings={
             d.name: {"frequency": 60, "keep": {"within": "1d", "daily": 7}} for d in drones
         },
+        offsite={
+            TARGET: offsite_target(
+                drones[-1], drones, OFFSITE_DESTINATION, frequency=120, keep_replaced=True
+            )
+        },
     )
     appdaemon = AppDaemon(
         DEMO_ROOT / "appdaemon",
@@ -132,7 +143,29 @@ async def first_round(ha: HomeAssistant, drones: list[LocalDrone], appdaemon: Ap
                 ok = False
                 continue
             ok &= await report_drone(client, drone.name)
-        return ok
+        return ok and await first_offsite_copy(client)
+
+
+async def first_offsite_copy(client: HaClient) -> bool:
+    """Waits until the offsite target has copied both repositories once."""
+    try:
+        await client.wait_for_state(
+            f"sensor.backup_{TARGET}_last_offsite",
+            lambda s: s["state"] not in ("unknown", "unavailable"),
+            FIRST_ROUND_TIMEOUT,
+        )
+    except TimeoutError as error:
+        say(f"{TARGET}: the first offsite copy did not finish: {error}")
+        return False
+    last = await client.get_state(f"sensor.backup_{TARGET}_last_offsite") or {}
+    size = await client.get_state(f"sensor.backup_{TARGET}_last_copy_size") or {}
+    attributes = last.get("attributes", {})
+    say(
+        f"{TARGET}: offsite copy at {last.get('state')} of"
+        f" {', '.join(attributes.get('repositories', []))}: {size.get('state')} MiB transferred,"
+        f" verified {attributes.get('verified')}"
+    )
+    return attributes.get("verified") is True
 
 
 async def report_drone(client: HaClient, name: str) -> bool:
@@ -185,6 +218,11 @@ def check_archives(drones: list[LocalDrone]) -> bool:
             f"{drone.name}: {len(archives)} archive(s) in {drone.repository}: {', '.join(archives)}"
         )
         ok &= len(archives) >= 1
+        copy = OFFSITE_DESTINATION / drone.repository.name
+        # borg state of its own, as on a machine restoring from the copy
+        copied = list_archives(copy, drone.passphrase, DEMO_ROOT / "offsite-borg" / drone.name)
+        say(f"{drone.name}: the offsite copy {copy} opens with borg: {len(copied)} archive(s)")
+        ok &= set(copied) <= set(archives) and len(copied) >= 1
     say("smoke check " + ("passed" if ok else "FAILED"))
     return ok
 
@@ -199,6 +237,8 @@ Try:
   - press "Create backup" on a drone and watch its state and the coordinator's progress;
   - set "Keep within" to 7x: it is rejected and the drone's problem turns on; clear it again;
   - switch a drone's mode to manual or disabled, or lower its frequency;
+  - press "Sync now" on the vault card: the nas drone's agent copies both repositories to
+    {OFFSITE_DESTINATION} with rclone, one at a time (its drone shows "offsite" meanwhile);
   - Developer tools > Events: listen to backup_coordinator_progress / _finished / _problem.
 AppDaemon's log (one line per operation): {appdaemon.main_log_path}
 Drones, repositories and state live under {DEMO_ROOT}.

@@ -30,7 +30,8 @@ class LocalDrone:
 
     @property
     def repository(self) -> Path:
-        return self.root / "repo"
+        # Named after the drone: an offsite copy puts each repository in a folder of its name.
+        return self.root / f"{self.name}-repo"
 
     @property
     def borg_base_dir(self) -> Path:
@@ -65,6 +66,24 @@ def make_local_drone(root: Path, name: str, data_bytes: int = 64 * 1024) -> Loca
     return drone
 
 
+def offsite_target(
+    host: LocalDrone, drones: list[LocalDrone], destination: Path, **settings: Any
+) -> dict[str, Any]:
+    """An offsite target run by ``host``'s agent, copying the drones' repositories (all on this
+    machine, so the host sees them at their own paths) into the local folder ``destination``."""
+    return {
+        "host": host.sshd.host,
+        "port": host.sshd.port,
+        "user": host.sshd.user,
+        "client_key": str(host.sshd.client_key),
+        "known_hosts": str(host.sshd.known_hosts),
+        "repositories": [str(drone.repository) for drone in drones],
+        "destination": str(destination),
+        "tool": "rclone",
+        **settings,
+    }
+
+
 def write_sample_data(folder: Path, data_bytes: int) -> None:
     """A few text files and one incompressible file of ``data_bytes`` (progress needs bulk)."""
     (folder / "documents").mkdir(parents=True)
@@ -81,8 +100,10 @@ def app_config(
     tick_seconds: float = 60,
     progress_interval: float = 1,
     drone_settings: dict[str, dict[str, Any]] | None = None,
+    offsite: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[str, str]:
-    """(apps.yaml, secrets.yaml) texts: the app entry, passphrases only in secrets."""
+    """(apps.yaml, secrets.yaml) texts: the app entry, passphrases only in secrets;
+    ``offsite``: the offsite targets, as apps.yaml's ``offsite:`` section."""
     drone_settings = drone_settings or {}
     app: dict[str, Any] = {
         "module": "backup_coordinator.app",
@@ -106,6 +127,8 @@ def app_config(
             for drone in drones
         },
     }
+    if offsite:
+        app["offsite"] = offsite
     text = yaml.safe_dump({"backup_coordinator": app}, sort_keys=False)
     # yaml.safe_dump quotes the tag as a string; make it a real !secret tag.
     text = text.replace("'!secret ", "!secret ").replace("_passphrase'", "_passphrase")

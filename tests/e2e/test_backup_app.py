@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from devstack.appdaemon import AppDaemon
-from devstack.borg import run_borg
-from devstack.drones import LocalDrone, app_config, make_local_drone
+from devstack.borg import list_archives, run_borg
+from devstack.drones import LocalDrone, app_config, make_local_drone, offsite_target
 from devstack.haclient import HaClient
 from devstack.homeassistant import HomeAssistant
 from devstack.waiting import wait_until
@@ -68,7 +68,16 @@ class Stack:
                 "alpha": {"mode": "manual", "keep": {"daily": 0, "weekly": 4, "yearly": 0}},
                 "beta": {"mode": "manual", "frequency": 60, "keep": {"yearly": 0}},
             },
+            offsite={
+                "vault": offsite_target(
+                    drones["beta"], list(drones.values()), self.offsite, mode="manual"
+                )
+            },
         )
+
+    @property
+    def offsite(self) -> Path:
+        return self.root / "offsite"
 
     def start_app(self, factory: AppDaemonFactory) -> AppDaemon:
         return factory(apps_source=APP_SOURCE, apps_yaml=self.apps_yaml, secrets=self.secrets)
@@ -214,6 +223,41 @@ async def test_create_button_makes_an_archive_with_progress_and_events(
     assert "passphrase" not in app.main_log().lower()
     assert stack.drones["alpha"].passphrase not in app.main_log() + app.error_log()
     assert "alpha: create finished" in app.main_log()
+
+
+async def test_sync_now_copies_both_repositories_offsite_and_shows_it(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    progress = await ha_client.subscribe_events("backup_coordinator_progress")
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    assert (await state_of(ha_client, "sensor.backup_vault_state"))["state"] == "idle"
+    await press(ha_client, "vault", "sync_now")
+    done = await finished.wait_for(lambda e: e["data"]["drone"] == "vault", TIMEOUT)
+    assert done["data"]["ok"] is True, done["data"]
+    copied = done["data"]["results"]["offsite"]["repositories"]
+    assert [entry["repository"] for entry in copied] == [
+        str(drone.repository) for drone in stack.drones.values()
+    ]
+    assert all(entry["verified"] is True for entry in copied)
+    for drone in stack.drones.values():
+        copy = stack.offsite / drone.repository.name
+        base_dir = stack.root / "offsite-borg" / drone.name
+        assert list_archives(copy, drone.passphrase, base_dir) == drone.archives()
+
+    last = await ha_client.wait_for_state(
+        "sensor.backup_vault_last_offsite", lambda s: s["state"] != "unknown", TIMEOUT
+    )
+    assert last["state"].endswith("+00:00")
+    assert last["attributes"]["verified"] is True
+    size = await state_of(ha_client, "sensor.backup_vault_last_copy_size")
+    assert int(size["attributes"]["bytes"]) == done["data"]["results"]["offsite"]["bytes"]
+    assert size["attributes"]["device_class"] == "data_size"
+    assert (await state_of(ha_client, "sensor.backup_vault_state"))["state"] == "idle"
+    assert (await state_of(ha_client, "binary_sensor.backup_vault_problem"))["state"] == "off"
+    updates = [e["data"] for e in progress.events if e["data"]["drone"] == "vault"]
+    assert {u["repository"] for u in updates} == {str(d.repository) for d in stack.drones.values()}
+    assert all(u["operation"] == "offsite" for u in updates)
+    assert "vault: offsite copy finished" in app.main_log()
 
 
 async def test_prune_removes_exactly_what_borgs_rules_remove(

@@ -410,7 +410,7 @@ def test_after_backups_waits_for_writers_that_have_not_backed_up_since_the_copy(
         WriterView("overdue", Mode.SCHEDULED, NOW - 9 * DAY, overdue=True),
     ]
     assert writers_to_wait_for(last_copy, writers) == ("stale", "never")
-    assert writers_to_wait_for(None, writers) == ()  # never copied: copy what there is
+    assert writers_to_wait_for(None, writers) == ("never",)  # the first copy: each backed up once
 
 
 def test_a_view_waiting_for_writers_is_not_due_but_a_request_still_runs() -> None:
