@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .appdaemon import AppDaemon
-from .borg import PROJECT_ROOT
-from .borg import list_archives
+from .borg import PROJECT_ROOT, list_archives
 from .drones import LocalDrone, app_config, make_local_drone, offsite_target
 from .haclient import HaClient
 from .homeassistant import HomeAssistant
