@@ -1940,7 +1940,11 @@ class Place:
 def place_of(destination: str) -> Place:
     if destination.startswith("/"):
         return Place("", True, resolved_components(destination))
-    authority, _, path = destination.partition(":")
+    remote = RSYNC_REMOTE.fullmatch(destination)  # [user@]host: may hold an IPv6 address
+    if remote:
+        authority, path = destination[: remote.start("path") - 1], remote["path"]
+    else:
+        authority, _, path = destination.partition(":")
     return Place(authority, path.startswith("/"), path_components(path))
 
 
@@ -1985,7 +1989,7 @@ def destination_form_error(tool: str, destination: str) -> str:
             return ""
         return "must be an absolute path or remote:path (remote: letters, digits, _ . -)"
     match = RSYNC_REMOTE.fullmatch(destination)
-    if match and not match["path"].startswith("//") and "::" not in destination:
+    if match and not match["path"].startswith("//") and "::" not in match["path"]:
         return ""
     return "must be an absolute path or [user@]host:/absolute/path"
 
