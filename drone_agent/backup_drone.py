@@ -31,13 +31,13 @@ if TYPE_CHECKING:
     import argparse
     from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-AGENT_VERSION = "1.2.0"
+AGENT_VERSION = "1.3.0"
 PROTOCOL_VERSION = 2  # the newest protocol this agent speaks
 SUPPORTED_PROTOCOLS = (1, 2)
 SEQUENCE = "sequence"
 # OPERATIONS (every word the agent accepts) and STEP_OPERATIONS (what a sequence may run) come
 # from OPERATION_TABLE, next to the functions it names (section "The operations").
-RESERVED_OPERATIONS = ("offsite",)
+RESERVED_OPERATIONS: Tuple[str, ...] = ()
 DEFAULT_POLICY_PATH = "/etc/backup-drone/policy.json"
 
 EXIT_OK = 0
@@ -103,16 +103,22 @@ class Job:
         "borg_remote_path",
         "borg_rsh",
         "compression",
+        "destination",
         "exclude_if_present",
         "exclude_patterns",
         "keep",
+        "keep_replaced",
         "lock_wait",
+        "max_delete",
         "one_file_system",
         "passphrase",
         "paths",
         "protocol",
+        "repositories",
         "repository",
         "steps",
+        "tool",
+        "tool_options",
     )
 
     def __init__(
@@ -132,6 +138,12 @@ class Job:
         lock_wait: int = 60,
         borg_rsh: str = "",
         borg_remote_path: str = "",
+        repositories: Tuple[str, ...] = (),
+        tool: str = "",
+        destination: str = "",
+        tool_options: Tuple[str, ...] = (),
+        keep_replaced: bool = False,
+        max_delete: Optional[int] = None,
     ) -> None:
         self.protocol = protocol
         self.steps = steps
@@ -147,6 +159,12 @@ class Job:
         self.lock_wait = lock_wait
         self.borg_rsh = borg_rsh
         self.borg_remote_path = borg_remote_path
+        self.repositories = repositories  # offsite: local repositories, copied in this order
+        self.tool = tool
+        self.destination = destination
+        self.tool_options = tool_options
+        self.keep_replaced = keep_replaced
+        self.max_delete = max_delete
 
     def __repr__(self) -> str:  # never the passphrase
         shown = (
@@ -552,6 +570,12 @@ FIELD_VALIDATORS: Dict[str, Callable[[object, str], Any]] = {
     "lock_wait": lambda v, n: require_int(v, n, 0, 86400),
     "borg_rsh": validate_borg_rsh,
     "borg_remote_path": validate_remote_path,
+    "repositories": lambda v, n: validate_offsite_repositories(v, n),
+    "tool": lambda v, n: validate_offsite_tool(v, n),
+    "destination": lambda v, n: validate_destination(v, n),
+    "tool_options": lambda v, n: validate_tool_options(v, n),
+    "keep_replaced": validate_bool,
+    "max_delete": lambda v, n: validate_max_delete(v, n),
 }
 
 
@@ -569,6 +593,7 @@ def validate_job(operation: str, raw: object) -> Job:
     }
     job = Job(**values)
     check_rsh_port(job)
+    check_offsite_job(operation, job, raw)
     check_steps_field(operation, job, "steps" in raw)
     check_required_fields(operation, job)
     return job
@@ -632,7 +657,15 @@ class Policy:
     """What the host admin allows; None means "no restriction" (no policy file, or the key left
     out). Local prefixes are stored resolved (symlinks followed), as jobs are checked."""
 
-    __slots__ = ("archive_prefixes", "borg", "min_keep", "operations", "paths", "repositories")
+    __slots__ = (
+        "archive_prefixes",
+        "borg",
+        "min_keep",
+        "offsite",
+        "operations",
+        "paths",
+        "repositories",
+    )
 
     def __init__(
         self,
@@ -642,6 +675,7 @@ class Policy:
         borg: Optional[str] = None,
         archive_prefixes: Optional[Tuple[str, ...]] = None,
         min_keep: Optional[KeepRules] = None,
+        offsite: Optional[OffsitePolicy] = None,
     ) -> None:
         self.repositories = repositories
         self.paths = paths
@@ -649,9 +683,21 @@ class Policy:
         self.borg = borg
         self.archive_prefixes = archive_prefixes
         self.min_keep = min_keep
+        self.offsite = offsite  # None: no offsite key (offsite jobs refused when a file exists)
+
+    def from_file(self) -> bool:
+        return self.repositories is not None  # a policy file always has ``repositories``
 
 
-POLICY_KEYS = ("repositories", "paths", "operations", "borg", "archive_prefixes", "min_keep")
+POLICY_KEYS = (
+    "repositories",
+    "paths",
+    "operations",
+    "borg",
+    "archive_prefixes",
+    "min_keep",
+    "offsite",
+)
 # borg's own units for --keep-within, in hours (borg 1.2 and 1.4: a month is 31 days).
 WITHIN_HOURS = {"H": 1, "d": 24, "w": 24 * 7, "m": 24 * 31, "y": 24 * 365}
 
@@ -716,6 +762,7 @@ def parse_policy(raw: object) -> Policy:
         borg,
         policy_archive_prefixes(raw),
         policy_min_keep(raw),
+        policy_offsite(raw),
     )
 
 
@@ -785,6 +832,7 @@ def check_policy(policy: Policy, operation: str, job: Job) -> None:
                 raise Rejected(f"paths[{i}]", "not allowed by this host's policy")
     check_policy_prefix(policy, job)
     check_policy_retention(policy, operation, job)
+    check_policy_offsite(policy, operation, job)
 
 
 def check_policy_operations(policy: Policy, operation: str, job: Job) -> None:
@@ -1802,6 +1850,940 @@ def hello_event(session: Session, version: str) -> Dict[str, Any]:
     return event
 
 
+# ---------------------------------------------------------------------------------------------
+# Offsite copies: rclone or rsync copies local repositories elsewhere, each under its lock
+# ---------------------------------------------------------------------------------------------
+# For each repository the agent runs `borg with-lock REPO <this file> _offsite-locked`: borg
+# holds the repository's lock while that inner agent runs the copy and then its verification,
+# relaying JSON lines to the outer agent. The inner agent reads its job (one JSON line) on stdin,
+# which the outer agent keeps open: EOF stops the tool, so nothing copies once the lock is gone.
+
+LOCKED_COPY_MODE = "_offsite-locked"
+OFFSITE_TOOLS = ("rclone", "rsync")
+OFFSITE_REPOSITORIES_MAX = 32
+TOOL_OPTIONS_MAX = 16
+DESTINATION_MAX_CHARS = 1024
+RCLONE_REMOTE = re.compile(r"(?P<remote>[A-Za-z0-9_][A-Za-z0-9_.-]*):(?P<path>.*)", re.S)
+RSYNC_REMOTE = re.compile(_USER + _HOST + r":(?P<path>/.*)", re.S)
+BANDWIDTH = re.compile(r"[0-9]+(\.[0-9]+)?[KMGkmg]?")
+TOOL_OPTION = re.compile(r"(?P<name>--[a-z][a-z-]*)(=(?P<value>.*))?", re.S)
+REPLACED_FOLDER = ".replaced"
+BORG_LOCK_FILES = ("lock.exclusive", "lock.roster")
+# How long the inner agent and its tool get to stop after stdin closed, before signals.
+LOCKED_COPY_STOP_GRACE = 15.0
+TOOL_STOP_GRACE = 5.0
+PROGRESS_INTERVAL = 1.0
+# What rclone and rsync get from the agent's environment (a tool's own variables, RCLONE_*,
+# could change where it copies): as for borg, an allow-list, in English.
+TOOL_INHERITED_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "TZ")
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], bool]:
+    return lambda value: value.isdigit() and low <= int(value) <= high
+
+
+def valid_rsh(value: str) -> bool:
+    validate_borg_rsh(value, "--rsh")  # raises Rejected with the reason
+    return True
+
+
+# The options a job may give each tool: a flag (None) or a check of the value. Anything else,
+# notably rclone's --size-only (verification would compare sizes only), is refused.
+TOOL_OPTION_RULES: Dict[str, Dict[str, Optional[Callable[[str], bool]]]] = {
+    "rclone": {
+        "--bwlimit": lambda value: bool(BANDWIDTH.fullmatch(value)),
+        "--transfers": bounded_int(1, 64),
+        "--checkers": bounded_int(1, 64),
+        "--tpslimit": bounded_int(1, 1000),
+        "--config": lambda value: bool(require_absolute_path(value, "--config")),
+        "--fast-list": None,
+    },
+    "rsync": {
+        "--bwlimit": lambda value: bool(BANDWIDTH.fullmatch(value)),
+        "--compress": None,
+        "--rsh": valid_rsh,
+        "--timeout": bounded_int(1, 86400),
+    },
+}
+
+
+class OffsitePolicy:
+    """The policy's ``offsite`` key: which local repositories may be copied, and where to."""
+
+    __slots__ = ("destinations", "repositories")
+
+    def __init__(self, repositories: Tuple[Location, ...], destinations: Tuple[Place, ...]):
+        self.repositories = repositories
+        self.destinations = destinations
+
+
+class Place:
+    """A destination (or a policy's destination prefix) reduced to what matching compares:
+    "" and resolved components for a local path, else the part before ":" (an rclone remote
+    or rsync's ``[user@]host``), whether the path is absolute, and its components."""
+
+    __slots__ = ("authority", "components", "rooted")
+
+    def __init__(self, authority: str, rooted: bool, components: Tuple[str, ...]) -> None:
+        self.authority = authority
+        self.rooted = rooted
+        self.components = components
+
+    def is_under(self, prefix: Place) -> bool:
+        return (
+            self.authority == prefix.authority
+            and self.rooted == prefix.rooted
+            and is_under(self.components, prefix.components)
+        )
+
+
+def place_of(destination: str) -> Place:
+    if destination.startswith("/"):
+        return Place("", True, resolved_components(destination))
+    remote = RSYNC_REMOTE.fullmatch(destination)  # [user@]host: may hold an IPv6 address
+    if remote:
+        authority, path = destination[: remote.start("path") - 1], remote["path"]
+    else:
+        authority, _, path = destination.partition(":")
+    return Place(authority, path.startswith("/"), path_components(path))
+
+
+def validate_offsite_repositories(value: object, name: str) -> Tuple[str, ...]:
+    items = require_list(value, name, OFFSITE_REPOSITORIES_MAX)
+    if not items:
+        raise Rejected(name, "must name at least one repository")
+    repositories = []
+    for i, item in enumerate(items):
+        repository = validate_repository(item, f"{name}[{i}]")
+        if not repository.startswith("/") or not path_components(repository):
+            raise Rejected(
+                f"{name}[{i}]",
+                "must be an absolute local path: the copy runs where the repository lives",
+            )
+        repositories.append(repository)
+    return tuple(repositories)
+
+
+def validate_offsite_tool(value: object, name: str) -> str:
+    if value not in OFFSITE_TOOLS:
+        raise Rejected(name, "must be " + " or ".join(OFFSITE_TOOLS))
+    return str(value)
+
+
+def validate_destination(value: object, name: str) -> str:
+    """The rules every destination meets; check_offsite_job adds the forms of its tool."""
+    text = require_text(value, name, DESTINATION_MAX_CHARS)
+    if text.startswith("-"):
+        raise Rejected(name, "must not start with '-'")
+    if ".." in text.split("/") or ".." in text.split(":", 1)[-1].split("/"):
+        raise Rejected(name, "must not contain '..'")
+    return text
+
+
+def destination_form_error(tool: str, destination: str) -> str:
+    """Why the destination is not one of the forms its tool accepts ("" when it is)."""
+    if destination.startswith("/"):
+        return ""
+    if tool == "rclone":
+        if RCLONE_REMOTE.fullmatch(destination):
+            return ""
+        return "must be an absolute path or remote:path (remote: letters, digits, _ . -)"
+    match = RSYNC_REMOTE.fullmatch(destination)
+    if match and not match["path"].startswith("//") and "::" not in match["path"]:
+        return ""
+    return "must be an absolute path or [user@]host:/absolute/path"
+
+
+def validate_tool_options(value: object, name: str) -> Tuple[str, ...]:
+    """Each option must be allowed for some tool; check_offsite_job checks it for the job's."""
+    items = require_list(value, name, TOOL_OPTIONS_MAX)
+    options = tuple(require_text(item, f"{name}[{i}]", 1024) for i, item in enumerate(items))
+    for i, option in enumerate(options):
+        if not any(tool_option_allowed(tool, option, f"{name}[{i}]") for tool in OFFSITE_TOOLS):
+            raise Rejected(f"{name}[{i}]", "is not an allowed option")
+    return options
+
+
+def tool_option_allowed(tool: str, option: str, name: str) -> bool:
+    """Whether ``--name=value`` or ``--flag`` is on the tool's allow-list with a valid value;
+    an --rsh whose command is refused raises its own reason."""
+    match = TOOL_OPTION.fullmatch(option)
+    rules = TOOL_OPTION_RULES[tool]
+    if not match or match["name"] not in rules:
+        return False
+    check, value = rules[match["name"]], match["value"]
+    if check is None:
+        return value is None
+    try:
+        return value is not None and check(value)
+    except Rejected as rejection:
+        raise Rejected(name, f"{rejection.field} {rejection.message}") from None
+
+
+def validate_max_delete(value: object, name: str) -> Optional[int]:
+    return None if value is None else require_int(value, name, 0, 1000000000)
+
+
+def check_offsite_job(operation: str, job: Job, raw: Dict[str, Any]) -> None:
+    """An offsite job names its repositories in ``repositories`` (never ``repository``), a
+    destination of its tool's forms, that tool's options, and no two repositories that would
+    land in the same folder."""
+    if operation != "offsite":
+        return
+    if "repository" in raw:
+        raise Rejected("repository", "is not used by offsite: name the repositories instead")
+    if job.tool and job.destination:
+        error = destination_form_error(job.tool, job.destination)
+        if error:
+            raise Rejected("destination", error)
+    for i, option in enumerate(job.tool_options):
+        if job.tool and not tool_option_allowed(job.tool, option, f"tool_options[{i}]"):
+            raise Rejected(f"tool_options[{i}]", f"is not an allowed {job.tool} option")
+    seen: List[str] = []
+    for i, repository in enumerate(job.repositories):
+        if repository_folder(repository) in seen:
+            raise Rejected(
+                f"repositories[{i}]", "has the same folder name as an earlier repository"
+            )
+        seen.append(repository_folder(repository))
+
+
+def repository_folder(repository: str) -> str:
+    return path_components(repository)[-1]
+
+
+def policy_offsite(raw: Dict[str, Any]) -> Optional[OffsitePolicy]:
+    if "offsite" not in raw:
+        return None
+    value = raw["offsite"]
+    if not isinstance(value, dict) or set(value) != {"repositories", "destinations"}:
+        raise Rejected("offsite", "must be an object with the keys repositories, destinations")
+    repositories = tuple(
+        job_location(require_absolute_path(item, f"offsite.repositories[{i}]"))
+        for i, item in enumerate(require_list(value["repositories"], "offsite.repositories", 10000))
+    )
+    destinations = tuple(
+        place_of(validate_destination(item, f"offsite.destinations[{i}]"))
+        for i, item in enumerate(require_list(value["destinations"], "offsite.destinations", 10000))
+    )
+    return OffsitePolicy(tuple(r for r in repositories if r is not None), destinations)
+
+
+def check_policy_offsite(policy: Policy, operation: str, job: Job) -> None:
+    """Fails closed: a policy file without an ``offsite`` key allows no offsite copy."""
+    if operation != "offsite" or not policy.from_file():
+        return
+    if policy.offsite is None:
+        raise Rejected("operation", "not allowed by this host's policy (it has no offsite key)")
+    for i, repository in enumerate(job.repositories):
+        location = job_location(repository)
+        if location is None or not location_allowed(location, policy.offsite.repositories):
+            raise Rejected(f"repositories[{i}]", "not allowed by this host's policy")
+    destination = place_of(job.destination)
+    if not any(destination.is_under(prefix) for prefix in policy.offsite.destinations):
+        raise Rejected("destination", "not allowed by this host's policy")
+
+
+# -- where each repository goes, and the tools' command lines (pure functions) ----------------
+
+
+def joined_destination(destination: str, name: str) -> str:
+    """``name`` inside ``destination`` (``remote:`` alone is the remote's root)."""
+    if destination.endswith(":"):
+        return destination + name
+    return destination.rstrip("/") + "/" + name
+
+
+def utc_stamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime(now))
+
+
+def replaced_folder(destination: str, repository: str, stamp: str) -> str:
+    """Where a copy moves what it would delete or overwrite: ``DEST/.replaced/NAME/STAMP``."""
+    return joined_destination(
+        destination, f"{REPLACED_FOLDER}/{repository_folder(repository)}/{stamp}"
+    )
+
+
+def tool_path_part(tool: str, place: str) -> str:
+    """The path the receiving side uses: rsync's --backup-dir is a path on the receiver."""
+    if tool == "rsync" and not place.startswith("/"):
+        return place.split(":", 1)[1]
+    return place
+
+
+def tool_excludes(tool: str) -> List[str]:
+    """The lock itself (held by borg with-lock while the copy runs) stays behind: a copy
+    that carried it would look locked by a borg that no longer exists."""
+    if tool == "rclone":
+        return [f"--exclude=/{name}/**" for name in BORG_LOCK_FILES] + [
+            f"--exclude=/{name}" for name in BORG_LOCK_FILES
+        ]
+    return [f"--exclude=/{name}" for name in BORG_LOCK_FILES]
+
+
+def copy_argv(tool_binary: str, copy: Dict[str, Any]) -> List[str]:
+    """The copy of one repository (``copy``: the inner agent's job, see locked_copy_job)."""
+    options = [*copy["tool_options"], *tool_excludes(copy["tool"])]
+    if copy["max_delete"] is not None:
+        options.append(f"--max-delete={copy['max_delete']}")
+    if copy["tool"] == "rclone":
+        if copy["replaced"]:
+            options.append(f"--backup-dir={copy['replaced']}")
+        return [
+            tool_binary,
+            "sync",
+            *RCLONE_LOGGING,
+            *options,
+            "--",
+            copy["source"],
+            copy["destination"],
+        ]
+    if copy["replaced"]:
+        options += ["--backup", f"--backup-dir={tool_path_part('rsync', copy['replaced'])}"]
+    return [
+        tool_binary,
+        "-a",
+        "--delete",
+        "--info=progress2",
+        "--no-inc-recursive",
+        "--stats",
+        *options,
+        "--",
+        copy["source"] + "/",
+        copy["destination"] + "/",
+    ]
+
+
+def verify_argv(tool_binary: str, copy: Dict[str, Any]) -> List[str]:
+    """A comparison that changes nothing: rclone check (both ways, hashes where the remote
+    has them), or an rsync dry run by checksum that lists what it would still change."""
+    options = [*copy["tool_options"], *tool_excludes(copy["tool"])]
+    if copy["tool"] == "rclone":
+        return [
+            tool_binary,
+            "check",
+            *RCLONE_LOGGING,
+            *options,
+            "--",
+            copy["source"],
+            copy["destination"],
+        ]
+    return [
+        tool_binary,
+        "-a",
+        "--delete",
+        "--checksum",
+        "--dry-run",
+        "--itemize-changes",
+        *options,
+        "--",
+        copy["source"] + "/",
+        copy["destination"] + "/",
+    ]
+
+
+RCLONE_LOGGING = ["--use-json-log", "--stats=1s", "--stats-log-level=NOTICE"]
+
+
+def tool_environment(base: Mapping[str, str]) -> Dict[str, str]:
+    env = {name: base[name] for name in TOOL_INHERITED_ENVIRONMENT if name in base}
+    env.update({"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+    return env
+
+
+def with_lock_environment(borg_env: Dict[str, str]) -> Dict[str, str]:
+    """borg with-lock opens no key: no passphrase reaches it, nor the copy it starts."""
+    hidden = (*BORG_HOST_PASSPHRASE_ENVIRONMENT, "BORG_RSH")
+    return {name: value for name, value in borg_env.items() if name not in hidden}
+
+
+def with_lock_argv(borg: str, job: Job, repository: str) -> List[str]:
+    agent = os.path.abspath(__file__)
+    return [
+        borg,
+        "with-lock",
+        "--log-json",
+        f"--lock-wait={job.lock_wait}",
+        "--",
+        repository,
+        sys.executable,
+        "-I",
+        agent,
+        LOCKED_COPY_MODE,
+    ]
+
+
+def locked_copy_job(job: Job, repository: str, now: float) -> Dict[str, Any]:
+    destination = joined_destination(job.destination, repository_folder(repository))
+    replaced = replaced_folder(job.destination, repository, utc_stamp(now))
+    return {
+        "tool": job.tool,
+        "source": repository,
+        "destination": destination,
+        "tool_options": list(job.tool_options),
+        "max_delete": job.max_delete,
+        "replaced": replaced if job.keep_replaced else None,
+    }
+
+
+# -- reading the tools' output (pure functions) -----------------------------------------------
+
+RSYNC_PROGRESS = re.compile(
+    r"\s*(?P<bytes>[0-9][0-9,]*)\s+(?P<percent>[0-9]+)%\s+(?P<speed>[0-9.]+)(?P<unit>[kMGT]?B)/s"
+    r"\s+(?P<eta>[0-9]+:[0-9]{2}:[0-9]{2})"
+    r"(\s+\(xfr#(?P<files>[0-9]+), (?:to|ir)-chk=(?P<left>[0-9]+)/(?P<total>[0-9]+)\))?\s*"
+)
+RSYNC_STATS = {
+    "files": re.compile(r"Number of regular files transferred: (?P<n>[0-9,]+)"),
+    "bytes": re.compile(r"Total transferred file size: (?P<n>[0-9,]+) bytes"),
+}
+RSYNC_SPEED_UNITS = {"B": 1, "kB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+RCLONE_CHECK_SUMMARY = re.compile(
+    r"[0-9]+ (differences found|matching files|files missing|errors while checking"
+    r"|hashes could not be checked)"
+)
+RCLONE_DIFFERENCES = re.compile(r"(?P<n>[0-9]+) differences found")
+MAX_DELETE_TEXT = ("max-delete",)
+
+
+def offsite_progress(
+    repository: str, phase: str, now: float, figures: Dict[str, Optional[float]]
+) -> Dict[str, Any]:
+    return {
+        "type": "progress",
+        "operation": "offsite",
+        "time": now,
+        "repository": repository,
+        "phase": phase,
+        "bytes": figures.get("bytes") or 0,
+        "total_bytes": figures.get("total_bytes"),
+        "speed": figures.get("speed"),
+        "eta": figures.get("eta"),
+        "files": figures.get("files") or 0,
+        "total_files": figures.get("total_files"),
+    }
+
+
+def rclone_figures(record: Dict[str, Any], phase: str) -> Optional[Dict[str, Optional[float]]]:
+    """A JSON log line of rclone with a ``stats`` member -> progress figures (files are
+    transfers while copying, checks while verifying)."""
+    stats = record.get("stats")
+    if not isinstance(stats, dict):
+        return None
+    counted, total = (
+        ("checks", "totalChecks") if phase == "verify" else ("transfers", "totalTransfers")
+    )
+    return {
+        "bytes": number_or_none(stats.get("bytes")),
+        "total_bytes": number_or_none(stats.get("totalBytes")),
+        "speed": number_or_none(stats.get("speed")),
+        "eta": number_or_none(stats.get("eta")),
+        "files": number_or_none(stats.get(counted)),
+        "total_files": number_or_none(stats.get(total)),
+    }
+
+
+def number_or_none(value: object) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def rsync_figures(text: str) -> Optional[Dict[str, Optional[float]]]:
+    """One ``--info=progress2`` update (``  1,234,567  45%   12.34MB/s    0:00:12 (xfr#3,
+    to-chk=5/10)``) -> progress figures. rsync gives no total size: it is estimated from
+    the percentage."""
+    match = RSYNC_PROGRESS.fullmatch(text)
+    if not match:
+        return None
+    done = int(match["bytes"].replace(",", ""))
+    percent = int(match["percent"])
+    hours, minutes, seconds = (int(part) for part in match["eta"].split(":"))
+    total_files = int(match["total"]) if match["total"] else None
+    return {
+        "bytes": done,
+        "total_bytes": round(done * 100 / percent) if 0 < percent <= 100 else None,
+        "speed": round(float(match["speed"]) * RSYNC_SPEED_UNITS[match["unit"]]),
+        "eta": hours * 3600 + minutes * 60 + seconds if percent < 100 else 0,
+        "files": int(match["files"]) if match["files"] else 0,
+        "total_files": total_files,
+    }
+
+
+def rsync_totals(lines: Sequence[str]) -> Dict[str, int]:
+    """What ``--stats`` says the copy transferred: ``bytes`` (the size of the files sent)
+    and ``files``."""
+    totals = {"bytes": 0, "files": 0}
+    for line in lines:
+        for key, pattern in RSYNC_STATS.items():
+            match = pattern.search(line)
+            if match:
+                totals[key] = int(match["n"].replace(",", ""))
+    return totals
+
+
+def rclone_record(text: str) -> Optional[Dict[str, Any]]:
+    return json_object(text.strip())
+
+
+def tool_log_event(tool: str, text: str) -> Optional[Dict[str, Any]]:
+    """A line of the tool that is neither progress nor a summary -> a protocol log event."""
+    text = text.strip()
+    if not text:
+        return None
+    record = rclone_record(text) if tool == "rclone" else None
+    level, message = "warning", text
+    if record is not None:
+        if "stats" in record:
+            return None
+        message = " ".join(str(record.get(key) or "") for key in ("object", "msg")).strip()
+        if RCLONE_CHECK_SUMMARY.fullmatch(str(record.get("msg", ""))):
+            return None
+        level = "error" if record.get("level") in ("error", "critical") else "warning"
+    return {
+        "type": "log",
+        "level": level,
+        "msgid": "",
+        "message": capped_text(message),
+        "time": time.time(),
+    }
+
+
+def rclone_differences(lines: Sequence[str]) -> Optional[int]:
+    """How many differences rclone check reported (None when it did not say)."""
+    found = None
+    for line in lines:
+        record = rclone_record(line) or {"msg": line}
+        match = RCLONE_DIFFERENCES.search(str(record.get("msg", "")))
+        if match:
+            found = int(match["n"])
+    return found
+
+
+def itemized_changes(lines: Sequence[str]) -> int:
+    """What an rsync ``--dry-run --itemize-changes`` would still change: one line each."""
+    return sum(1 for line in lines if line.strip())
+
+
+# -- the outer agent: one borg with-lock per repository ---------------------------------------
+
+
+def run_offsite(runner: Runner) -> Outcome:
+    """Each repository in order, under its own lock; the first failure ends the operation,
+    and the result still lists the repositories copied before it."""
+    session, job = runner.session, runner.job
+    copied: List[Dict[str, Any]] = []
+    for repository in job.repositories:
+        if session.stop_reason:
+            return Outcome(offsite_data(copied), ok=False, error=dict(session.stop_reason))
+        if not os.path.isfile(os.path.join(repository, "config")):
+            error = {
+                "msgid": "NotARepository",
+                "message": f"offsite {repository}: not a borg repository (it has no config file)",
+            }
+            return Outcome(offsite_data(copied), ok=False, error=error)
+        started = time.monotonic()
+        outcome = copy_under_lock(runner, repository)
+        if not outcome.ok:
+            return Outcome(offsite_data(copied), ok=False, error=outcome.error)
+        copied.append(
+            {
+                "repository": repository,
+                "destination": joined_destination(job.destination, repository_folder(repository)),
+                "bytes": outcome.data["bytes"],
+                "files": outcome.data["files"],
+                "duration": round(time.monotonic() - started, 3),
+                "verified": outcome.data["verified"],
+            }
+        )
+    return Outcome(offsite_data(copied))
+
+
+def offsite_data(copied: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return {
+        "repositories": copied,
+        "bytes": sum(entry["bytes"] for entry in copied),
+        "files": sum(entry["files"] for entry in copied),
+    }
+
+
+def copy_under_lock(runner: Runner, repository: str) -> Outcome:
+    """One ``borg with-lock`` whose command is the inner agent; its JSON lines are relayed.
+    However this ends (an exception too), the inner agent and its tool are gone when it
+    returns: stdin closed first (the inner agent stops its tool, borg releases the lock), then
+    signals to the whole process group."""
+    session = runner.session
+    run = BorgRun()
+    try:
+        process = subprocess.Popen(
+            with_lock_argv(runner.borg, runner.job, repository),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=with_lock_environment(runner.env),
+            start_new_session=True,  # one group: borg, the inner agent and the tool
+        )
+    except OSError as error:
+        return failure("BorgNotStarted", f"cannot start borg: {error.strerror}")
+    final: Dict[str, Any] = {}
+    try:
+        send_copy_job(process, locked_copy_job(runner.job, repository, time.time()))
+        relay_locked_copy(session, process, run, final)
+    finally:
+        stop_locked_copy(process)
+    rc = session.borg_finished(process.wait())
+    return locked_copy_outcome(session, repository, run, rc, final)
+
+
+def send_copy_job(process: subprocess.Popen[bytes], copy: Dict[str, Any]) -> None:
+    assert process.stdin is not None
+    with contextlib.suppress(OSError):  # borg ended already (no lock): its stderr says why
+        process.stdin.write(json.dumps(copy).encode("ascii") + b"\n")
+        process.stdin.flush()
+
+
+def relay_locked_copy(
+    session: Session, process: subprocess.Popen[bytes], run: BorgRun, final: Dict[str, Any]
+) -> None:
+    """Passes the inner agent's progress and log lines on, keeps its ``copied`` line in
+    ``final``, and borg's own lines (a LockTimeout) in ``run``; stops on a stop request."""
+    events: queue.Queue[Tuple[str, bytes]] = queue.Queue()
+    start_thread(pump_named_lines, process.stdout, "stdout", events)
+    start_thread(pump_named_lines, process.stderr, "stderr", events)
+    open_streams = {"stdout", "stderr"}
+    exited_at: Optional[float] = None
+    while open_streams:
+        if session.stop_reason and process.poll() is None:
+            session.interrupted = True
+            stop_locked_copy(process)
+        try:
+            kind, payload = events.get(timeout=0.1)
+        except queue.Empty:
+            if process.poll() is not None:
+                exited_at = exited_at or time.monotonic()
+                if time.monotonic() - exited_at > PIPE_DRAIN_TIMEOUT:
+                    return
+            continue
+        if kind.endswith("_end"):
+            open_streams.discard(kind[: -len("_end")])
+        elif kind == "stderr":
+            handle_stderr_line(session, payload, run)
+        else:
+            relay_inner_line(session, payload, final)
+
+
+def pump_named_lines(stream: IO[bytes], kind: str, events: queue.Queue[Tuple[str, bytes]]) -> None:
+    for line in iter(lambda: stream.readline(BORG_LINE_LIMIT), b""):
+        events.put((kind, line))
+    events.put((kind + "_end", b""))
+
+
+def relay_inner_line(session: Session, line: bytes, final: Dict[str, Any]) -> None:
+    record = json_object(line.decode("utf-8", "surrogateescape").strip())
+    if record is None:
+        session.handle_record({"type": "text", "message": line.decode("utf-8", "replace")})
+        return
+    if record.get("type") == "copied":
+        final.update(record)
+    elif record.get("type") in ("progress", "log"):
+        session.warnings += record.get("level") == "warning"
+        session.emit(record)
+
+
+def stop_locked_copy(process: subprocess.Popen[bytes]) -> None:
+    """Closing stdin asks the inner agent to stop its tool and exit (borg then releases the
+    lock); SIGTERM, then SIGKILL to the whole group if that takes too long."""
+    if process.stdin is not None and not process.stdin.closed:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+    for signum in (None, signal.SIGTERM, signal.SIGKILL):
+        if signum is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signum)
+        try:
+            process.wait(timeout=LOCKED_COPY_STOP_GRACE)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def locked_copy_outcome(
+    session: Session, repository: str, run: BorgRun, rc: int, final: Dict[str, Any]
+) -> Outcome:
+    if session.interrupted:
+        return stopped(session)
+    error = final.get("error")
+    if final and not error and rc == EXIT_OK:
+        return Outcome(
+            {"bytes": final["bytes"], "files": final["files"], "verified": final["verified"]}
+        )
+    if not isinstance(error, dict):
+        error = borg_error(run)  # borg itself failed: no lock (LockTimeout), not a repository
+    message = f"offsite {repository}: {error.get('message', '')}"
+    return Outcome({}, ok=False, error={"msgid": str(error.get("msgid")), "message": message})
+
+
+# -- the inner agent: copy and verify while borg holds the lock -------------------------------
+
+
+class LockedCopy:
+    """The inner agent's state: its output, and whether to stop (stdin closed, a signal, or
+    the outer agent no longer reading)."""
+
+    def __init__(self) -> None:
+        self.output = JsonLinesOutput(sys.stdout.fileno())
+        self.stop = threading.Event()
+        self.last_progress = 0.0
+
+    def emit(self, event: Dict[str, Any]) -> None:
+        if not self.output.write(event):
+            self.stop.set()
+
+    def progress(self, event: Dict[str, Any], final: bool = False) -> bool:
+        """At most one progress line a second (and the last one of a phase); True when sent."""
+        now = time.monotonic()
+        if not final and now - self.last_progress < PROGRESS_INTERVAL:
+            return False
+        self.last_progress = now
+        self.emit(event)
+        return True
+
+
+class LockedCopySession(Session):
+    """What the stdin watcher reports to: any stop request stops the copy."""
+
+    def __init__(self, state: LockedCopy) -> None:
+        super().__init__("offsite", state.output)
+        self.state = state
+
+    def request_stop(self, msgid: str, message: str) -> None:
+        self.state.stop.set()
+
+
+def run_locked_copy() -> int:
+    """The command borg with-lock runs: reads the copy job, copies, verifies, and ends with one
+    ``copied`` line (exit 0) or one ``copied`` line with an ``error`` (exit 2)."""
+    state = LockedCopy()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda _signum, _frame: state.stop.set())
+    try:
+        copy = read_copy_job(sys.stdin.fileno(), state)
+        outcome = copy_and_verify(state, copy)
+    except Rejected as rejection:
+        outcome = failure("JobRejected", rejection.message)
+    except Exception as error:
+        report_traceback()
+        outcome = failure("AgentError", f"the copy failed unexpectedly ({type(error).__name__})")
+    record: Dict[str, Any] = {"type": "copied", **outcome.data}
+    if not outcome.ok:
+        record["error"] = outcome.error
+    state.emit(record)
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def read_copy_job(fd: int, state: LockedCopy) -> Dict[str, Any]:
+    """The first stdin line; a thread then watches for EOF (the outer agent is gone or wants
+    the copy stopped). The job is checked again: the command line is reachable by hand."""
+    watcher = StdinWatcher(fd, LockedCopySession(state))
+    watcher.start()
+    copy = parse_job_line(watcher.job_line(JOB_READ_TIMEOUT))
+    if not isinstance(copy, dict):
+        raise Rejected("job", "must be a JSON object")
+    tool = validate_offsite_tool(copy.get("tool"), "tool")
+    validate_offsite_repositories([copy.get("source")], "source")
+    for field_name in ("destination", "replaced"):
+        value = copy.get(field_name)
+        if value is not None and destination_form_error(
+            tool, validate_destination(value, field_name)
+        ):
+            raise Rejected(field_name, "is not a destination of " + tool)
+    for i, option in enumerate(validate_tool_options(copy.get("tool_options"), "tool_options")):
+        if not tool_option_allowed(tool, option, f"tool_options[{i}]"):
+            raise Rejected(f"tool_options[{i}]", "is not allowed")
+    validate_max_delete(copy.get("max_delete"), "max_delete")
+    return copy
+
+
+def copy_and_verify(state: LockedCopy, copy: Dict[str, Any]) -> Outcome:
+    binary = find_on_path(copy["tool"], os.environ.get("PATH", os.defpath))
+    if binary is None:
+        return failure("ToolNotFound", f"{copy['tool']} is not installed on this host")
+    env = tool_environment(os.environ)
+    copied = ToolRun(state, copy, "copy")
+    copied.run(copy_argv(binary, copy), env)
+    problem = copied.problem()
+    if problem is not None:
+        return problem
+    verified = ToolRun(state, copy, "verify")
+    verified.run(verify_argv(binary, copy), env)
+    totals = copied.totals()
+    differences = verified.differences()
+    if state.stop.is_set():
+        return failure("CopyStopped", "the copy was stopped")
+    if differences:
+        return failure("VerificationFailed", f"verification found {differences} differences")
+    if verified.rc != 0 or differences is None:
+        return failure("VerificationFailed", verified.exit_message())
+    return Outcome({**totals, "verified": True})
+
+
+class ToolRun:
+    """One run of rclone or rsync: its lines read as they come (progress passed on at most once
+    a second, other lines as log lines), stopped when the inner agent is told to stop."""
+
+    def __init__(self, state: LockedCopy, copy: Dict[str, Any], phase: str) -> None:
+        self.state = state
+        self.tool = copy["tool"]
+        self.repository = copy["source"]
+        self.max_delete = copy["max_delete"]
+        self.phase = phase
+        self.rc = 0
+        self.lines = BoundedList(RESULT_LIST_BUDGET)  # what is not progress, for the summary
+        self.last_error = ""
+        self.hit_max_delete = False
+        self.figures: Optional[Dict[str, Optional[float]]] = None
+        self.figures_sent: Optional[Dict[str, Optional[float]]] = None  # the last passed on
+
+    def run(self, argv: List[str], env: Dict[str, str]) -> None:
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+        except OSError as error:
+            self.rc, self.last_error = 127, f"cannot start {self.tool}: {error.strerror}"
+            return
+        events: queue.Queue[Tuple[str, bytes]] = queue.Queue()
+        start_thread(pump_pieces, process.stdout, "stdout", events)
+        start_thread(pump_pieces, process.stderr, "stderr", events)
+        open_streams = {"stdout", "stderr"}
+        while open_streams:
+            if self.state.stop.is_set() and process.poll() is None:
+                stop_tool(process)
+            try:
+                kind, payload = events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if kind.endswith("_end"):
+                open_streams.discard(kind[: -len("_end")])
+            else:
+                self.read(kind, payload.decode("utf-8", "surrogateescape"))
+        self.rc = exit_status(process.wait())
+        if self.figures is not None and self.figures is not self.figures_sent:
+            self.state.progress(self.progress_event(self.figures), final=True)
+
+    def read(self, kind: str, text: str) -> None:
+        figures = self.figures_of(text)
+        if figures is not None:
+            self.figures = figures
+            if self.state.progress(self.progress_event(figures)):
+                self.figures_sent = figures
+            return
+        if not text.strip():
+            return
+        self.lines.add(text.strip())
+        self.hit_max_delete = self.hit_max_delete or any(t in text for t in MAX_DELETE_TEXT)
+        if self.tool == "rsync" and kind == "stdout":
+            return  # the copy's --stats, the dry run's list of changes: counted, not logged
+        event = tool_log_event(self.tool, text)
+        if event is not None:
+            self.last_error = event["message"] if event["level"] == "error" else self.last_error
+            self.last_error = self.last_error or event["message"]
+            self.state.emit(event)
+
+    def figures_of(self, text: str) -> Optional[Dict[str, Optional[float]]]:
+        if self.tool == "rsync":
+            return rsync_figures(text)
+        record = rclone_record(text)
+        return rclone_figures(record, self.phase) if record else None
+
+    def progress_event(self, figures: Dict[str, Optional[float]]) -> Dict[str, Any]:
+        return offsite_progress(self.repository, self.phase, time.time(), figures)
+
+    def problem(self) -> Optional[Outcome]:
+        """Why the copy failed, or None."""
+        if self.state.stop.is_set():
+            return failure("CopyStopped", "the copy was stopped")
+        if self.max_delete is not None and (
+            self.hit_max_delete or (self.tool == "rsync" and self.rc == 25)
+        ):
+            return failure(
+                "MaxDeleteExceeded",
+                f"more than max_delete={self.max_delete} files to delete: the copy stopped",
+            )
+        if self.rc != 0:
+            return failure("CopyFailed", self.exit_message())
+        return None
+
+    def exit_message(self) -> str:
+        detail = f": {self.last_error}" if self.last_error else ""
+        return capped_text(f"{self.tool} exited {self.rc}{detail}")
+
+    def totals(self) -> Dict[str, int]:
+        if self.tool == "rsync":
+            return rsync_totals(self.lines.items)
+        figures = self.figures or {}
+        return {"bytes": int(figures.get("bytes") or 0), "files": int(figures.get("files") or 0)}
+
+    def differences(self) -> Optional[int]:
+        if self.tool == "rsync":
+            return itemized_changes(self.lines.items) if self.rc == 0 else None
+        return rclone_differences(self.lines.items)
+
+
+def pump_pieces(stream: IO[bytes], kind: str, events: queue.Queue[Tuple[str, bytes]]) -> None:
+    """Lines ended by a newline or a carriage return (rsync rewrites its progress line)."""
+    pending = b""
+    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
+        pending += chunk
+        pieces = re.split(rb"[\r\n]", pending)
+        pending = pieces.pop()
+        for piece in pieces:
+            events.put((kind, piece))
+        if len(pending) > BORG_LINE_LIMIT:
+            events.put((kind, pending))
+            pending = b""
+    if pending:
+        events.put((kind, pending))
+    events.put((kind + "_end", b""))
+
+
+def stop_tool(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=TOOL_STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# -- how a person sees an offsite copy ---------------------------------------------------------
+
+
+def offsite_progress_text(event: Dict[str, Any]) -> str:
+    total = event["total_bytes"]
+    of_total = f" of {human_size(total)}" if total else ""
+    speed = f", {human_size(event['speed'])}/s" if event["speed"] else ""
+    return (
+        f"{event['phase']} {printable(event['repository'])}: "
+        f"{human_size(event['bytes'])}{of_total}, {event['files']} files{speed}"
+    )
+
+
+def offsite_summary(data: Dict[str, Any]) -> List[str]:
+    lines = [
+        f"{printable(entry['repository'])} -> {printable(entry['destination'])}: "
+        f"{human_size(entry['bytes'])} in {entry['files']} files, "
+        f"{'verified' if entry['verified'] else 'NOT verified'}"
+        for entry in data["repositories"]
+    ]
+    return [*lines, f"copied {human_size(data['bytes'])} in {data['files']} files"]
+
+
 # -- how a person sees each result (by hand) ---------------------------------------------------
 
 
@@ -1918,6 +2900,14 @@ OPERATION_TABLE = (
     Operation("list", "list the archives", run_list, ("repository",), list_summary, True),
     Operation("check", "check the repository", run_check, ("repository",), check_summary, True),
     Operation(
+        "offsite",
+        "copy local repositories elsewhere with rclone or rsync, each under its lock",
+        lambda runner: run_offsite(runner),
+        ("repositories", "tool", "destination"),
+        lambda data: offsite_summary(data),
+        False,  # the coordinator runs it alone: it holds each repository for a long time
+    ),
+    Operation(
         SEQUENCE,
         "run the job's steps in order as one request",
         run_sequence,
@@ -1992,7 +2982,9 @@ class HumanOutput(Output):
 
     def show_progress(self, event: Dict[str, Any]) -> None:
         text = (
-            f"{event['nfiles']} files, {human_size(event['original_size'])} read, "
+            offsite_progress_text(event)
+            if event["operation"] == "offsite"
+            else f"{event['nfiles']} files, {human_size(event['original_size'])} read, "
             f"{human_size(event['deduplicated_size'])} new  {printable(event['path'])}"
         )
         if self.tty:
@@ -2353,6 +3345,8 @@ def plain_serve_arguments(arguments: List[str]) -> Optional[Tuple[Optional[str],
 def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     try:  # argparse's exits (--help, a usage error) are SystemExit and pass through
+        if arguments == [LOCKED_COPY_MODE]:
+            return run_locked_copy()
         plain_serve = plain_serve_arguments(arguments)
         if plain_serve is not None:
             return serve(*plain_serve)

@@ -99,14 +99,18 @@ def test_injection_in_the_ssh_command(
     assert result.result["operation"] == ""
 
 
-def test_offsite_is_not_supported_yet(
+def test_offsite_needs_the_offsite_key_in_a_policy_file(
     agent_python: str, shared_repo: Repo, borg: RecordingBorg, tmp_path: Path
 ) -> None:
-    result = serve(
-        agent_python, "offsite", shared_repo.job(), shared_repo, open_policy(tmp_path, borg)
-    )
+    job = {
+        "protocol": 2,
+        "repositories": [str(shared_repo.path)],
+        "tool": "rsync",
+        "destination": str(tmp_path / "copies"),
+    }
+    result = serve(agent_python, "offsite", job, shared_repo, open_policy(tmp_path, borg))
     assert_rejected(result, "operation", borg)
-    assert "not supported by this agent version" in result.error["message"]
+    assert "not allowed by this host's policy" in result.error["message"]
 
 
 def test_ssh_command_differing_from_the_configured_operation(

@@ -129,7 +129,7 @@ def test_explicit_policy_overrides_the_default(
         json.dumps({"repositories": ["/srv"]}),
         json.dumps({"repositories": ["relative"], "paths": []}),
         json.dumps({"repositories": [], "paths": ["relative"]}),
-        json.dumps({"repositories": [], "paths": [], "operations": ["offsite"]}),
+        json.dumps({"repositories": [], "paths": [], "operations": ["delete"]}),
         json.dumps({"repositories": [], "paths": [], "borg": "borg"}),
         json.dumps({"repositories": [], "paths": [], "surprise": 1}),
         json.dumps({"repositories": "/srv", "paths": []}),

@@ -212,7 +212,7 @@ def test_passphrase_is_never_repeated_in_a_rejection() -> None:
 
 
 def test_unknown_fields_are_rejected() -> None:
-    assert rejected_field("create", job(destination="/tmp")) == "destination"
+    assert rejected_field("create", job(target="/tmp")) == "target"
 
 
 def test_protocol_is_required() -> None:
@@ -276,9 +276,9 @@ def test_anything_but_one_allowed_word_is_rejected(ssh_command: str) -> None:
     assert caught.value.field == "operation"
 
 
-def test_offsite_is_reserved() -> None:
-    with pytest.raises(agent.Rejected, match="not supported by this agent version"):
-        agent.validate_operation("offsite", None)
+def test_offsite_is_an_operation_but_not_a_step() -> None:
+    assert agent.validate_operation("offsite", None) == "offsite"
+    assert "offsite" not in agent.STEP_OPERATIONS
 
 
 def test_ssh_command_and_argv_must_agree() -> None:
