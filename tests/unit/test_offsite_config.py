@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from backup_coordinator.config import Config, parse_config
+from backup_coordinator.jobs import build_copy_job
 from backup_coordinator.model import CopyTool, Mode
+from tests.integration.agent_support import load_agent
 
 SSH = {"client_key": "/keys/id", "known_hosts": "/keys/known_hosts"}
 DRONES = {
@@ -169,3 +171,97 @@ def test_one_broken_target_leaves_the_others(tmp_path: Path) -> None:
     )
     assert [t.name for t in config.offsite] == ["good"]
     assert [p.drone for p in config.problems] == ["bad"]
+
+
+# --- agreement with the agent: what the coordinator accepts, the agent accepts -----------------
+
+agent = load_agent()
+
+DESTINATIONS = [
+    ("rclone", "/srv/copies"),
+    ("rclone", "b2:bucket/borg"),
+    ("rclone", "sftp-box:/backups"),
+    ("rclone", "remote:"),
+    ("rsync", "/mnt/usb/borg"),
+    ("rsync", "backup@offsite.example:/srv/copies"),
+    ("rsync", "offsite:/srv/copies"),
+    ("rclone", "-b2:x"),
+    ("rclone", ":s3:bucket"),
+    ("rclone", "/srv/../etc"),
+    ("rsync", "host::module"),
+    ("rsync", "rsync://host/module"),
+    ("rsync", "host:relative"),
+    ("rsync", "b2:bucket"),
+]
+OPTIONS = [
+    ("rclone", "--bwlimit=10M"),
+    ("rclone", "--transfers=4"),
+    ("rclone", "--checkers=64"),
+    ("rclone", "--tpslimit=10"),
+    ("rclone", "--config=/home/backup/rclone.conf"),
+    ("rclone", "--fast-list"),
+    ("rsync", "--bwlimit=512K"),
+    ("rsync", "--compress"),
+    ("rsync", "--timeout=600"),
+    ("rsync", "--rsh=ssh -p 2222 -i /keys/offsite"),
+    ("rclone", "--size-only"),
+    ("rclone", "--transfers=65"),
+    ("rclone", "--config=rclone.conf"),
+    ("rclone", "--compress"),
+    ("rsync", "--fast-list"),
+    ("rsync", "--rsh=sh -c reboot"),
+    ("rsync", "--delete-excluded"),
+]
+
+
+def agent_accepts(tool: str, destination: str, options: list[str]) -> bool:
+    job = {
+        "protocol": 2,
+        "repositories": ["/srv/borg/laptop"],
+        "tool": tool,
+        "destination": destination,
+        "tool_options": options,
+    }
+    try:
+        agent.validate_job("offsite", job)
+    except agent.Rejected:
+        return False
+    return True
+
+
+def coordinator_accepts(tmp_path: Path, tool: str, destination: str, options: list[str]) -> bool:
+    config = config_with(tmp_path, tool=tool, destination=destination, tool_options=options)
+    return bool(config.offsite)
+
+
+@pytest.mark.parametrize(("tool", "destination"), DESTINATIONS)
+def test_the_agent_and_the_coordinator_agree_on_destinations(
+    tmp_path: Path, tool: str, destination: str
+) -> None:
+    assert coordinator_accepts(tmp_path, tool, destination, []) == agent_accepts(
+        tool, destination, []
+    )
+
+
+@pytest.mark.parametrize(("tool", "option"), OPTIONS)
+def test_the_agent_and_the_coordinator_agree_on_tool_options(
+    tmp_path: Path, tool: str, option: str
+) -> None:
+    destination = "/srv/copies"
+    assert coordinator_accepts(tmp_path, tool, destination, [option]) == agent_accepts(
+        tool, destination, [option]
+    )
+
+
+def test_the_agent_accepts_every_job_the_coordinator_builds(tmp_path: Path) -> None:
+    (target,) = config_with(
+        tmp_path,
+        repositories=["/srv/borg/laptop", {"path": "/srv/borg/nas", "repository_id": "nas"}],
+        tool_options=["--transfers=4", "--fast-list"],
+        keep_replaced=True,
+        max_delete=20,
+    ).offsite
+    for repository in target.repositories:
+        job = build_copy_job(target, repository)
+        validated = agent.validate_job("offsite", job)
+        assert validated.repositories == (repository.path,)
