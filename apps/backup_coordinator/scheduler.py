@@ -87,8 +87,9 @@ def writers_to_wait_for(
     last_copy: datetime | None, writers: Sequence[WriterView]
 ) -> tuple[str, ...]:
     """``after_backups``: the writers that have not backed up since the last copy (or ever,
-    before the first copy), so the copy waits for them. Only scheduled drones count, and not one that is overdue itself: its own
-    problem is raised, and one host that is off for a week must not hold up everyone's copy."""
+    before the first copy), so the copy waits for them. Only scheduled drones count, and not
+    one that is overdue itself: its own problem is raised, and one host that is off for a week
+    must not hold up everyone's copy."""
     return tuple(
         writer.name
         for writer in writers
