@@ -164,7 +164,7 @@ async def first_offsite_copy(client: HaClient) -> bool:
         f" {', '.join(attributes.get('repositories', []))}: {size.get('state')} MiB transferred,"
         f" verified {attributes.get('verified')}"
     )
-    return attributes.get("verified") is True
+    return str(attributes.get("verified")).lower() == "true"  # the app sends booleans as text
 
 
 async def report_drone(client: HaClient, name: str) -> bool:

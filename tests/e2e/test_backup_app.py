@@ -248,7 +248,7 @@ async def test_sync_now_copies_both_repositories_offsite_and_shows_it(
         "sensor.backup_vault_last_offsite", lambda s: s["state"] != "unknown", TIMEOUT
     )
     assert last["state"].endswith("+00:00")
-    assert last["attributes"]["verified"] is True
+    assert last["attributes"]["verified"] == "true"  # booleans go to HA as text (app.py)
     size = await state_of(ha_client, "sensor.backup_vault_last_copy_size")
     assert int(size["attributes"]["bytes"]) == done["data"]["results"]["offsite"]["bytes"]
     assert size["attributes"]["device_class"] == "data_size"
