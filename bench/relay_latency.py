@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from backup_coordinator.config import parse_config
-from backup_coordinator.coordinator import EVENT_FINISHED, EVENT_PROGRESS, Coordinator
+from backup_coordinator.coordinator import Coordinator
 from backup_coordinator.model import Operation, SshTarget
+from backup_coordinator.ports import EVENT_FINISHED, EVENT_PROGRESS
 from backup_coordinator.protocol import AgentEvent, Progress, Result
 from backup_coordinator.transport import run_agent
 from bench.accounts import installed_agent

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from backup_coordinator.config import parse_config
-from backup_coordinator.coordinator import EVENT_FINISHED, Coordinator
+from backup_coordinator.coordinator import Coordinator
 from backup_coordinator.model import Operation
+from backup_coordinator.ports import EVENT_FINISHED
 from backup_coordinator.transport import run_agent
 from bench.accounts import Account, dedicated_account, installed_agent
 from bench.common import (

@@ -40,7 +40,15 @@ from .model import (
 )
 from .offsite import Target
 from .offsite_config import OffsiteTargetConfig
-from .ports import AgentRunner, HomeAssistantPort
+from .ports import (
+    EVENT_FINISHED,
+    EVENT_PROBLEM,
+    EVENT_PROGRESS,
+    EVENT_REQUEST,
+    EVENT_STARTED,
+    AgentRunner,
+    HomeAssistantPort,
+)
 from .progress import ProgressTracker
 from .protocol import (
     AgentEvent,
@@ -52,12 +60,6 @@ from .protocol import (
 )
 from .redaction import Redactor
 from .store import Copies, CopyRecord, DroneRecord, RunningOperation, Store
-
-EVENT_PROGRESS = "backup_coordinator_progress"
-EVENT_STARTED = "backup_coordinator_started"
-EVENT_FINISHED = "backup_coordinator_finished"
-EVENT_PROBLEM = "backup_coordinator_problem"
-EVENT_REQUEST = "backup_coordinator_request"
 
 GLOBAL_MODE_SETTING = "global_mode"
 OUTCOME_ALREADY_RUNNING = "already running"

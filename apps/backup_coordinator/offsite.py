@@ -34,7 +34,7 @@ from .model import (
 )
 from .offsite_config import OffsiteRepository, OffsiteTargetConfig
 from .offsite_entities import TargetSnapshot, target_sensors
-from .ports import AgentRunner, HomeAssistantPort
+from .ports import EVENT_FINISHED, EVENT_STARTED, AgentRunner, HomeAssistantPort
 from .protocol import (
     COPY_OPERATION,
     AgentEvent,
@@ -236,7 +236,7 @@ async def run_copy(host: CopyHost, target: Target, requested: bool) -> None:
         target.record.last_attempt = host.now()
         await host.save()
         await host.port.fire_event(
-            "backup_coordinator_started",
+            EVENT_STARTED,
             {"drone": target.name, "operation": COPY_OPERATION, "requested": requested},
         )
         host.port.log(f"{target.name}: offsite copy started")
@@ -339,7 +339,7 @@ async def _record_success(
     target.state, target.repository = CopyState.IDLE, None
     host.port.log(f"{target.name}: offsite copy finished in {duration:.1f} s: {copy_summary(data)}")
     await host.port.fire_event(
-        "backup_coordinator_finished",
+        EVENT_FINISHED,
         {
             "drone": target.name,
             "operation": COPY_OPERATION,
@@ -379,7 +379,7 @@ async def _record_failure(
         "WARNING",
     )
     await host.port.fire_event(
-        "backup_coordinator_finished",
+        EVENT_FINISHED,
         {
             "drone": target.name,
             "operation": COPY_OPERATION,

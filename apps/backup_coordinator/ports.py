@@ -14,6 +14,13 @@ from .entities import Publication
 from .model import SshTarget
 from .protocol import AgentEvent, Result
 
+# The events the core fires on Home Assistant's bus (docs/entities.md).
+EVENT_PROGRESS = "backup_coordinator_progress"
+EVENT_STARTED = "backup_coordinator_started"
+EVENT_FINISHED = "backup_coordinator_finished"
+EVENT_PROBLEM = "backup_coordinator_problem"
+EVENT_REQUEST = "backup_coordinator_request"
+
 # Runs one agent session: (host, agent operation, job, a callback for each event) -> result.
 AgentRunner = Callable[
     [SshTarget, str, Mapping[str, Any], Callable[[AgentEvent], Awaitable[None]] | None],

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from backup_coordinator.config import Config, parse_config
-from backup_coordinator.coordinator import EVENT_FINISHED, Coordinator
+from backup_coordinator.coordinator import Coordinator
 from backup_coordinator.model import SshTarget
+from backup_coordinator.ports import EVENT_FINISHED
 from backup_coordinator.protocol import AgentEvent, Hello, Progress, Result, StepResult
 from backup_coordinator.transport import run_agent, session_steps
 from devstack.borg import AGENT_PATH

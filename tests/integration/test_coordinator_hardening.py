@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from backup_coordinator.coordinator import EVENT_FINISHED
 from backup_coordinator.model import Operation
+from backup_coordinator.ports import EVENT_FINISHED
 from tests.integration.coordinator_support import (
     ShiftedClock,
     drone_args,

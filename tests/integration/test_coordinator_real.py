@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backup_coordinator.coordinator import EVENT_FINISHED, EVENT_PROBLEM, EVENT_PROGRESS
 from backup_coordinator.model import MIB
+from backup_coordinator.ports import EVENT_FINISHED, EVENT_PROBLEM, EVENT_PROGRESS
 from tests.integration.coordinator_support import (
     BIG_DATA_MEGABYTES,
     SLOW_COMPRESSION,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from backup_coordinator.coordinator import EVENT_FINISHED
+from backup_coordinator.ports import EVENT_FINISHED
 from backup_coordinator.transport import Connections
 from tests.integration.coordinator_support import (
     ShiftedClock,

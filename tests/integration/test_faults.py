@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from backup_coordinator.config import SessionLimits
-from backup_coordinator.coordinator import EVENT_FINISHED, EVENT_STARTED, Coordinator
+from backup_coordinator.coordinator import Coordinator
+from backup_coordinator.ports import EVENT_FINISHED, EVENT_STARTED
 from backup_coordinator.protocol import PROTOCOL_VERSION
 from backup_coordinator.transport import Connections
 from devstack.borg import borg_env

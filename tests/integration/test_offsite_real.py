@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from backup_coordinator.config import Config
-from backup_coordinator.coordinator import EVENT_FINISHED, EVENT_PROGRESS
 from backup_coordinator.model import CopyOperation
+from backup_coordinator.ports import EVENT_FINISHED, EVENT_PROGRESS
 from devstack.borg import list_archives
 from tests.integration.coordinator_support import (
     RecordingRunner,
