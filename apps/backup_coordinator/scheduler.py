@@ -21,6 +21,15 @@ MODES_ACCEPTING_REQUESTS = frozenset({Mode.SCHEDULED, Mode.MANUAL})
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """Work that is due on its own frequency besides the main one (a drone's check, drill)."""
+
+    operation: AnyOperation
+    frequency: timedelta
+    last_success: datetime | None
+
+
+@dataclass(frozen=True)
 class WorkView:
     """What the scheduler needs to know about one drone (or offsite target) at one instant."""
 
@@ -34,6 +43,7 @@ class WorkView:
     pending: tuple[AnyOperation, ...]  # requested operations, oldest first
     due_operation: AnyOperation = Operation.SCHEDULED  # what runs when it is due
     waiting_for: tuple[str, ...] = ()  # not due before these drones have backed up
+    others: tuple[Schedule, ...] = ()  # more scheduled work, after the main one
 
 
 @dataclass(frozen=True)
@@ -64,13 +74,25 @@ def is_backing_off(drone: WorkView, now: datetime) -> bool:
 
 
 def is_due(drone: WorkView, now: datetime) -> bool:
-    """Scheduled, idle, not backing off, not waiting for writers, and the last success is at
-    least a frequency old."""
+    """Scheduled, idle, not backing off, and some work of it is due (``due_operation``)."""
+    return due_operation(drone, now) is not None
+
+
+def due_operation(drone: WorkView, now: datetime) -> AnyOperation | None:
+    """What the schedule starts now: the main work when its last success is at least a
+    frequency old (and no writer is waited for), else the first other schedule that is due."""
     if drone.mode is not Mode.SCHEDULED or drone.busy or is_backing_off(drone, now):
-        return False
-    if drone.waiting_for:
-        return False
-    return drone.last_success is None or now - drone.last_success >= drone.frequency
+        return None
+    if not drone.waiting_for and _elapsed(drone.last_success, drone.frequency, now):
+        return drone.due_operation
+    for schedule in drone.others:
+        if _elapsed(schedule.last_success, schedule.frequency, now):
+            return schedule.operation
+    return None
+
+
+def _elapsed(last_success: datetime | None, frequency: timedelta, now: datetime) -> bool:
+    return last_success is None or now - last_success >= frequency
 
 
 def next_due(drone: WorkView, now: datetime) -> datetime | None:
@@ -229,8 +251,9 @@ def decide(
     if not paused:
         for offset, index in _round_robin(len(drones), cursor):
             drone = drones[index]
-            if is_due(drone, now):
-                consider(offset, drone, drone.due_operation, requested=False)
+            operation = due_operation(drone, now)
+            if operation is not None:
+                consider(offset, drone, operation, requested=False)
     if next_offset is None:
         return Decision(starts=(), cursor=cursor)
     next_offset = min([next_offset, *passed_over])

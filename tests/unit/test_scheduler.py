@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 from backup_coordinator.model import CopyOperation, Mode, Operation
 from backup_coordinator.scheduler import (
     Decision,
+    Schedule,
     Start,
     WorkView,
     WriterView,
     backoff_delay,
     decide,
+    due_operation,
     is_due,
     is_overdue,
     next_due,
@@ -437,3 +439,33 @@ def test_a_due_view_starts_its_own_operation() -> None:
 def test_a_drone_waits_while_an_offsite_copy_claims_its_repository() -> None:
     views = [drone("a", repository="nas:/a"), drone("b", repository="nas:/b")]
     assert started(decide(views, 0, NOW, 2, busy_repositories=frozenset({"nas:/a"}))) == ["b"]
+
+
+# --- other schedules (a drone's check and drill) -----------------------------------------------
+
+
+def test_other_schedules_run_after_the_main_work_each_on_its_own_frequency() -> None:
+    week = timedelta(days=7)
+    view = replace(
+        drone("a", last_success=NOW - 2 * DAY),
+        others=(
+            Schedule(Operation.CHECK, 4 * week, NOW - week),
+            Schedule(Operation.STATS, week, None),
+        ),
+    )
+    assert due_operation(view, NOW) is Operation.SCHEDULED  # the backup first
+    backed_up = replace(view, last_success=NOW)
+    assert due_operation(backed_up, NOW) is Operation.STATS  # never run: due
+    (start,) = decide([backed_up], 0, NOW, 1).starts
+    assert (start.operation, start.requested) == (Operation.STATS, False)
+    done = replace(backed_up, others=(view.others[0], Schedule(Operation.STATS, week, NOW)))
+    assert due_operation(done, NOW) is None
+    assert due_operation(replace(done, frequency=5 * week), NOW + 3 * week) is Operation.CHECK
+
+
+def test_other_schedules_wait_like_the_main_work() -> None:
+    view = replace(drone("a", last_success=NOW), others=(Schedule(Operation.CHECK, DAY, None),))
+    assert due_operation(replace(view, busy=True), NOW) is None
+    assert due_operation(replace(view, mode=Mode.MANUAL), NOW) is None
+    assert due_operation(replace(view, backoff_until=NOW + DAY), NOW) is None
+    assert due_operation(view, NOW) is Operation.CHECK
