@@ -1873,6 +1873,7 @@ BORG_LOCK_FILES = ("lock.exclusive", "lock.roster")
 LOCKED_COPY_STOP_GRACE = 15.0
 TOOL_STOP_GRACE = 5.0
 PROGRESS_INTERVAL = 1.0
+KEEP_ALIVE_INTERVAL = 10.0
 # What rclone and rsync get from the agent's environment (a tool's own variables, RCLONE_*,
 # could change where it copies): as for borg, an allow-list, in English.
 TOOL_INHERITED_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "TZ")
@@ -2669,6 +2670,7 @@ class ToolRun:
             try:
                 kind, payload = events.get(timeout=0.1)
             except queue.Empty:
+                self.keep_alive()
                 continue
             if kind.endswith("_end"):
                 open_streams.discard(kind[: -len("_end")])
@@ -2696,6 +2698,12 @@ class ToolRun:
             self.last_error = event["message"] if event["level"] == "error" else self.last_error
             self.last_error = self.last_error or event["message"]
             self.state.emit(event)
+
+    def keep_alive(self) -> None:
+        """A tool that prints nothing for a while (rsync's dry run reading every file for its
+        checksum) still sends a progress line now and then: the coordinator sees it alive."""
+        if time.monotonic() - self.state.last_progress >= KEEP_ALIVE_INTERVAL:
+            self.state.progress(self.progress_event(self.figures or {}), final=True)
 
     def figures_of(self, text: str) -> Optional[Dict[str, Optional[float]]]:
         if self.tool == "rsync":
