@@ -2993,7 +2993,7 @@ class HumanOutput(Output):
     def show_progress(self, event: Dict[str, Any]) -> None:
         text = (
             offsite_progress_text(event)
-            if event["operation"] == "offsite"
+            if event.get("operation") == "offsite"
             else f"{event['nfiles']} files, {human_size(event['original_size'])} read, "
             f"{human_size(event['deduplicated_size'])} new  {printable(event['path'])}"
         )
