@@ -2064,10 +2064,18 @@ def policy_offsite(raw: Dict[str, Any]) -> Optional[OffsitePolicy]:
         for i, item in enumerate(require_list(value["repositories"], "offsite.repositories", 10000))
     )
     destinations = tuple(
-        place_of(validate_destination(item, f"offsite.destinations[{i}]"))
+        place_of(policy_destination(item, f"offsite.destinations[{i}]"))
         for i, item in enumerate(require_list(value["destinations"], "offsite.destinations", 10000))
     )
     return OffsitePolicy(tuple(r for r in repositories if r is not None), destinations)
+
+
+def policy_destination(value: object, name: str) -> str:
+    """A destination prefix: a destination of either tool."""
+    text = validate_destination(value, name)
+    if all(destination_form_error(tool, text) for tool in OFFSITE_TOOLS):
+        raise Rejected(name, "must be an absolute path, remote:path or [user@]host:/path")
+    return text
 
 
 def check_policy_offsite(policy: Policy, operation: str, job: Job) -> None:
@@ -2597,9 +2605,8 @@ def read_copy_job(fd: int, state: LockedCopy) -> Dict[str, Any]:
     validate_offsite_repositories([copy.get("source")], "source")
     for field_name in ("destination", "replaced"):
         value = copy.get(field_name)
-        if value is not None and destination_form_error(
-            tool, validate_destination(value, field_name)
-        ):
+        # not held to the job's length limit: ".replaced/NAME/STAMP" was added to it
+        if value is not None and destination_form_error(tool, require_text(value, field_name)):
             raise Rejected(field_name, "is not a destination of " + tool)
     for i, option in enumerate(validate_tool_options(copy.get("tool_options"), "tool_options")):
         if not tool_option_allowed(tool, option, f"tool_options[{i}]"):

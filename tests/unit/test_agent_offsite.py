@@ -308,6 +308,8 @@ def test_local_destinations_are_compared_resolved(tmp_path: Any) -> None:
         {"repositories": ["relative"], "destinations": []},
         {"repositories": [], "destinations": ["a/../b"]},
         {"repositories": [], "destinations": "x:"},
+        {"repositories": [], "destinations": ["relative/path"]},
+        {"repositories": [], "destinations": ["-x:/y"]},
     ],
 )
 def test_malformed_offsite_keys(offsite: object) -> None:
