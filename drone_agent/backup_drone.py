@@ -2372,11 +2372,6 @@ def rclone_differences(lines: Sequence[str]) -> Optional[int]:
     return found
 
 
-def itemized_changes(lines: Sequence[str]) -> int:
-    """What an rsync ``--dry-run --itemize-changes`` would still change: one line each."""
-    return sum(1 for line in lines if line.strip())
-
-
 # -- the outer agent: one borg with-lock per repository ---------------------------------------
 
 
@@ -2649,7 +2644,9 @@ class ToolRun:
         self.max_delete = copy["max_delete"]
         self.phase = phase
         self.rc = 0
-        self.lines = BoundedList(RESULT_LIST_BUDGET)  # what is not progress, for the summary
+        # What the summary is read from: rsync's stdout (not its stderr, where ssh may warn),
+        # rclone's log lines.
+        self.lines = BoundedList(RESULT_LIST_BUDGET)
         self.last_error = ""
         self.hit_max_delete = False
         self.figures: Optional[Dict[str, Optional[float]]] = None
@@ -2696,10 +2693,12 @@ class ToolRun:
             return
         if not text.strip():
             return
-        self.lines.add(text.strip())
         self.hit_max_delete = self.hit_max_delete or any(t in text for t in MAX_DELETE_TEXT)
         if self.tool == "rsync" and kind == "stdout":
-            return  # the copy's --stats, the dry run's list of changes: counted, not logged
+            self.lines.add(text.strip())  # the copy's --stats, the dry run's list of changes
+            return
+        if self.tool == "rclone":
+            self.lines.add(text.strip())  # its check summary, read when verifying
         event = tool_log_event(self.tool, text)
         if event is not None:
             self.last_error = event["message"] if event["level"] == "error" else self.last_error
@@ -2748,7 +2747,8 @@ class ToolRun:
 
     def differences(self) -> Optional[int]:
         if self.tool == "rsync":
-            return itemized_changes(self.lines.items) if self.rc == 0 else None
+            # the dry run prints one line per change (all counted, beyond the kept ones too)
+            return self.lines.count if self.rc == 0 else None
         return rclone_differences(self.lines.items)
 
 

@@ -497,11 +497,6 @@ def test_rsync_stats_give_the_transferred_totals() -> None:
     assert agent.rsync_totals(lines) == {"bytes": 42323, "files": 8}
 
 
-def test_rsync_dry_run_changes_are_counted() -> None:
-    assert agent.itemized_changes([]) == 0
-    assert agent.itemized_changes(["*deleting   extra", ".d..t...... ./", ">fcst...... b"]) == 3
-
-
 def test_a_person_reads_the_summary_and_progress() -> None:
     data = {
         "repositories": [
