@@ -366,6 +366,31 @@ def test_a_coordinator_gone_mid_copy_stops_the_tool_and_leaves_no_lock(
     assert final["data"]["repositories"] == []
 
 
+def test_a_repository_locked_by_another_borg_fails_with_lock_timeout(
+    agent_python: str, repo: Repo, tmp_path: Path
+) -> None:
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    # another holder of the lock: `cat` keeps it until its stdin closes
+    holder = subprocess.Popen(
+        ["borg", "with-lock", "--", str(repo.path), "cat"],
+        stdin=subprocess.PIPE,
+        env=borg_env(repo.base_dir, None),
+    )
+    try:
+        wait_until((repo.path / "lock.exclusive").exists, "the other borg to hold the lock", 30)
+        result = offsite(agent_python, offsite_job(repo, "rsync", str(copies)), repo)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert result.exit_code == 2
+    assert result.error["msgid"] == "LockTimeout"
+    assert result.error["message"].startswith(f"offsite {repo.path}: ")
+    assert result.result["data"]["repositories"] == []
+    assert os.listdir(copies) == []
+
+
 # -- rejections: exit 3 and nothing ran --------------------------------------------------------
 
 
