@@ -1873,6 +1873,7 @@ BORG_LOCK_FILES = ("lock.exclusive", "lock.roster")
 LOCKED_COPY_STOP_GRACE = 15.0
 TOOL_STOP_GRACE = 5.0
 PROGRESS_INTERVAL = 1.0
+KEEP_ALIVE_INTERVAL = 10.0
 # What rclone and rsync get from the agent's environment (a tool's own variables, RCLONE_*,
 # could change where it copies): as for borg, an allow-list, in English.
 TOOL_INHERITED_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "TZ")
@@ -2063,10 +2064,18 @@ def policy_offsite(raw: Dict[str, Any]) -> Optional[OffsitePolicy]:
         for i, item in enumerate(require_list(value["repositories"], "offsite.repositories", 10000))
     )
     destinations = tuple(
-        place_of(validate_destination(item, f"offsite.destinations[{i}]"))
+        place_of(policy_destination(item, f"offsite.destinations[{i}]"))
         for i, item in enumerate(require_list(value["destinations"], "offsite.destinations", 10000))
     )
     return OffsitePolicy(tuple(r for r in repositories if r is not None), destinations)
+
+
+def policy_destination(value: object, name: str) -> str:
+    """A destination prefix: a destination of either tool."""
+    text = validate_destination(value, name)
+    if all(destination_form_error(tool, text) for tool in OFFSITE_TOOLS):
+        raise Rejected(name, "must be an absolute path, remote:path or [user@]host:/path")
+    return text
 
 
 def check_policy_offsite(policy: Policy, operation: str, job: Job) -> None:
@@ -2176,6 +2185,8 @@ def verify_argv(tool_binary: str, copy: Dict[str, Any]) -> List[str]:
         "--checksum",
         "--dry-run",
         "--itemize-changes",
+        # a borg that waited for the lock touched the repository folder's time: not a difference
+        "--omit-dir-times",
         *options,
         "--",
         copy["source"] + "/",
@@ -2359,11 +2370,6 @@ def rclone_differences(lines: Sequence[str]) -> Optional[int]:
         if match:
             found = int(match["n"])
     return found
-
-
-def itemized_changes(lines: Sequence[str]) -> int:
-    """What an rsync ``--dry-run --itemize-changes`` would still change: one line each."""
-    return sum(1 for line in lines if line.strip())
 
 
 # -- the outer agent: one borg with-lock per repository ---------------------------------------
@@ -2594,9 +2600,8 @@ def read_copy_job(fd: int, state: LockedCopy) -> Dict[str, Any]:
     validate_offsite_repositories([copy.get("source")], "source")
     for field_name in ("destination", "replaced"):
         value = copy.get(field_name)
-        if value is not None and destination_form_error(
-            tool, validate_destination(value, field_name)
-        ):
+        # not held to the job's length limit: ".replaced/NAME/STAMP" was added to it
+        if value is not None and destination_form_error(tool, require_text(value, field_name)):
             raise Rejected(field_name, "is not a destination of " + tool)
     for i, option in enumerate(validate_tool_options(copy.get("tool_options"), "tool_options")):
         if not tool_option_allowed(tool, option, f"tool_options[{i}]"):
@@ -2639,7 +2644,9 @@ class ToolRun:
         self.max_delete = copy["max_delete"]
         self.phase = phase
         self.rc = 0
-        self.lines = BoundedList(RESULT_LIST_BUDGET)  # what is not progress, for the summary
+        # What the summary is read from: rsync's stdout (not its stderr, where ssh may warn),
+        # rclone's log lines.
+        self.lines = BoundedList(RESULT_LIST_BUDGET)
         self.last_error = ""
         self.hit_max_delete = False
         self.figures: Optional[Dict[str, Optional[float]]] = None
@@ -2667,6 +2674,7 @@ class ToolRun:
             try:
                 kind, payload = events.get(timeout=0.1)
             except queue.Empty:
+                self.keep_alive()
                 continue
             if kind.endswith("_end"):
                 open_streams.discard(kind[: -len("_end")])
@@ -2685,15 +2693,23 @@ class ToolRun:
             return
         if not text.strip():
             return
-        self.lines.add(text.strip())
         self.hit_max_delete = self.hit_max_delete or any(t in text for t in MAX_DELETE_TEXT)
         if self.tool == "rsync" and kind == "stdout":
-            return  # the copy's --stats, the dry run's list of changes: counted, not logged
+            self.lines.add(text.strip())  # the copy's --stats, the dry run's list of changes
+            return
+        if self.tool == "rclone":
+            self.lines.add(text.strip())  # its check summary, read when verifying
         event = tool_log_event(self.tool, text)
         if event is not None:
             self.last_error = event["message"] if event["level"] == "error" else self.last_error
             self.last_error = self.last_error or event["message"]
             self.state.emit(event)
+
+    def keep_alive(self) -> None:
+        """A tool that prints nothing for a while (rsync's dry run reading every file for its
+        checksum) still sends a progress line now and then: the coordinator sees it alive."""
+        if time.monotonic() - self.state.last_progress >= KEEP_ALIVE_INTERVAL:
+            self.state.progress(self.progress_event(self.figures or {}), final=True)
 
     def figures_of(self, text: str) -> Optional[Dict[str, Optional[float]]]:
         if self.tool == "rsync":
@@ -2731,7 +2747,8 @@ class ToolRun:
 
     def differences(self) -> Optional[int]:
         if self.tool == "rsync":
-            return itemized_changes(self.lines.items) if self.rc == 0 else None
+            # the dry run prints one line per change (all counted, beyond the kept ones too)
+            return self.lines.count if self.rc == 0 else None
         return rclone_differences(self.lines.items)
 
 
@@ -2983,7 +3000,7 @@ class HumanOutput(Output):
     def show_progress(self, event: Dict[str, Any]) -> None:
         text = (
             offsite_progress_text(event)
-            if event["operation"] == "offsite"
+            if event.get("operation") == "offsite"
             else f"{event['nfiles']} files, {human_size(event['original_size'])} read, "
             f"{human_size(event['deduplicated_size'])} new  {printable(event['path'])}"
         )

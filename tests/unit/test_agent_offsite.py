@@ -308,6 +308,8 @@ def test_local_destinations_are_compared_resolved(tmp_path: Any) -> None:
         {"repositories": ["relative"], "destinations": []},
         {"repositories": [], "destinations": ["a/../b"]},
         {"repositories": [], "destinations": "x:"},
+        {"repositories": [], "destinations": ["relative/path"]},
+        {"repositories": [], "destinations": ["-x:/y"]},
     ],
 )
 def test_malformed_offsite_keys(offsite: object) -> None:
@@ -493,11 +495,6 @@ def test_rsync_stats_give_the_transferred_totals() -> None:
         "Literal data: 42,323 bytes",
     ]
     assert agent.rsync_totals(lines) == {"bytes": 42323, "files": 8}
-
-
-def test_rsync_dry_run_changes_are_counted() -> None:
-    assert agent.itemized_changes([]) == 0
-    assert agent.itemized_changes(["*deleting   extra", ".d..t...... ./", ">fcst...... b"]) == 3
 
 
 def test_a_person_reads_the_summary_and_progress() -> None:
