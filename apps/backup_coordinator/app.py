@@ -25,10 +25,12 @@ from .config import Config, ConfigError, parse_config
 from .coordinator import Coordinator
 from .entities import HelperSpec, Publication
 from .offsite_entities import target_helpers
+from .ports import EVENT_RESTORE
 from .publishing import HomeAssistantUnavailable, SensorPublisher, StatePoster, bounded
 from .transport import Connections
 
 HELPER_DOMAINS = ("input_number", "input_select", "input_text", "input_button")
+APPDAEMON_EVENT_KEYS = frozenset({"metadata"})  # added by AppDaemon to every HA event's data
 NOT_A_VALUE = ("unknown", "unavailable", None)  # "" is a value: an empty keep within
 SENSOR_DOMAINS = ("sensor", "binary_sensor")
 # HA closes a websocket with more than 4096 pending messages: keep far fewer in flight.
@@ -187,6 +189,7 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
                 entity_id=lambda entity_id: entity_id in helpers,
             )
         )
+        self._listeners.append(await self.listen_event(self._on_restore, EVENT_RESTORE))
 
     async def _states_in_home_assistant(self) -> dict[str, Any]:
         """AppDaemon's mirror of HA's states (read, never changed): no request to HA."""
@@ -214,6 +217,14 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
                 await self.coordinator.request(helper.drone, helper.operation)
         elif helper.setting is not None:
             await self.coordinator.apply_setting(helper.drone, helper.setting, new)
+
+    async def _on_restore(
+        self, _event: str, data: Mapping[str, Any], _kwargs: Mapping[str, Any]
+    ) -> None:
+        if self.coordinator is not None:
+            # AppDaemon adds its own keys to an event's data; the request is the rest.
+            request = {k: v for k, v in data.items() if k not in APPDAEMON_EVENT_KEYS}
+            await self.coordinator.restore(request)
 
     # --- helpers ------------------------------------------------------------------------------
 

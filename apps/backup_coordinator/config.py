@@ -58,6 +58,7 @@ from .values import (
     read_whole_number,
     shown,
 )
+from .verification_config import CheckSettings, DrillSettings, read_check, read_drill
 
 if TYPE_CHECKING:
     from .offsite_config import OffsiteTargetConfig
@@ -139,10 +140,13 @@ DRONE_KEYS = frozenset(
         "mode",
         "frequency",
         "keep",
+        "check",
+        "drill",
     }
     | SSH_BLOCK_KEYS
 )
 NOT_INHERITABLE_KEYS = frozenset({"host", "repository", "repository_id"})
+MERGED_SECTIONS = ("keep", "check", "drill")
 KEEP_KEYS = frozenset({"within", *KEEP_COUNT_NAMES})
 
 # How long an agent may stay silent, per step, before the session is a `timeout` failure. borg
@@ -155,6 +159,8 @@ DEFAULT_INACTIVITY_MINUTES = {
     "prune": 180,
     "stats": 60,
     "check": 720,
+    "extract": 30,  # borg reports every 0.1 % it writes
+    "drill": 120,  # silent while it lists the archive and restores the sample
     "offsite": 60,  # rclone and rsync report progress every second while they copy
 }
 # The agent refuses a job line longer than this (drone_agent's JOB_LINE_LIMIT); what Home
@@ -233,6 +239,8 @@ class DroneConfig:
     borg_rsh: str | None = None
     borg_remote_path: str | None = None
     settings: DroneSettings = field(default_factory=DroneSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
+    drill: DrillSettings = field(default_factory=DrillSettings)
 
     @property
     def repository_key(self) -> str:
@@ -464,12 +472,13 @@ def parse_drone(
     own = read_mapping(f"drones.{name}", value)
     reject_unknown_keys("", own, DRONE_KEYS)
     merged = {**defaults, **own}
-    if "keep" in defaults and "keep" in own:
-        # Keep rules merge rule by rule: a drone can change one without repeating the rest.
-        merged["keep"] = {
-            **read_mapping("keep", defaults["keep"]),
-            **read_mapping("keep", own["keep"]),
-        }
+    for section in MERGED_SECTIONS:
+        if section in defaults and section in own:
+            # Merged key by key: a drone can change one rule without repeating the rest.
+            merged[section] = {
+                **read_mapping(section, defaults[section]),
+                **read_mapping(section, own[section]),
+            }
     for required in ("host", "repository", "paths", "client_key", "known_hosts"):
         if required not in merged:
             raise InvalidValue(required, missing_message(required))
@@ -491,6 +500,10 @@ def parse_drone_value(key: str, name: str, raw: object, base_dir: Path) -> Any:
     """Validate one per-drone value; ``key`` is how messages name it, ``name`` what it is."""
     if name == "keep":
         return _parse_keep(key, raw)
+    if name == "check":
+        return read_check(key, raw)
+    if name == "drill":
+        return read_drill(key, raw)
     parse = _drone_value_parsers(base_dir)[name]
     return parse(key, raw)
 
@@ -625,6 +638,8 @@ def _assemble_drone(name: str, parsed: Mapping[str, Any]) -> DroneConfig:
         borg_rsh=parsed.get("borg_rsh"),
         borg_remote_path=parsed.get("borg_remote_path"),
         settings=settings,
+        check=parsed.get("check", CheckSettings()),
+        drill=parsed.get("drill", DrillSettings()),
     )
 
 

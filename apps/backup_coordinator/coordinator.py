@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from traceback import format_exc
 from typing import Any
 
-from . import entities, offsite, operations, scheduler
+from . import entities, offsite, operations, scheduler, verification
 from .config import Config, DroneConfig
 from .entities import DroneSnapshot, ProgressSnapshot, Publication
 from .jobs import agent_operation, build_job
@@ -45,6 +45,7 @@ from .ports import (
     EVENT_PROBLEM,
     EVENT_PROGRESS,
     EVENT_REQUEST,
+    EVENT_RESTORE,
     EVENT_STARTED,
     AgentRunner,
     HomeAssistantPort,
@@ -87,6 +88,7 @@ class Drone:
     task: asyncio.Task[None] | None = None
     setting_problems: dict[str, str] = field(default_factory=dict)
     overdue: bool = False
+    overdue_checks: list[str] = field(default_factory=list)  # drill or check overdue
     clock_problem: str | None = None  # a recorded time lies in the future
     state_file_problem: str | None = None  # the coordinator cannot save its state
 
@@ -108,6 +110,9 @@ class Drone:
             )
         if self.overdue:
             reasons.append(f"overdue: no successful backup since {_since(self.record.last_backup)}")
+        for failure in self.record.failed_checks.values():
+            reasons.append(failure["message"])
+        reasons.extend(self.overdue_checks)
         if self.clock_problem:
             reasons.append(self.clock_problem)
         if self.state_file_problem:
@@ -336,6 +341,8 @@ class Coordinator:
         running_steps = drone.remaining_steps()
         if drone.settings.mode is Mode.DISABLED:
             outcome = "rejected: the drone's mode is disabled"
+        elif operation is Operation.EXTRACT and drone.record.restore_request is None:
+            outcome = f"rejected: a restore is asked for with the {EVENT_RESTORE} event"
         elif running_steps and set(operations.spec_of(operation).steps) <= set(running_steps):
             # Everything it would do is running or about to: a second run would only repeat it.
             outcome = OUTCOME_ALREADY_RUNNING
@@ -378,6 +385,32 @@ class Coordinator:
         await self._publish_coordinator()
         return outcome
 
+    async def restore(self, data: Mapping[str, Any]) -> str:
+        """A ``backup_coordinator_restore`` event: restore an archive (or paths of it) on the
+        drone, into a new folder under its restore root or ``destination``. The outcome comes
+        as the finished event and a notification naming where the files are."""
+        drone = self.drones.get(str(data.get("drone")))
+        if drone is None:
+            outcome = f"rejected: no drone named {data.get('drone')!r}"
+        elif drone.record.restore_request is not None:
+            outcome = "rejected: a restore of this drone is already queued or running"
+        else:
+            try:
+                drone.record.restore_request = verification.restore_request(data)
+            except verification.BadRestoreRequest as error:
+                outcome = f"rejected: {error}"
+            else:
+                outcome = await self.request(drone.name, Operation.EXTRACT)
+                if outcome.startswith("rejected"):
+                    drone.record.restore_request = None
+                return outcome
+        self.port.log(f"restore requested: {outcome}", "WARNING")
+        await self.port.fire_event(
+            EVENT_REQUEST,
+            {"drone": str(data.get("drone")), "operation": "extract", "outcome": outcome},
+        )
+        return outcome
+
     # --- the tick -----------------------------------------------------------------------------
 
     async def tick(self) -> None:
@@ -394,8 +427,11 @@ class Coordinator:
                 now,
                 drone.record.first_seen or now,
             )
-            if overdue != drone.overdue:
-                drone.overdue = overdue
+            overdue_checks = verification.overdue_checks(
+                drone.config, drone.settings.mode, drone.record, now, self.config.overdue_factor
+            )
+            if overdue != drone.overdue or overdue_checks != drone.overdue_checks:
+                drone.overdue, drone.overdue_checks = overdue, overdue_checks
                 await self._publish_drone(drone)
         for target in self.targets.values():
             offsite.check_overdue(target, now, self.config.overdue_factor)
@@ -483,6 +519,7 @@ class Coordinator:
             if _in_future(record.backoff_until, now + frequency)
             else record.backoff_until,
             pending=pending,
+            others=verification.verification_schedules(drone.config, record),
         )
 
     # --- running one operation ----------------------------------------------------------------
@@ -602,8 +639,9 @@ class Coordinator:
         steps = operations.spec_of(operation).steps
         if drone.record.running is not None and drone.record.running.done:
             steps = steps[len(drone.record.running.done) :]  # resumed after a restart
+        extra = drone.record.restore_request if operation is Operation.EXTRACT else None
         try:
-            job = build_job(drone.config, drone.settings, steps)
+            job = build_job(drone.config, drone.settings, steps, extra=extra)
         except SettingError as error:
             raise OperationFailed(FailureKind.REJECTED, f"{operation.value}: {error}") from None
         session = _Session(steps)
@@ -735,27 +773,32 @@ class Coordinator:
                 "results": {op: dict(r.data) for op, r in results.items()},
             },
         )
+        if "extract" in results:
+            await self._tell_restore_outcome(drone, results["extract"].data, None)
 
     async def _record_failure(
         self, drone: Drone, operation: Operation, failure: OperationFailed, duration: float
     ) -> None:
         record = drone.record
-        record.consecutive_failures += 1
-        frequency = timedelta(minutes=drone.settings.frequency_minutes)
-        record.backoff_until = self.clock() + scheduler.backoff_delay(
-            record.consecutive_failures, frequency
-        )
-        record.last_error = failure.message
-        record.last_error_kind = failure.kind.value
-        record.last_error_hint = failure.hint or None
-        unreachable = failure.kind is FailureKind.UNREACHABLE
-        drone.state = DroneState.UNREACHABLE if unreachable else DroneState.ERROR
+        finding = verification.is_finding(operation, failure)
+        refused = operation is Operation.EXTRACT and failure.kind in verification.REQUEST_KINDS
+        if finding:
+            verification.record_finding(record, operation, failure, self.clock())
+        if finding or refused:
+            # about the repository or the request, not the drone: its backups go on as due
+            drone.state = _resting_state(record)
+        else:
+            self._count_failure(drone, failure)
         drone.agent_operation = None
         self.port.log(
             f"{drone.name}: {operation.value} failed after {duration:.1f} s ({failure.kind.value}):"
             f" {failure.message}"
             + (f" - {failure.hint}" if failure.hint else "")
-            + f"; retry after {record.backoff_until.isoformat(timespec='seconds')}",
+            + (
+                f"; retry after {record.backoff_until.isoformat(timespec='seconds')}"
+                if record.backoff_until and not (finding or refused)
+                else ""
+            ),
             "WARNING",
         )
         await self.port.fire_event(
@@ -773,6 +816,37 @@ class Coordinator:
                     "step": failure.step or "",
                 },
             },
+        )
+        if operation is Operation.EXTRACT:
+            await self._tell_restore_outcome(drone, None, failure)
+
+    def _count_failure(self, drone: Drone, failure: OperationFailed) -> None:
+        """A failed operation: counted, backed off, shown as the drone's last error."""
+        record = drone.record
+        record.consecutive_failures += 1
+        frequency = timedelta(minutes=drone.settings.frequency_minutes)
+        record.backoff_until = self.clock() + scheduler.backoff_delay(
+            record.consecutive_failures, frequency
+        )
+        record.last_error = failure.message
+        record.last_error_kind = failure.kind.value
+        record.last_error_hint = failure.hint or None
+        unreachable = failure.kind is FailureKind.UNREACHABLE
+        drone.state = DroneState.UNREACHABLE if unreachable else DroneState.ERROR
+
+    async def _tell_restore_outcome(
+        self, drone: Drone, data: Mapping[str, Any] | None, failure: OperationFailed | None
+    ) -> None:
+        """The person who asked for a restore learns where the files are (or why not)."""
+        request, drone.record.restore_request = drone.record.restore_request or {}, None
+        host = drone.config.ssh.host
+        message = (
+            verification.restore_done_message(host, data or {})
+            if failure is None
+            else verification.restore_failed_message(host, request, failure)
+        )
+        await self.port.notify(
+            f"{self.config.entity_prefix}_{drone.name}_restore", f"Restore: {drone.name}", message
         )
 
     async def update_problem(self, drone: Drone | Target) -> bool:
@@ -871,6 +945,11 @@ class Coordinator:
             last_error=drone.record.last_error,
             last_error_kind=drone.record.last_error_kind,
             last_error_hint=drone.record.last_error_hint,
+            last_check=drone.record.last_check,
+            last_check_data=drone.record.last_check_data,
+            last_drill=drone.record.last_drill,
+            last_drill_data=drone.record.last_drill_data,
+            recent_archives=drone.record.recent_archives,
         )
 
     async def save(self) -> None:

@@ -153,6 +153,11 @@ class DroneSnapshot:
     last_error: str | None
     last_error_kind: str | None
     last_error_hint: str | None
+    last_check: datetime | None = None
+    last_check_data: Mapping[str, Any] | None = None
+    last_drill: datetime | None = None
+    last_drill_data: Mapping[str, Any] | None = None
+    recent_archives: Sequence[str] = ()
 
     @classmethod
     def empty(cls, name: str) -> DroneSnapshot:
@@ -347,6 +352,27 @@ def _last_backup_attributes(snap: DroneSnapshot) -> dict[str, Any]:
         "files": archive.get("nfiles"),
         "duration_s": archive.get("duration"),
         "archive_count": snap.archive_count,  # this drone's archives in the repository
+        "recent_archives": list(snap.recent_archives),  # newest first, a few
+    }
+
+
+def _last_drill_attributes(snap: DroneSnapshot) -> dict[str, Any]:
+    data = snap.last_drill_data or {}
+    return {
+        "archive": data.get("archive") or "",
+        "files": data.get("files_verified"),
+        "bytes": data.get("bytes_verified"),
+        "skipped_changed": data.get("skipped_changed"),
+        "mismatches": data.get("mismatch_count"),
+    }
+
+
+def _last_check_attributes(snap: DroneSnapshot) -> dict[str, Any]:
+    data = snap.last_check_data or {}
+    return {
+        "findings": data.get("finding_count"),
+        "verify_data": data.get("verify_data"),
+        "partial": data.get("partial"),
     }
 
 
@@ -399,6 +425,24 @@ DRONE_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
         attributes=_last_backup_attributes,
     ),
     _timestamp("last_prune", "last prune", "mdi:content-cut", lambda snap: snap.last_prune),
+    SensorDescription(
+        domain="sensor",
+        key="last_verified_restore",
+        label="last verified restore",
+        icon="mdi:file-check-outline",
+        device_class="timestamp",
+        value=lambda snap: iso_or_unknown(snap.last_drill),
+        attributes=_last_drill_attributes,
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="last_check",
+        label="last check",
+        icon="mdi:shield-check-outline",
+        device_class="timestamp",
+        value=lambda snap: iso_or_unknown(snap.last_check),
+        attributes=_last_check_attributes,
+    ),
     _timestamp("next_backup", "next backup", "mdi:calendar-clock", lambda snap: snap.next_backup),
     _repository_size("total_size", "total size"),
     _repository_size("compressed_size", "compressed size"),

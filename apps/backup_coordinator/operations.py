@@ -15,13 +15,13 @@ Adding an operation means adding a row here (and its counterpart in the agent's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from .config import DroneConfig
-from .model import DroneSettings, DroneState, Operation, SettingError, format_mib
+from .model import MIB, DroneSettings, DroneState, Operation, SettingError, format_mib
 from .store import DroneRecord
 
 JobFields = Callable[[DroneConfig, DroneSettings], dict[str, Any]]
@@ -81,32 +81,33 @@ def _prune_fields(_drone: DroneConfig, settings: DroneSettings) -> dict[str, Any
     return {"keep": settings.keep.as_job()}
 
 
-# check's options as the agent takes them (``check`` job field, agent 1.3.0 and later). Only
-# options other than borg's own defaults are sent, so a plain check still runs on older agents.
-# No setting chooses them yet.
-CHECK_VERIFY_DATA = False
-CHECK_MAX_DURATION: int | None = None  # seconds; borg then checks the repository's segments only
-
-
-def _check_fields(_drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
+def _check_fields(drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
+    """check's options (agent 1.3.0 and later), sent only when the drone sets one, so a plain
+    check still runs on older agents."""
     options: dict[str, Any] = {}
-    if CHECK_VERIFY_DATA:
+    if drone.check.verify_data:
         options["verify_data"] = True
-    if CHECK_MAX_DURATION is not None:
-        options["max_duration"] = CHECK_MAX_DURATION
+    if drone.check.max_duration is not None:
+        options["max_duration"] = drone.check.max_duration
     return {"check": options} if options else {}
 
 
 def _extract_fields(_drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
-    """The whole newest archive into a fresh directory under the drone's restore root; the
-    CLI's restore command names the archive, paths and destination (``build_job``'s extra)."""
+    """The whole newest archive into a fresh directory under the drone's restore root; a
+    restore request names the archive, paths and destination (``build_job``'s extra)."""
     return {"archive": "latest"}
 
 
-def _drill_fields(_drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
-    """A new sample each day (the seed is the UTC date), the agent's default budget and no
-    canaries yet."""
-    return {"drill": {"seed": drill_seed(datetime.now(UTC))}}
+def _drill_fields(drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
+    """A new sample each day (the seed is the UTC date), within the drone's budget."""
+    drill: dict[str, Any] = {
+        "seed": drill_seed(datetime.now(UTC)),
+        "size_budget": drone.drill.size_mib * MIB,
+        "max_files": drone.drill.max_files,
+    }
+    if drone.drill.canaries:
+        drill["canaries"] = list(drone.drill.canaries)
+    return {"drill": drill}
 
 
 def drill_seed(now: datetime) -> int:
@@ -121,12 +122,46 @@ def _fold_create(record: DroneRecord, data: Mapping[str, Any], now: datetime) ->
     record.last_backup = now
     if isinstance(data.get("archive"), dict):
         record.last_archive = dict(data["archive"])
+        name = record.last_archive.get("name")
+        if isinstance(name, str):
+            record.recent_archives = newest_archives([name, *record.recent_archives])
     if isinstance(data.get("repository"), dict):
         record.repository = repository_sizes(data["repository"])
 
 
-def _fold_prune(record: DroneRecord, _data: Mapping[str, Any], now: datetime) -> None:
+def _fold_prune(record: DroneRecord, data: Mapping[str, Any], now: datetime) -> None:
     record.last_prune = now
+    kept = data.get("kept")
+    if isinstance(kept, list):
+        record.recent_archives = newest_archives(name for name in kept if isinstance(name, str))
+
+
+RECENT_ARCHIVES = 10  # archive names a drone's record (and its last backup sensor) keeps
+
+
+def newest_archives(names: Iterable[str]) -> list[str]:
+    """The newest few names: archive names end in their UTC time, so they sort by age."""
+    return sorted(set(names), reverse=True)[:RECENT_ARCHIVES]
+
+
+def _fold_check(record: DroneRecord, data: Mapping[str, Any], now: datetime) -> None:
+    record.last_check = now
+    record.last_check_data = {
+        "finding_count": _count(data, "finding", "findings"),
+        "verify_data": bool(data.get("verify_data")),
+        "partial": bool(data.get("partial")),
+    }
+    record.failed_checks.pop("check", None)
+
+
+def _fold_drill(record: DroneRecord, data: Mapping[str, Any], now: datetime) -> None:
+    record.last_drill = now
+    record.last_drill_data = {
+        key: data.get(key)
+        for key in ("archive", "files_verified", "bytes_verified", "skipped_changed")
+    }
+    record.last_drill_data["mismatch_count"] = _count(data, "mismatch", "mismatches")
+    record.failed_checks.pop("drill", None)
 
 
 def _fold_stats(record: DroneRecord, data: Mapping[str, Any], now: datetime) -> None:
@@ -235,10 +270,10 @@ STEPS: Mapping[str, Step] = {
         ),
         Step("prune", DroneState.PRUNING, _prune_fields, _fold_prune, _prune_summary),
         Step("stats", DroneState.UPDATING_STATS, _no_fields, _fold_stats, _stats_summary),
-        Step("check", DroneState.CHECKING, _check_fields, _fold_nothing, _check_summary),
+        Step("check", DroneState.CHECKING, _check_fields, _fold_check, _check_summary),
         # extract's progress (bytes restored of a total) is not create's: not streamed as such
         Step("extract", DroneState.RESTORING, _extract_fields, _fold_nothing, _extract_summary),
-        Step("drill", DroneState.DRILLING, _drill_fields, _fold_nothing, _drill_summary),
+        Step("drill", DroneState.DRILLING, _drill_fields, _fold_drill, _drill_summary),
     )
 }
 
@@ -254,9 +289,13 @@ OPERATIONS: Mapping[Operation, OperationSpec] = {
             ("stats",),
             Button("update_stats", "update stats", "mdi:chart-box-outline"),
         ),
-        OperationSpec(Operation.CHECK, ("check",), None),
-        OperationSpec(Operation.EXTRACT, ("extract",), None),
-        OperationSpec(Operation.DRILL, ("drill",), None),
+        OperationSpec(Operation.CHECK, ("check",), Button("check", "check", "mdi:shield-search")),
+        OperationSpec(Operation.EXTRACT, ("extract",), None),  # a restore event asks for it
+        OperationSpec(
+            Operation.DRILL,
+            ("drill",),
+            Button("restore_drill", "restore drill", "mdi:file-restore-outline"),
+        ),
         OperationSpec(
             Operation.SCHEDULED,
             ("create", "prune", "stats"),

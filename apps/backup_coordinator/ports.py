@@ -20,6 +20,8 @@ EVENT_STARTED = "backup_coordinator_started"
 EVENT_FINISHED = "backup_coordinator_finished"
 EVENT_PROBLEM = "backup_coordinator_problem"
 EVENT_REQUEST = "backup_coordinator_request"
+# ...and the one it listens to: a restore asked for by a script or a dashboard button.
+EVENT_RESTORE = "backup_coordinator_restore"
 
 # Runs one agent session: (host, agent operation, job, a callback for each event) -> result.
 AgentRunner = Callable[

@@ -66,6 +66,14 @@ class DroneRecord:
     pending: list[str] = field(default_factory=list)  # queued requested operations, oldest first
     problem: str | None = None  # the reason of a raised problem
     first_seen: datetime | None = None  # when the coordinator first knew the drone
+    last_check: datetime | None = None  # end of the last check that found nothing
+    last_check_data: dict[str, Any] | None = None
+    last_drill: datetime | None = None  # end of the last restore drill that passed
+    last_drill_data: dict[str, Any] | None = None
+    recent_archives: list[str] = field(default_factory=list)  # newest first, a few
+    # check or drill -> {"message", "at"}: its last run found a problem (cleared when one passes)
+    failed_checks: dict[str, dict[str, str]] = field(default_factory=dict)
+    restore_request: dict[str, Any] | None = None  # archive, restore_paths, destination
 
 
 @dataclass
@@ -149,6 +157,13 @@ def encode_record(record: DroneRecord, redactor: Redactor | None = None) -> dict
         "pending": list(record.pending),
         "problem": scrub(record.problem),
         "first_seen": _encode_time(record.first_seen),
+        "last_check": _encode_time(record.last_check),
+        "last_check_data": scrub(record.last_check_data),
+        "last_drill": _encode_time(record.last_drill),
+        "last_drill_data": scrub(record.last_drill_data),
+        "recent_archives": scrub(list(record.recent_archives)),
+        "failed_checks": scrub(record.failed_checks),
+        "restore_request": scrub(record.restore_request),
     }
 
 
@@ -310,7 +325,35 @@ def decode_record(data: object, warnings: list[str] | None = None) -> DroneRecor
         pending=_decode_pending(data, warnings),
         problem=_field(data, "problem", _is_text, "text"),
         first_seen=_decode_time(data, "first_seen"),
+        last_check=_decode_time(data, "last_check"),
+        last_check_data=_field(data, "last_check_data", _is_object, "an object"),
+        last_drill=_decode_time(data, "last_drill"),
+        last_drill_data=_field(data, "last_drill_data", _is_object, "an object"),
+        recent_archives=_text_list(data, "recent_archives"),
+        failed_checks=_failed_checks(data),
+        restore_request=_field(data, "restore_request", _is_object, "an object"),
     )
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _text_list(data: Mapping[str, Any], key: str) -> list[str]:
+    value = _field(data, key, lambda v: isinstance(v, list), "a list") or []
+    if not all(isinstance(item, str) for item in value):
+        raise CorruptState(f"{key} must list names, got {value!r}")
+    return list(value)
+
+
+def _failed_checks(data: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    value = _field(data, "failed_checks", _is_object, "an object") or {}
+    for name, failure in value.items():
+        if not isinstance(failure, dict) or not all(
+            isinstance(failure.get(key), str) for key in ("message", "at")
+        ):
+            raise CorruptState(f"failed_checks.{name} needs message and at, got {failure!r}")
+    return {name: dict(failure) for name, failure in value.items()}
 
 
 def decode_copy_record(data: object) -> CopyRecord:

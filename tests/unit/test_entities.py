@@ -41,7 +41,7 @@ def ha_slug(name: str) -> str:
 
 def test_every_helper_name_slugs_to_its_entity_id() -> None:
     helpers = coordinator_helpers("backup") + drone_helpers("backup", "my_pc2", DroneSettings())
-    assert len(helpers) == 11
+    assert len(helpers) == 13  # the coordinator mode and 12 per drone
     for helper in helpers:
         assert ha_slug(helper.name) == helper.object_id, helper
 
@@ -244,13 +244,15 @@ def test_a_row_added_to_the_drone_tables_reaches_sensors_helpers_and_dashboard(
 
 
 def test_a_button_added_to_the_operation_registry_becomes_an_input_button() -> None:
-    check = OperationSpec(Operation.CHECK, ("check",), Button("check", "check", "mdi:check"))
-    specs = [spec for spec in OPERATIONS.values() if spec.operation is not Operation.CHECK]
-    buttons = button_descriptions([*specs, check])
+    restore = OperationSpec(
+        Operation.EXTRACT, ("extract",), Button("restore", "restore", "mdi:restore")
+    )
+    specs = [spec for spec in OPERATIONS.values() if spec.operation is not Operation.EXTRACT]
+    buttons = button_descriptions([*specs, restore])
     assert buttons[:-1] == button_descriptions(OPERATIONS.values())
     (helper,) = render_helpers(buttons[-1:], "backup", "nas", DroneSettings())
     assert (helper.entity_id, helper.name, helper.operation) == (
-        "input_button.backup_nas_check",
-        "Backup nas check",
-        Operation.CHECK,
+        "input_button.backup_nas_restore",
+        "Backup nas restore",
+        Operation.EXTRACT,
     )

@@ -2,7 +2,8 @@
 
 Entity ids, names, states and attributes are a contract: people's dashboards and automations,
 the e2e tests and the app's restart logic all depend on them. These expectations were taken from
-the catalogue as it was before it became a table of descriptions, and pin it down literally.
+the catalogue as it was before it became a table of descriptions, and pin it down literally
+(entities added since are added here as they are meant to look).
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ NAS_CARD = {
         {"entity": "sensor.backup_nas_state", "name": "State"},
         {"entity": "sensor.backup_nas_last_backup", "name": "Last backup"},
         {"entity": "sensor.backup_nas_last_prune", "name": "Last prune"},
+        {"entity": "sensor.backup_nas_last_verified_restore", "name": "Last verified restore"},
+        {"entity": "sensor.backup_nas_last_check", "name": "Last check"},
         {"entity": "sensor.backup_nas_next_backup", "name": "Next backup"},
         {"entity": "binary_sensor.backup_nas_problem", "name": "Problem"},
         {"entity": "sensor.backup_nas_last_error", "name": "Last error"},
@@ -169,6 +172,8 @@ NAS_CARD = {
         {"entity": "input_button.backup_nas_create", "name": "Create"},
         {"entity": "input_button.backup_nas_prune", "name": "Prune"},
         {"entity": "input_button.backup_nas_update_stats", "name": "Update stats"},
+        {"entity": "input_button.backup_nas_check", "name": "Check"},
+        {"entity": "input_button.backup_nas_restore_drill", "name": "Restore drill"},
         {"entity": "input_button.backup_nas_scheduled_backup", "name": "Scheduled backup"},
         {"type": "section", "label": "Retention"},
         {"entity": "input_text.backup_nas_keep_within", "name": "Keep within"},
@@ -215,6 +220,7 @@ EMPTY_NAS = [
             "files": None,
             "duration_s": None,
             "archive_count": None,
+            "recent_archives": [],
         },
     ),
     Publication(
@@ -224,6 +230,32 @@ EMPTY_NAS = [
             "friendly_name": "nas last prune",
             "icon": "mdi:content-cut",
             "device_class": "timestamp",
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_nas_last_verified_restore",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas last verified restore",
+            "icon": "mdi:file-check-outline",
+            "device_class": "timestamp",
+            "archive": "",
+            "files": None,
+            "bytes": None,
+            "skipped_changed": None,
+            "mismatches": None,
+        },
+    ),
+    Publication(
+        entity_id="sensor.backup_nas_last_check",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas last check",
+            "icon": "mdi:shield-check-outline",
+            "device_class": "timestamp",
+            "findings": None,
+            "verify_data": None,
+            "partial": None,
         },
     ),
     Publication(
@@ -327,6 +359,7 @@ BUSY_NAS = [
             "files": 1234,
             "duration_s": 61.5,
             "archive_count": 12,
+            "recent_archives": [],
         },
     ),
     Publication(
@@ -336,6 +369,32 @@ BUSY_NAS = [
             "friendly_name": "nas last prune",
             "icon": "mdi:content-cut",
             "device_class": "timestamp",
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_last_verified_restore",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas last verified restore",
+            "icon": "mdi:file-check-outline",
+            "device_class": "timestamp",
+            "archive": "",
+            "files": None,
+            "bytes": None,
+            "skipped_changed": None,
+            "mismatches": None,
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_last_check",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas last check",
+            "icon": "mdi:shield-check-outline",
+            "device_class": "timestamp",
+            "findings": None,
+            "verify_data": None,
+            "partial": None,
         },
     ),
     Publication(
@@ -510,6 +569,28 @@ MY_PC2_HELPERS = [
         drone="my_pc2",
         setting=None,
         operation=Operation.STATS,
+    ),
+    HelperSpec(
+        domain="input_button",
+        object_id="backup_my_pc2_check",
+        name="Backup my_pc2 check",
+        icon="mdi:shield-search",
+        create_fields={},
+        first_value=None,
+        drone="my_pc2",
+        setting=None,
+        operation=Operation.CHECK,
+    ),
+    HelperSpec(
+        domain="input_button",
+        object_id="backup_my_pc2_restore_drill",
+        name="Backup my_pc2 restore drill",
+        icon="mdi:file-restore-outline",
+        create_fields={},
+        first_value=None,
+        drone="my_pc2",
+        setting=None,
+        operation=Operation.DRILL,
     ),
     HelperSpec(
         domain="input_button",

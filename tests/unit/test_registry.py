@@ -161,9 +161,11 @@ def test_summary_joins_the_steps_in_the_order_they_ran() -> None:
     assert text.endswith("1 archives")
 
 
-def test_restores_and_drills_have_no_button_yet() -> None:
-    for operation in (Operation.EXTRACT, Operation.DRILL):
-        assert operations.spec_of(operation).button is None
+def test_a_restore_is_asked_for_with_an_event_and_a_drill_with_a_button() -> None:
+    assert operations.spec_of(Operation.EXTRACT).button is None  # it needs an archive and paths
+    drill = operations.spec_of(Operation.DRILL).button
+    assert drill is not None
+    assert drill.key == "restore_drill"
 
 
 def test_extract_is_an_agent_operation_but_no_step_of_a_sequence() -> None:
@@ -185,7 +187,9 @@ def test_a_drill_takes_a_new_sample_each_day(config: Config) -> None:
     assert operations.drill_seed(datetime(2026, 12, 3, 23, 59, tzinfo=UTC)) == 20261203
     job = build_job(config.drones[0], DroneSettings(), ("drill",))
     assert job["drill"]["seed"] == operations.drill_seed(datetime.now(UTC))
-    assert agent.validate_job("drill", job).drill.seed == job["drill"]["seed"]
+    validated = agent.validate_job("drill", job).drill
+    assert validated.seed == job["drill"]["seed"]
+    assert (validated.size_budget, validated.max_files) == (64 * 1024 * 1024, 100)
 
 
 def test_a_default_check_sends_no_options_an_older_agent_would_refuse(config: Config) -> None:
