@@ -142,7 +142,37 @@ async def first_round(ha: HomeAssistant, drones: list[LocalDrone], appdaemon: Ap
                 ok = False
                 continue
             ok &= await report_drone(client, drone.name)
+        ok &= await first_drills(client, drones)
         return ok and await first_offsite_copy(client)
+
+
+async def first_drills(client: HaClient, drones: list[LocalDrone]) -> bool:
+    """Presses each drone's "restore drill" (scheduled weekly, so a person starts the first):
+    a sample of the archive is restored and compared with the live files."""
+    ok = True
+    for drone in drones:
+        await client.call_service(
+            "input_button",
+            "press",
+            {"entity_id": f"input_button.backup_{drone.name}_restore_drill"},
+        )
+    for drone in drones:
+        try:
+            drill = await client.wait_for_state(
+                f"sensor.backup_{drone.name}_last_verified_restore",
+                lambda s: s["state"] not in ("unknown", "unavailable"),
+                FIRST_ROUND_TIMEOUT,
+            )
+        except TimeoutError as error:
+            say(f"{drone.name}: the restore drill did not pass: {error}")
+            ok = False
+            continue
+        attributes = drill["attributes"]
+        say(
+            f"{drone.name}: restore drill of {attributes.get('archive')} passed:"
+            f" {attributes.get('files')} files verified, {attributes.get('mismatches')} mismatches"
+        )
+    return ok
 
 
 async def first_offsite_copy(client: HaClient) -> bool:
@@ -236,6 +266,10 @@ Try:
   - press "Create backup" on a drone and watch its state and the coordinator's progress;
   - set "Keep within" to 7x: it is rejected and the drone's problem turns on; clear it again;
   - switch a drone's mode to manual or disabled, or lower its frequency;
+  - press "Restore drill" or "Check" on a drone; or restore a file: Developer tools > Events,
+    fire backup_coordinator_restore with
+    {{"drone": "laptop", "paths": ["{DEMO_ROOT / "drones" / "laptop" / "data" / "documents"}"]}}
+    and watch the notification say where the files are;
   - press "Sync now" on the vault card: the nas drone's agent copies both repositories to
     {OFFSITE_DESTINATION} with rclone, one at a time (its drone shows "offsite" meanwhile);
   - Developer tools > Events: listen to backup_coordinator_progress / _finished / _problem.
