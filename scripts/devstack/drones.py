@@ -4,6 +4,7 @@ loopback sshd whose key forces the real agent, plus the apps.yaml that points th
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sys
@@ -34,6 +35,10 @@ class LocalDrone:
         return self.root / f"{self.name}-repo"
 
     @property
+    def restore_root(self) -> Path:
+        return self.root / "restore"
+
+    @property
     def borg_base_dir(self) -> Path:
         return self.root / "borg-base"
 
@@ -49,13 +54,14 @@ def make_local_drone(root: Path, name: str, data_bytes: int = 64 * 1024) -> Loca
     drone_root = root / name
     drone_root.mkdir(parents=True)
     passphrase = secrets.token_urlsafe(16)
+    policy = write_policy(drone_root)
     drone = LocalDrone(
         name=name,
         root=drone_root,
         passphrase=passphrase,
         sshd=LoopbackDrone(
             drone_root / "ssh",
-            [sys.executable, str(AGENT_PATH), "serve"],
+            [sys.executable, str(AGENT_PATH), "serve", "--policy", str(policy)],
             env={"BORG_BASE_DIR": str(drone_root / "borg-base")},
         ),
     )
@@ -82,6 +88,24 @@ def offsite_target(
         "tool": "rclone",
         **settings,
     }
+
+
+def write_policy(drone_root: Path) -> Path:
+    """The host's policy: anything on this machine may be backed up and copied (the drones of
+    a test share it), and restores go into the drone's own folder, never the machine's
+    /var/lib/backup-drone/restore."""
+    policy = drone_root / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "repositories": ["/"],
+                "paths": ["/"],
+                "restore_root": str(drone_root / "restore"),
+                "offsite": {"repositories": ["/"], "destinations": ["/"]},
+            }
+        )
+    )
+    return policy
 
 
 def write_sample_data(folder: Path, data_bytes: int) -> None:
