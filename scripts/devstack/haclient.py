@@ -178,6 +178,10 @@ class HaClient:
         """HA's answer (the changed states). A 200 proves nothing: read the state back."""
         return await self._rest("POST", f"/api/services/{domain}/{service}", json=data or {})
 
+    async def fire_event(self, event_type: str, data: dict[str, Any]) -> None:
+        """Fires an event on HA's bus, as a script or automation would."""
+        await self._rest("POST", f"/api/events/{event_type}", json=data)
+
     async def wait_for_state(
         self,
         entity_id: str,

@@ -22,7 +22,7 @@ from devstack.borg import list_archives, run_borg
 from devstack.drones import LocalDrone, app_config, make_local_drone, offsite_target
 from devstack.haclient import HaClient
 from devstack.homeassistant import HomeAssistant
-from devstack.waiting import wait_until
+from devstack.waiting import async_wait_until, wait_until
 from tests.e2e.stack_support import (
     PROJECT_ROOT,
     AppDaemonFactory,
@@ -260,6 +260,78 @@ async def test_sync_now_copies_both_repositories_offsite_and_shows_it(
     assert "vault: offsite copy finished" in app.main_log()
 
 
+async def test_restore_drill_button_updates_the_last_verified_restore(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    await press(ha_client, "alpha", "restore_drill")
+    done = await finished.wait_for(
+        lambda e: e["data"]["drone"] == "alpha" and e["data"]["operation"] == "drill", TIMEOUT
+    )
+    assert done["data"]["ok"] is True, done["data"]
+    drill = await ha_client.wait_for_state(
+        "sensor.backup_alpha_last_verified_restore", lambda s: s["state"] != "unknown", TIMEOUT
+    )
+    assert drill["state"].endswith("+00:00")
+    assert int(drill["attributes"]["files"]) >= 1
+    assert str(drill["attributes"]["mismatches"]) == "0"
+    assert drill["attributes"]["archive"] == stack.drones["alpha"].archives()[-1]
+    assert (await state_of(ha_client, "binary_sensor.backup_alpha_problem"))["state"] == "off"
+    assert not list(stack.drones["alpha"].restore_root.glob("*")), "a drill leaves nothing"
+
+
+async def test_a_restore_event_puts_the_files_in_the_restore_folder_and_says_where(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    alpha = stack.drones["alpha"]
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    wanted = alpha.data_dir / "documents"
+    await ha_client.fire_event(
+        "backup_coordinator_restore", {"drone": "alpha", "paths": [str(wanted)]}
+    )
+    done = await finished.wait_for(
+        lambda e: e["data"]["drone"] == "alpha" and e["data"]["operation"] == "extract", TIMEOUT
+    )
+    assert done["data"]["ok"] is True, done["data"]
+    restored = done["data"]["results"]["extract"]
+    destination = Path(restored["destination"])
+    assert destination.parent == alpha.restore_root
+    assert destination.name == alpha.archives()[-1]
+    copy = destination / str(wanted).lstrip("/")
+    for original in sorted(wanted.iterdir()):
+        assert (copy / original.name).read_bytes() == original.read_bytes()
+    assert not (destination / str(alpha.data_dir).lstrip("/") / "photos").exists()
+    notification = await notification_of(ha_client, "backup_alpha_restore")
+    assert str(destination) in notification["message"]
+
+
+async def test_a_malformed_restore_event_is_refused_and_nothing_runs(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    requests = await ha_client.subscribe_events("backup_coordinator_request")
+    await ha_client.fire_event(
+        "backup_coordinator_restore", {"drone": "alpha", "paths": ["../../etc/shadow"]}
+    )
+    refused = await requests.wait_for(lambda e: e["data"]["operation"] == "extract", TIMEOUT)
+    assert refused["data"]["outcome"].startswith("rejected: paths must not contain '..'")
+    assert "restore requested: rejected" in app.main_log()
+
+
+async def test_the_check_button_runs_a_check(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    await press(ha_client, "beta", "check")
+    done = await finished.wait_for(
+        lambda e: e["data"]["drone"] == "beta" and e["data"]["operation"] == "check", TIMEOUT
+    )
+    assert done["data"]["ok"] is True, done["data"]
+    check = await ha_client.wait_for_state(
+        "sensor.backup_beta_last_check", lambda s: s["state"] != "unknown", TIMEOUT
+    )
+    assert str(check["attributes"]["findings"]) == "0"
+
+
 async def test_prune_removes_exactly_what_borgs_rules_remove(
     stack: Stack, app: AppDaemon, ha_client: HaClient
 ) -> None:
@@ -411,6 +483,16 @@ async def test_unreachable_drone_raises_a_problem_cleared_after_recovery(
     assert "backup_beta_problem" not in await notification_ids(ha_client)
 
 
+async def notification_of(client: HaClient, notification_id: str) -> dict[str, Any]:
+    """The persistent notification, once HA has it (the app sends it after the event)."""
+
+    async def current() -> dict[str, Any] | None:
+        notifications = await client.ws_command("persistent_notification/get")
+        return next((n for n in notifications if n["notification_id"] == notification_id), None)
+
+    return await async_wait_until(current, f"notification {notification_id}", TIMEOUT)
+
+
 async def notification_ids(client: HaClient) -> list[str]:
     return [n["notification_id"] for n in await client.ws_command("persistent_notification/get")]
 
@@ -499,3 +581,30 @@ async def test_appdaemon_restart_mid_backup_retries_it_and_leaves_no_lock(
         alpha.passphrase,
         alpha.borg_base_dir,
     )
+
+
+async def test_a_flipped_byte_in_a_segment_fails_the_drill_and_raises_the_problem(
+    stack: Stack, app: AppDaemon, ha_client: HaClient
+) -> None:
+    """Last: it damages alpha's repository for good."""
+    alpha = stack.drones["alpha"]
+    segments = sorted(
+        (p for p in (alpha.repository / "data").rglob("*") if p.name.isdigit()),
+        key=lambda p: p.stat().st_size,
+    )
+    biggest = segments[-1]  # holds the file contents the drill restores
+    content = bytearray(biggest.read_bytes())
+    for offset in range(4096, len(content) - 4096, 65536):  # a byte in every 64 KiB
+        content[offset] ^= 0xFF
+    biggest.write_bytes(bytes(content))
+    finished = await ha_client.subscribe_events("backup_coordinator_finished")
+    await select(ha_client, "alpha", "manual")
+    await press(ha_client, "alpha", "restore_drill")
+    done = await finished.wait_for(
+        lambda e: e["data"]["drone"] == "alpha" and e["data"]["operation"] == "drill", 2 * TIMEOUT
+    )
+    assert done["data"]["ok"] is False, done["data"]
+    problem = await ha_client.wait_for_state(
+        "binary_sensor.backup_alpha_problem", lambda s: s["state"] == "on", TIMEOUT
+    )
+    assert problem["attributes"]["reason"].startswith("restore drill failed: ")
