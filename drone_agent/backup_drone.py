@@ -2311,7 +2311,9 @@ def run_drill(runner: Runner) -> Outcome:
 
     directory = drill_directory(runner.restore_root)
     try:
-        patterns = [f"pf:{path}" for path in sample]
+        # pp: (a path and what is under it) rather than pf:, which borg 1.2 reports as
+        # "never matched" even when it matched
+        patterns = [f"pp:{path}" for path in sample]
         run = runner.run(extract_argv(runner.borg, runner.job, archive, patterns), cwd=directory)
         halted = runner.halted(run)
         if halted:

@@ -69,7 +69,7 @@ def test_hello(agent_python: str, repo: Repo) -> None:
     assert hello["protocols"] == [1, 2]
     assert hello["operation"] == "hello"
     assert hello["borg_version"] == "1.2.4"
-    assert hello["agent_version"] == "1.2.0"
+    assert hello["agent_version"] == "1.3.0"
     data = result.result["data"]
     assert set(data) == {
         "agent_version",
@@ -276,7 +276,13 @@ def test_check_of_a_healthy_repository(agent_python: str, repo: Repo) -> None:
     run_agent(agent_python, "create", repo.job(), repo.env())
     result = run_agent(agent_python, "check", repo.job(), repo.env())
     assert result.exit_code == 0, result.events
-    assert result.result["data"] == {"findings": [], "finding_count": 0, "repository_ok": True}
+    assert result.result["data"] == {
+        "findings": [],
+        "finding_count": 0,
+        "repository_ok": True,
+        "verify_data": False,
+        "partial": False,
+    }
 
 
 def test_check_reports_a_damaged_repository(agent_python: str, repo: Repo) -> None:
@@ -301,7 +307,7 @@ def test_human_mode_prints_a_readable_summary(repo: Repo, tmp_path: Path) -> Non
     completed = run_by_hand("create", "--job", str(job_file), env=repo.env())
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
-    assert lines[0].startswith("backup-drone 1.2.0 on ")
+    assert lines[0].startswith("backup-drone 1.3.0 on ")
     assert any(line.startswith("archive drone-") and " files, " in line for line in lines)
     assert lines[-1].startswith("create finished in ")
     assert repo.passphrase not in completed.stdout + completed.stderr
