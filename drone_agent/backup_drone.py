@@ -2346,7 +2346,7 @@ def drill_summary(data: Dict[str, Any]) -> List[str]:
 
 def progress_text(event: Dict[str, Any]) -> str:
     """One progress event as a person reads it."""
-    if event["operation"] == "extract":
+    if event.get("operation") == "extract":
         return (
             f"{human_size(event['current'])} of {human_size(event['total'])} restored  "
             f"{printable(event['path'])}"

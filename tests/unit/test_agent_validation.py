@@ -212,7 +212,7 @@ def test_passphrase_is_never_repeated_in_a_rejection() -> None:
 
 
 def test_unknown_fields_are_rejected() -> None:
-    assert rejected_field("create", job(destination="/tmp")) == "destination"
+    assert rejected_field("create", job(target="/tmp")) == "target"
 
 
 def test_protocol_is_required() -> None:
