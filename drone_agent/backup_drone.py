@@ -1985,6 +1985,7 @@ DEFAULT_RESTORE_ROOT = "/var/lib/backup-drone/restore"
 USER_RESTORE_ROOT = os.path.join("~", ".local", "share", "backup-drone", "restore")
 DESTINATION_SUFFIXES = 1000  # <archive>, <archive>.1, ... tried for a fresh destination
 HASH_BLOCK = 1024 * 1024
+DRILL_LOGGED_MISMATCHES = 20  # log lines for the first mismatches (the result counts them all)
 
 
 def policy_restore(raw: Dict[str, Any]) -> Tuple[Optional[str], bool]:
@@ -2305,6 +2306,8 @@ def run_drill(runner: Runner) -> Outcome:
     canaries = ["/".join(path_components(canary)) for canary in spec.canaries]
     sample = sorted(set(drill_sample(files, spec)) | {path for path in canaries if path in files})
     tally = DrillTally(archive, ["/" + path for path in canaries if path not in files])
+    for canary in tally.missing_canaries:
+        report_drill_problem(runner.session, "DrillCanaryMissing", f"{canary} is not archived")
     if not sample:
         return tally.outcome()
     import shutil  # drills only
@@ -2319,11 +2322,18 @@ def run_drill(runner: Runner) -> Outcome:
         if halted:
             return halted
         for path in sample:
-            restored = os.path.join(directory, path)
-            tally.add(path, compare_with_live(restored, "/" + path), files[path])
+            verdict = compare_with_live(os.path.join(directory, path), "/" + path)
+            tally.add(path, verdict, files[path])
+            if verdict == "mismatch" and tally.mismatches.count <= DRILL_LOGGED_MISMATCHES:
+                report_drill_problem(runner.session, "DrillMismatch", f"/{path} differs")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return tally.outcome()
+
+
+def report_drill_problem(session: Session, msgid: str, message: str) -> None:
+    """A log line naming what the drill found, as borg's errors are named."""
+    session.handle_record(log_record("ERROR", msgid, message))
 
 
 def extract_summary(data: Dict[str, Any]) -> List[str]:

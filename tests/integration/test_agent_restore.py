@@ -324,6 +324,8 @@ def test_a_live_file_that_differs_with_the_same_size_and_mtime_is_a_mismatch(
     assert "1 restored file(s)" in result.error["message"]
     data = result.result["data"]
     assert data["mismatches"] == [str(target).lstrip("/")]
+    logged = [(e["level"], e["msgid"], e["message"]) for e in result.of_type("log")]
+    assert ("error", "DrillMismatch", f"{target} differs") in logged
     assert (data["mismatch_count"], data["files_verified"]) == (1, 2)
     assert list(host.root.iterdir()) == []
 
