@@ -31,7 +31,7 @@ from . import operations, transport
 from .config import Config, ConfigError, DroneConfig, load_config_file
 from .dashboard import dashboard
 from .entities import iso_or_unknown
-from .jobs import agent_operation, build_job
+from .jobs import agent_operation, build_job, list_job
 from .model import Operation, SettingError, format_mib
 from .protocol import (
     AgentEvent,
@@ -307,7 +307,10 @@ async def _run_step(
 ) -> Result | None:
     """Runs one agent operation; on failure prints why (to ``errors``) and returns None."""
     try:
-        job = build_job(drone, drone.settings, (step,), extra=extra)
+        if step == "list":
+            job = list_job(drone)
+        else:
+            job = build_job(drone, drone.settings, (step,), extra=extra)
         async with asyncio.timeout(config.max_runtime_minutes * 60):
             return await transport.run_agent(drone.ssh, step, job, on_event, config.limits)
     except TimeoutError:

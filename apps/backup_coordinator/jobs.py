@@ -54,6 +54,12 @@ def hello_job() -> dict[str, Any]:
     return {"protocol": PROTOCOL_VERSION}
 
 
+def list_job(drone: DroneConfig) -> dict[str, Any]:
+    """The job of the agent's ``list`` (the drone's archives; no step of the registry: it
+    changes nothing a drone shows or records)."""
+    return _repository_fields(drone)
+
+
 def _repository_fields(drone: DroneConfig) -> dict[str, Any]:
     job: dict[str, Any] = {
         "protocol": PROTOCOL_VERSION,
