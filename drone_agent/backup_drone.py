@@ -1999,12 +1999,13 @@ def policy_restore(raw: Dict[str, Any]) -> Tuple[Optional[str], bool]:
 
 def restore_root(policy: Policy) -> str:
     """The policy's restore root, else DEFAULT_RESTORE_ROOT when this user may create or write
-    it, else USER_RESTORE_ROOT in this user's home."""
+    it, else USER_RESTORE_ROOT in this user's home; "" when there is none (no home)."""
     if policy.restore_root is not None:
         return policy.restore_root
     if may_write_at(DEFAULT_RESTORE_ROOT):
         return DEFAULT_RESTORE_ROOT
-    return os.path.expanduser(USER_RESTORE_ROOT)
+    root = os.path.expanduser(USER_RESTORE_ROOT)
+    return root if os.path.isabs(root) else ""
 
 
 def may_write_at(path: str) -> bool:
@@ -2029,6 +2030,8 @@ def check_policy_restore(policy: Policy, operation: str, job: Job) -> None:
         raise Rejected("destination", "must be a directory")
     if policy.restore_anywhere:
         return
+    if not restore_root(policy):
+        raise Rejected("destination", "this host has no restore root (set restore_root)")
     root = path_components(os.path.realpath(restore_root(policy)))
     inside = path_components(destination)
     if len(inside) <= len(root) or not is_under(inside, root):
@@ -2112,6 +2115,8 @@ def resolve_archive(runner: Runner) -> Tuple[Optional[str], Optional[Outcome]]:
 
 def fresh_destination(root: str, archive: str) -> str:
     """A new directory ``ROOT/ARCHIVE`` (``ARCHIVE.1``, ``.2``, ... when taken), mode 0700."""
+    if not root:
+        raise OSError("this host has no restore root (set restore_root in the policy)")
     os.makedirs(root, mode=0o700, exist_ok=True)
     for index in range(DESTINATION_SUFFIXES):
         candidate = os.path.join(root, archive if index == 0 else f"{archive}.{index}")

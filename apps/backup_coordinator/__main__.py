@@ -242,7 +242,7 @@ async def run(drone: DroneConfig, operation: Operation, out: TextIO, config: Con
         print(("\n" if terminal else "") + text, file=out, flush=True)
 
     async def show(event: AgentEvent) -> None:
-        if isinstance(event, Progress):
+        if isinstance(event, Progress) and _streams_progress(event.operation):
             line = (
                 f"{event.nfiles} files, {format_mib(event.original_size)} read,"
                 f" {format_mib(event.deduplicated_size)} new"
@@ -394,6 +394,12 @@ async def drill(drone: DroneConfig, out: TextIO, errors: TextIO, config: Config)
         return EXIT_FAILED
     print(remote(drone, _describe(result)), file=out)
     return EXIT_OK
+
+
+def _streams_progress(step: str) -> bool:
+    """Whether the step's progress lines carry create's figures (files, bytes read, new)."""
+    known = operations.STEPS.get(step)
+    return known is not None and known.streams_progress
 
 
 def _describe(outcome: Outcome) -> str:

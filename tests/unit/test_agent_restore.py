@@ -235,3 +235,22 @@ def test_a_fresh_destination_never_reuses_a_directory(tmp_path: Path) -> None:
     second = agent.fresh_destination(str(tmp_path / "root"), "nas-1")
     assert (first, second) == (str(tmp_path / "root" / "nas-1"), str(tmp_path / "root" / "nas-1.1"))
     assert (tmp_path / "root").stat().st_mode & 0o777 == 0o700
+
+
+def test_without_a_home_there_is_no_restore_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent, "may_write_at", lambda path: False)
+    monkeypatch.setattr(agent.os.path, "expanduser", lambda path: path)
+    assert agent.restore_root(agent.Policy()) == ""
+    with pytest.raises(agent.Rejected, match="no restore root"):
+        agent.check_policy(
+            agent.Policy(), "extract", job(archive="latest", destination=str(tmp_path))
+        )
+    with pytest.raises(OSError, match="no restore root"):
+        agent.fresh_destination("", "nas-1")
+
+
+def test_extract_progress_by_hand() -> None:
+    event = {"operation": "extract", "current": 1500, "total": 3_000_000, "path": "a\x1b[2J"}
+    assert agent.progress_text(event) == "1.50 kB of 3.00 MB restored  a\\x1b[2J"
