@@ -2260,11 +2260,15 @@ class DrillTally:
 
     def __init__(self, archive: str, missing_canaries: List[str]) -> None:
         self.archive = archive
+        listed = BoundedList(RESULT_LIST_BUDGET)
+        for canary in missing_canaries:
+            listed.add(canary)
         self.files_verified = 0
         self.bytes_verified = 0
         self.skipped_changed = 0
         self.mismatches = BoundedList(RESULT_LIST_BUDGET)
-        self.missing_canaries = missing_canaries
+        self.missing_canaries = listed.items  # within the budget, like every result list
+        self.missing_canary_count = listed.count
 
     def add(self, path: str, verdict: str, size: int) -> None:
         if verdict == "verified":
@@ -2288,8 +2292,8 @@ class DrillTally:
         if self.mismatches.count:
             message = f"{self.mismatches.count} restored file(s) differ from the live files"
             return Outcome(data, ok=False, error={"msgid": "DrillMismatch", "message": message})
-        if self.missing_canaries:
-            message = f"{len(self.missing_canaries)} canary file(s) are not in the archive"
+        if self.missing_canary_count:
+            message = f"{self.missing_canary_count} canary file(s) are not in the archive"
             return Outcome(
                 data, ok=False, error={"msgid": "DrillCanaryMissing", "message": message}
             )

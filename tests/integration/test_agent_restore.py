@@ -6,18 +6,21 @@ that names the restore root."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devstack.borg import create_archive, run_borg
+from devstack.borg import AGENT_PATH, create_archive, run_borg
 from devstack.waiting import wait_until
 from tests.integration.agent_support import (
     SYSTEM_PYTHON,
@@ -499,3 +502,25 @@ def test_coordinator_gone_mid_extract_stops_borg_and_reports_a_partial_restore(
     assert data["partial"] is True
     assert data["destination"] == str(host.root / "drone-2026-01-01T00:00:00")
     assert lock_is_free(host.repo)
+
+
+def test_a_restore_by_hand_on_the_host(host: RestoreHost) -> None:
+    """What a person runs on the drone: the agent's extract command with a job file."""
+    archive = host.backup(sys.executable)
+    job_file = host.workdir / "restore.json"
+    wanted = str(host.repo.data / "sub").lstrip("/")
+    job_file.write_text(json.dumps(host.repo.job(archive="latest", restore_paths=[wanted])))
+    by_hand = ["extract", "--job", str(job_file), "--policy", str(host.policy)]
+    done = subprocess.run(
+        [sys.executable, str(AGENT_PATH), *by_hand],
+        capture_output=True,
+        text=True,
+        env=host.repo.env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    destination = host.root / archive
+    assert f"restored {archive} into {destination}: 2 files" in done.stdout
+    restored = inside(destination, host.repo.data) / "sub"
+    assert tree(restored) == tree(host.repo.data / "sub")
