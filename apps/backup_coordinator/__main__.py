@@ -3,6 +3,10 @@
 PYTHONPATH=apps python -m backup_coordinator --config apps.yaml doctor [DRONE ...]
 PYTHONPATH=apps python -m backup_coordinator --config apps.yaml status
 PYTHONPATH=apps python -m backup_coordinator --config apps.yaml run DRONE OPERATION
+PYTHONPATH=apps python -m backup_coordinator --config apps.yaml archives DRONE
+PYTHONPATH=apps python -m backup_coordinator --config apps.yaml restore DRONE ARCHIVE [PATH ...]
+    [--to DIR]
+PYTHONPATH=apps python -m backup_coordinator --config apps.yaml drill DRONE
 PYTHONPATH=apps python -m backup_coordinator --config apps.yaml dashboard [--json]
 
 Text that comes from a drone (borg's and the agent's messages, file and archive names, errors
@@ -16,9 +20,10 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import yaml
 
@@ -26,7 +31,7 @@ from . import operations, transport
 from .config import Config, ConfigError, DroneConfig, load_config_file
 from .dashboard import dashboard
 from .entities import iso_or_unknown
-from .jobs import agent_operation, build_job
+from .jobs import agent_operation, build_job, list_job
 from .model import Operation, SettingError, format_mib
 from .protocol import (
     AgentEvent,
@@ -34,6 +39,7 @@ from .protocol import (
     OperationFailed,
     Outcome,
     Progress,
+    Result,
     StepResult,
     redact,
 )
@@ -78,12 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(doctor(config, args.drones, sys.stdout))
     if args.command == "status":
         return status(config, sys.stdout)
-    if args.command == "run":
+    if args.command in DRONE_COMMANDS:
         drone = config.drone(args.drone)
         if drone is None:
             print(f"unknown or misconfigured drone {args.drone!r}", file=sys.stderr)
             return EXIT_USAGE
-        return asyncio.run(run(drone, Operation(args.operation), sys.stdout, config))
+        return asyncio.run(_drone_command(args, drone, config))
     document = dashboard(config, args.title)
     print(
         json.dumps(document, indent=2) if args.json else yaml.safe_dump(document, sort_keys=False)
@@ -102,6 +108,25 @@ def _parser() -> argparse.ArgumentParser:
     run_parser = commands.add_parser("run", help="run one operation now, with live progress")
     run_parser.add_argument("drone")
     run_parser.add_argument("operation", choices=[op.value for op in Operation])
+    archives_parser = commands.add_parser("archives", help="the drone's archives, newest first")
+    archives_parser.add_argument("drone")
+    restore_parser = commands.add_parser(
+        "restore", help="restore an archive (or some of its paths) on the drone"
+    )
+    restore_parser.add_argument("drone")
+    restore_parser.add_argument("archive", help="an archive name from `archives`, or latest")
+    restore_parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="paths inside the archive (default: all of it)"
+    )
+    restore_parser.add_argument(
+        "--to",
+        metavar="DIR",
+        help="absolute directory on the drone (default: a new one under its restore root)",
+    )
+    drill_parser = commands.add_parser(
+        "drill", help="restore a sample of the latest archive and compare it with the live files"
+    )
+    drill_parser.add_argument("drone")
     dashboard_parser = commands.add_parser("dashboard", help="print a Lovelace dashboard")
     dashboard_parser.add_argument("--title", default="Backups")
     dashboard_parser.add_argument("--json", action="store_true", help="JSON instead of YAML")
@@ -217,7 +242,7 @@ async def run(drone: DroneConfig, operation: Operation, out: TextIO, config: Con
         print(("\n" if terminal else "") + text, file=out, flush=True)
 
     async def show(event: AgentEvent) -> None:
-        if isinstance(event, Progress):
+        if isinstance(event, Progress) and _streams_progress(event.operation):
             line = (
                 f"{event.nfiles} files, {format_mib(event.original_size)} read,"
                 f" {format_mib(event.deduplicated_size)} new"
@@ -252,6 +277,129 @@ async def run(drone: DroneConfig, operation: Operation, out: TextIO, config: Con
     if len(steps) == 1:  # a single operation's result is its step's result
         show_line(remote(drone, _describe(result)))
     return EXIT_OK
+
+
+# --- archives, restore, drill --------------------------------------------------------------------
+
+DRONE_COMMANDS = ("run", "archives", "restore", "drill")
+# Progress of a restore printed on a plain (non-terminal) stderr at most this often.
+RESTORE_PROGRESS_SECONDS = 1.0
+
+
+async def _drone_command(args: argparse.Namespace, drone: DroneConfig, config: Config) -> int:
+    if args.command == "run":
+        return await run(drone, Operation(args.operation), sys.stdout, config)
+    if args.command == "archives":
+        return await archives(drone, sys.stdout, sys.stderr, config)
+    if args.command == "restore":
+        request = restore_request(args.archive, args.paths, args.to)
+        return await restore(drone, request, sys.stdout, sys.stderr, config)
+    return await drill(drone, sys.stdout, sys.stderr, config)
+
+
+async def _run_step(
+    drone: DroneConfig,
+    step: str,
+    errors: TextIO,
+    config: Config,
+    extra: Mapping[str, Any] | None = None,
+    on_event: transport.EventHandler | None = None,
+) -> Result | None:
+    """Runs one agent operation; on failure prints why (to ``errors``) and returns None."""
+    try:
+        if step == "list":
+            job = list_job(drone)
+        else:
+            job = build_job(drone, drone.settings, (step,), extra=extra)
+        async with asyncio.timeout(config.max_runtime_minutes * 60):
+            return await transport.run_agent(drone.ssh, step, job, on_event, config.limits)
+    except TimeoutError:
+        message = f"ran longer than {config.max_runtime_minutes:g} min and was stopped"
+    except (OperationFailed, SettingError) as error:
+        message = remote(drone, str(error))
+    print(f"{drone.name}: {step} failed: {message}", file=errors, flush=True)
+    return None
+
+
+async def archives(drone: DroneConfig, out: TextIO, errors: TextIO, config: Config) -> int:
+    """The archive names of the drone's prefix, newest first."""
+    result = await _run_step(drone, "list", errors, config)
+    if result is None:
+        return EXIT_FAILED
+    listed = [a for a in result.data.get("archives") or [] if isinstance(a, dict)]
+    for archive in reversed(listed):
+        print(remote(drone, str(archive.get("name", ""))), file=out)
+    older = operations.count_beyond(result.data, "archive", "archives")
+    if older:
+        print(f"... and {older} older archive(s), not listed", file=errors)
+    return EXIT_OK
+
+
+def restore_request(archive: str, paths: Sequence[str], to: str | None) -> dict[str, Any]:
+    """What the restore command adds to the drone's extract job."""
+    request: dict[str, Any] = {"archive": archive}
+    if paths:
+        request["restore_paths"] = list(paths)
+    if to is not None:
+        request["destination"] = to
+    return request
+
+
+async def restore(
+    drone: DroneConfig, request: Mapping[str, Any], out: TextIO, errors: TextIO, config: Config
+) -> int:
+    """Restores on the drone with progress on ``errors``; prints the destination on ``out``."""
+    terminal = errors.isatty()
+    last_shown = [0.0]
+
+    async def show(event: AgentEvent) -> None:
+        if isinstance(event, Progress):
+            now = time.monotonic()
+            if terminal or now - last_shown[0] >= RESTORE_PROGRESS_SECONDS:
+                last_shown[0] = now
+                line = f"restoring {remote(drone, event.path)}"
+                print(
+                    f"\r\033[K{line}" if terminal else line,
+                    end="" if terminal else "\n",
+                    file=errors,
+                    flush=True,
+                )
+        elif isinstance(event, LogLine):
+            print(
+                ("\n" if terminal else "") + remote(drone, f"{event.level}: {event.message}"),
+                file=errors,
+                flush=True,
+            )
+
+    print(f"{drone.name}: restoring {remote(drone, str(request['archive']))} ...", file=errors)
+    result = await _run_step(drone, "extract", errors, config, request, show)
+    if terminal:
+        print(file=errors)
+    if result is None:
+        return EXIT_FAILED
+    print(remote(drone, _describe(result)), file=errors)
+    print(remote(drone, str(result.data.get("destination", ""))), file=out)
+    return EXIT_OK
+
+
+async def drill(drone: DroneConfig, out: TextIO, errors: TextIO, config: Config) -> int:
+    """A restore drill on the drone: the verified, skipped and mismatching counts."""
+
+    async def show(event: AgentEvent) -> None:
+        if isinstance(event, LogLine):
+            print(remote(drone, f"{event.level}: {event.message}"), file=errors, flush=True)
+
+    result = await _run_step(drone, "drill", errors, config, on_event=show)
+    if result is None:
+        return EXIT_FAILED
+    print(remote(drone, _describe(result)), file=out)
+    return EXIT_OK
+
+
+def _streams_progress(step: str) -> bool:
+    """Whether the step's progress lines carry create's figures (files, bytes read, new)."""
+    known = operations.STEPS.get(step)
+    return known is not None and known.streams_progress
 
 
 def _describe(outcome: Outcome) -> str:

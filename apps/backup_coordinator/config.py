@@ -155,6 +155,8 @@ DEFAULT_INACTIVITY_MINUTES = {
     "prune": 180,
     "stats": 60,
     "check": 720,
+    "extract": 60,  # borg extract --progress reports as it writes, but a listing comes first
+    "drill": 60,  # lists, restores a sample and compares it, all without progress
     "offsite": 60,  # rclone and rsync report progress every second while they copy
 }
 # The agent refuses a job line longer than this (drone_agent's JOB_LINE_LIMIT); what Home

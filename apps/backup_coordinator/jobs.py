@@ -9,6 +9,7 @@ the fields it uses (its ``job_fields`` in the registry).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .config import DroneConfig
@@ -26,9 +27,17 @@ def agent_operation(steps: tuple[str, ...]) -> str:
 
 
 def build_job(
-    drone: DroneConfig, settings: DroneSettings, steps: tuple[str, ...]
+    drone: DroneConfig,
+    settings: DroneSettings,
+    steps: tuple[str, ...],
+    *,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The job that runs ``steps`` on ``drone``; raises SettingError when a setting forbids it."""
+    """The job that runs ``steps`` on ``drone``; raises SettingError when a setting forbids it.
+
+    ``extra`` holds what one request adds beyond the drone's configuration (a restore's archive,
+    paths and destination); it wins over the steps' fields and the agent validates it like any.
+    """
     agent_operation(steps)  # rejects an empty session
     job = _repository_fields(drone)
     for name in steps:
@@ -36,6 +45,7 @@ def build_job(
         if step is None:
             raise ValueError(f"no job for agent operation {name!r}")
         job.update(step.job_fields(drone, settings))
+    job.update(extra or {})
     if len(steps) > 1:
         job["steps"] = list(steps)
     return job
@@ -60,6 +70,12 @@ def build_copy_job(target: OffsiteTargetConfig, repository: OffsiteRepository) -
 
 def hello_job() -> dict[str, Any]:
     return {"protocol": PROTOCOL_VERSION}
+
+
+def list_job(drone: DroneConfig) -> dict[str, Any]:
+    """The job of the agent's ``list`` (the drone's archives; no step of the registry: it
+    changes nothing a drone shows or records)."""
+    return _repository_fields(drone)
 
 
 def _repository_fields(drone: DroneConfig) -> dict[str, Any]:

@@ -20,6 +20,8 @@ class Operation(StrEnum):
     PRUNE = "prune"
     STATS = "stats"
     CHECK = "check"
+    EXTRACT = "extract"  # a restore (the CLI's restore command)
+    DRILL = "drill"  # a sampled restore compared with the live files
     SCHEDULED = "scheduled"  # create, then prune, then stats
 
 
@@ -48,6 +50,8 @@ class DroneState(StrEnum):
     PRUNING = "pruning"
     UPDATING_STATS = "updating_stats"
     CHECKING = "checking"
+    RESTORING = "restoring"
+    DRILLING = "drilling"
     OFFSITE = "offsite"
     ERROR = "error"
     UNREACHABLE = "unreachable"

@@ -2,7 +2,8 @@
 
 Two levels, as on the wire:
 
-- a **step** is one agent operation (``create``, ``prune``, ``stats``, ``check``): the state a
+- a **step** is one agent operation (``create``, ``prune``, ``stats``, ``check``, ``extract``,
+  ``drill``): the state a
   drone shows while it runs, the job fields it needs beyond the repository's, how its result
   folds into the drone's record, and how it is summarised for people;
 - an **operation** is what a person or the schedule asks for: its steps, in order, and the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .config import DroneConfig
@@ -80,6 +81,39 @@ def _prune_fields(_drone: DroneConfig, settings: DroneSettings) -> dict[str, Any
     return {"keep": settings.keep.as_job()}
 
 
+# check's options as the agent takes them (``check`` job field, agent 1.3.0 and later). Only
+# options other than borg's own defaults are sent, so a plain check still runs on older agents.
+# No setting chooses them yet.
+CHECK_VERIFY_DATA = False
+CHECK_MAX_DURATION: int | None = None  # seconds; borg then checks the repository's segments only
+
+
+def _check_fields(_drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if CHECK_VERIFY_DATA:
+        options["verify_data"] = True
+    if CHECK_MAX_DURATION is not None:
+        options["max_duration"] = CHECK_MAX_DURATION
+    return {"check": options} if options else {}
+
+
+def _extract_fields(_drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
+    """The whole newest archive into a fresh directory under the drone's restore root; the
+    CLI's restore command names the archive, paths and destination (``build_job``'s extra)."""
+    return {"archive": "latest"}
+
+
+def _drill_fields(_drone: DroneConfig, _settings: DroneSettings) -> dict[str, Any]:
+    """A new sample each day (the seed is the UTC date), the agent's default budget and no
+    canaries yet."""
+    return {"drill": {"seed": drill_seed(datetime.now(UTC))}}
+
+
+def drill_seed(now: datetime) -> int:
+    """``YYYYMMDD`` of the UTC day: one sample per day, the same all that day."""
+    return int(now.astimezone(UTC).strftime("%Y%m%d"))
+
+
 # --- folding results into the record ----------------------------------------------------------
 
 
@@ -139,12 +173,18 @@ def _prune_summary(data: Mapping[str, Any]) -> str:
     return f"pruned {_count(data, 'pruned')}, kept {_count(data, 'kept')}"
 
 
-def _count(data: Mapping[str, Any], key: str) -> int:
-    """The agent's ``<key>_count`` (its lists may be cut short), else the list's length."""
+def _count(data: Mapping[str, Any], key: str, listed: str | None = None) -> int:
+    """The agent's ``<key>_count`` (its lists may be cut short), else the length of its list
+    (``listed``, by default ``key``)."""
     count = data.get(f"{key}_count")
     if isinstance(count, int) and not isinstance(count, bool):
         return count
-    return len(data.get(key) or [])
+    return len(data.get(listed or key) or [])
+
+
+def count_beyond(data: Mapping[str, Any], key: str, listed: str) -> int:
+    """How many the agent counted beyond the list it sent (``<key>_count`` vs ``listed``)."""
+    return max(0, _count(data, key, listed) - len(data.get(listed) or []))
 
 
 def _stats_summary(data: Mapping[str, Any]) -> str:
@@ -156,7 +196,28 @@ def _stats_summary(data: Mapping[str, Any]) -> str:
 
 def _check_summary(data: Mapping[str, Any]) -> str:
     findings = data.get("findings") or []
-    return "repository OK" if not findings else f"{len(findings)} finding(s)"
+    how = " (data verified)" if data.get("verify_data") else ""
+    partial = " (partial: time limit reached)" if data.get("partial") else ""
+    text = "repository OK" if not findings else f"{_count(data, 'finding', 'findings')} finding(s)"
+    return text + how + partial
+
+
+def _extract_summary(data: Mapping[str, Any]) -> str:
+    partial = " (partial)" if data.get("partial") else ""
+    return (
+        f"restored {data.get('archive', '?')} into {data.get('destination', '?')}{partial}:"
+        f" {data.get('files', '?')} files, {format_mib(data.get('bytes'))}"
+    )
+
+
+def _drill_summary(data: Mapping[str, Any]) -> str:
+    missing = data.get("missing_canaries") or []
+    return (
+        f"drill of {data.get('archive', '?')}: {data.get('files_verified', '?')} verified"
+        f" ({format_mib(data.get('bytes_verified'))}), {data.get('skipped_changed', '?')}"
+        f" skipped (changed since), {_count(data, 'mismatch', 'mismatches')} mismatch(es)"
+        + (f", {len(missing)} canary file(s) missing" if missing else "")
+    )
 
 
 # --- the tables -------------------------------------------------------------------------------
@@ -174,7 +235,10 @@ STEPS: Mapping[str, Step] = {
         ),
         Step("prune", DroneState.PRUNING, _prune_fields, _fold_prune, _prune_summary),
         Step("stats", DroneState.UPDATING_STATS, _no_fields, _fold_stats, _stats_summary),
-        Step("check", DroneState.CHECKING, _no_fields, _fold_nothing, _check_summary),
+        Step("check", DroneState.CHECKING, _check_fields, _fold_nothing, _check_summary),
+        # extract's progress (bytes restored of a total) is not create's: not streamed as such
+        Step("extract", DroneState.RESTORING, _extract_fields, _fold_nothing, _extract_summary),
+        Step("drill", DroneState.DRILLING, _drill_fields, _fold_nothing, _drill_summary),
     )
 }
 
@@ -191,6 +255,8 @@ OPERATIONS: Mapping[Operation, OperationSpec] = {
             Button("update_stats", "update stats", "mdi:chart-box-outline"),
         ),
         OperationSpec(Operation.CHECK, ("check",), None),
+        OperationSpec(Operation.EXTRACT, ("extract",), None),
+        OperationSpec(Operation.DRILL, ("drill",), None),
         OperationSpec(
             Operation.SCHEDULED,
             ("create", "prune", "stats"),

@@ -23,6 +23,7 @@ from backup_coordinator.protocol import (
     FailureKind,
     LogLine,
     OperationFailed,
+    Progress,
     Result,
     StepResult,
 )
@@ -127,3 +128,95 @@ def test_status_prints_a_recorded_error_escaped(tmp_path: Path) -> None:
     assert cli.status(config, out) == cli.EXIT_OK
     assert "\x1b" not in out.getvalue()
     assert "borg: \\x1b[2Jboom" in out.getvalue()
+
+
+def answering(operation: str, data: Mapping[str, Any], events: list[AgentEvent]) -> Runner:
+    """A drone whose agent sends ``events`` and then the result ``data`` of ``operation``;
+    the job it was given is kept in ``jobs``."""
+
+    async def run_agent(
+        target: SshTarget,
+        word: str,
+        job: Mapping[str, Any],
+        on_event: Callable[[AgentEvent], Awaitable[None]] | None,
+        limits: object = None,
+    ) -> Result:
+        assert word == operation
+        jobs.append(dict(job))
+        for event in events:
+            assert on_event is not None
+            await on_event(event)
+        return Result(operation, ok=True, rc=0, duration=1.0, data=data)
+
+    return run_agent
+
+
+jobs: list[dict[str, Any]] = []
+
+
+async def test_archives_are_printed_newest_first_and_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed = [{"name": "nas-1"}, {"name": f"nas-2{SET_TITLE}"}]
+    data = {"archives": listed, "archive_count": 5}
+    monkeypatch.setattr(transport, "run_agent", answering("list", data, []))
+    out, errors = io.StringIO(), io.StringIO()
+    nas, config = drone(tmp_path)
+    assert await cli.archives(nas, out, errors, config) == cli.EXIT_OK
+    assert out.getvalue().splitlines() == ["nas-2\\x1b]0;pwned\\x07", "nas-1"]
+    assert errors.getvalue() == "... and 3 older archive(s), not listed\n"
+
+
+async def test_restore_sends_the_request_shows_progress_and_prints_the_destination(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    destination = f"/var/lib/backup-drone/restore/nas-1{CLEAR_SCREEN}"
+    data = {"archive": "nas-1", "destination": destination, "files": 2, "bytes": 10}
+    progress = Progress("extract", 1.0, 0, 0, 0, 0, f"home/{CLEAR_SCREEN}a")
+    monkeypatch.setattr(transport, "run_agent", answering("extract", data, [progress]))
+    jobs.clear()
+    out, errors = io.StringIO(), io.StringIO()
+    nas, config = drone(tmp_path)
+    request = cli.restore_request("nas-1", ["home/zoe"], "/srv/restore/x")
+    assert await cli.restore(nas, request, out, errors, config) == cli.EXIT_OK
+    assert {k: jobs[0][k] for k in request} == {
+        "archive": "nas-1",
+        "restore_paths": ["home/zoe"],
+        "destination": "/srv/restore/x",
+    }
+    assert out.getvalue() == "/var/lib/backup-drone/restore/nas-1\\x1b[2J\n"
+    assert "restoring home/\\x1b[2Ja" in errors.getvalue()
+    assert "\x1b" not in out.getvalue() + errors.getvalue()
+    assert cli.restore_request("latest", [], None) == {"archive": "latest"}
+
+
+async def test_a_failed_restore_says_why_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "run_agent", stand_in({}, fail=f"no {CLEAR_SCREEN}archive"))
+    out, errors = io.StringIO(), io.StringIO()
+    nas, config = drone(tmp_path)
+    request = cli.restore_request("latest", [], None)
+    assert await cli.restore(nas, request, out, errors, config) == cli.EXIT_FAILED
+    assert out.getvalue() == ""
+    assert "nas: extract failed: borg_error: no \\x1b[2Jarchive" in errors.getvalue()
+
+
+async def test_drill_prints_its_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = {
+        "archive": "nas-1",
+        "files_verified": 4,
+        "bytes_verified": 2 * 1024 * 1024,
+        "skipped_changed": 1,
+        "mismatches": [],
+        "mismatch_count": 0,
+        "missing_canaries": [],
+    }
+    monkeypatch.setattr(transport, "run_agent", answering("drill", data, []))
+    out, errors = io.StringIO(), io.StringIO()
+    nas, config = drone(tmp_path)
+    assert await cli.drill(nas, out, errors, config) == cli.EXIT_OK
+    assert out.getvalue() == (
+        "drill done in 1.0 s: drill of nas-1: 4 verified (2.0 MiB),"
+        " 1 skipped (changed since), 0 mismatch(es)\n"
+    )

@@ -609,7 +609,7 @@ async def test_a_state_file_naming_unknown_operations_never_stops_the_coordinato
                 "pending": ["check_all", "create", "create"],
                 "running": {"operation": "offsite", "started": started_at, "requested": True},
             },
-            "pc": {"running": {"operation": "drill", "started": started_at, "requested": False}},
+            "pc": {"running": {"operation": "defrag", "started": started_at, "requested": False}},
         },
     )
     runner, clock = ScriptedRunner(), Clock()
@@ -618,7 +618,7 @@ async def test_a_state_file_naming_unknown_operations_never_stops_the_coordinato
     warnings = "\n".join(line for line in port.lines if line.startswith("WARNING"))
     assert "'check_all' dropped" in warnings
     assert "'offsite' dropped" in warnings
-    assert "'drill' dropped" in warnings
+    assert "'defrag' dropped" in warnings
     assert coordinator.drones["nas"].record.pending == ["create"]
     await coordinator.tick()
     await coordinator.wait_idle()

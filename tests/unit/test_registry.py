@@ -39,7 +39,24 @@ STEP_DATA: dict[str, dict[str, Any]] = {
         "archive_count": 1,
         "last_archive": None,
     },
-    "check": {"findings": [], "repository_ok": True},
+    "check": {"findings": [], "repository_ok": True, "verify_data": False, "partial": False},
+    "extract": {
+        "archive": "nas-2026-12-03T10:00:00",
+        "destination": "/var/lib/backup-drone/restore/nas-2026-12-03T10:00:00",
+        "files": 3,
+        "bytes": 10,
+        "warnings": 0,
+        "partial": False,
+    },
+    "drill": {
+        "archive": "nas-2026-12-03T10:00:00",
+        "files_verified": 3,
+        "bytes_verified": 10,
+        "skipped_changed": 0,
+        "mismatches": [],
+        "mismatch_count": 0,
+        "missing_canaries": [],
+    },
 }
 
 
@@ -70,9 +87,12 @@ def test_every_operation_has_one_entry_whose_steps_are_known() -> None:
         assert all(step in operations.STEPS for step in spec.steps), operation
 
 
-def test_every_step_is_an_agent_step_operation() -> None:
-    assert set(operations.STEPS) <= set(agent.STEP_OPERATIONS)
+def test_every_step_is_an_agent_operation_and_a_sequence_step_when_it_shares_a_session() -> None:
     assert operations.STEPS.keys() <= set(agent.OPERATIONS)
+    for spec in operations.OPERATIONS.values():
+        if len(spec.steps) > 1:
+            assert set(spec.steps) <= set(agent.STEP_OPERATIONS), spec.operation
+    assert set(operations.STEPS) - set(agent.STEP_OPERATIONS) == {"extract"}  # only ever alone
 
 
 def test_every_step_shows_its_own_busy_state_which_the_state_sensor_offers() -> None:
@@ -139,3 +159,56 @@ def test_summary_joins_the_steps_in_the_order_they_ran() -> None:
     text = operations.summary({"create": STEP_DATA["create"], "stats": STEP_DATA["stats"]})
     assert text.startswith("archive nas-2026-12-03T10:00:00: 3 files")
     assert text.endswith("1 archives")
+
+
+def test_restores_and_drills_have_no_button_yet() -> None:
+    for operation in (Operation.EXTRACT, Operation.DRILL):
+        assert operations.spec_of(operation).button is None
+
+
+def test_extract_is_an_agent_operation_but_no_step_of_a_sequence() -> None:
+    assert "extract" in agent.OPERATIONS
+    assert "extract" not in agent.STEP_OPERATIONS
+    assert {"check", "drill"} <= set(agent.STEP_OPERATIONS)
+
+
+def test_a_restore_request_goes_into_the_extract_job(config: Config) -> None:
+    request = {"archive": "nas-2026-12-03T10:00:00", "restore_paths": ["home"], "destination": "/r"}
+    job = build_job(config.drones[0], DroneSettings(), ("extract",), extra=request)
+    assert {key: job[key] for key in request} == request
+    validated = agent.validate_job("extract", job)
+    assert (validated.archive, validated.restore_paths) == ("nas-2026-12-03T10:00:00", ("home",))
+    assert build_job(config.drones[0], DroneSettings(), ("extract",))["archive"] == "latest"
+
+
+def test_a_drill_takes_a_new_sample_each_day(config: Config) -> None:
+    assert operations.drill_seed(datetime(2026, 12, 3, 23, 59, tzinfo=UTC)) == 20261203
+    job = build_job(config.drones[0], DroneSettings(), ("drill",))
+    assert job["drill"]["seed"] == operations.drill_seed(datetime.now(UTC))
+    assert agent.validate_job("drill", job).drill.seed == job["drill"]["seed"]
+
+
+def test_a_default_check_sends_no_options_an_older_agent_would_refuse(config: Config) -> None:
+    assert "check" not in build_job(config.drones[0], DroneSettings(), ("check",))
+
+
+def test_summaries_of_check_drill_and_extract() -> None:
+    check = {"findings": ["x"], "finding_count": 7, "verify_data": True, "partial": True}
+    assert operations.STEPS["check"].summary(check) == (
+        "7 finding(s) (data verified) (partial: time limit reached)"
+    )
+    drill = {**STEP_DATA["drill"], "mismatch_count": 2, "missing_canaries": ["/etc/x"]}
+    assert (
+        operations.STEPS["drill"]
+        .summary(drill)
+        .endswith("2 mismatch(es), 1 canary file(s) missing")
+    )
+    assert "(partial)" in operations.STEPS["extract"].summary(
+        {**STEP_DATA["extract"], "partial": True}
+    )
+
+
+def test_count_beyond_counts_what_a_cut_list_left_out() -> None:
+    data = {"archives": [{"name": "a"}], "archive_count": 5}
+    assert operations.count_beyond(data, "archive", "archives") == 4
+    assert operations.count_beyond({"archives": []}, "archive", "archives") == 0

@@ -269,7 +269,7 @@ def test_entries_naming_unknown_operations_are_dropped_with_a_warning(tmp_path: 
             "nas": {
                 "pending": ["check_all", "prune", "prune", "stats"],
                 "running": {"operation": "offsite", "started": started, "requested": True},
-                "resume": {"operation": "drill", "started": started, "requested": False},
+                "resume": {"operation": "defrag", "started": started, "requested": False},
             }
         },
     }
@@ -279,7 +279,7 @@ def test_entries_naming_unknown_operations_are_dropped_with_a_warning(tmp_path: 
     assert result.records == {"nas": DroneRecord(pending=["prune", "stats"])}
     assert result.warnings == (
         "drone 'nas': running: unknown operation 'offsite' dropped",
-        "drone 'nas': resume: unknown operation 'drill' dropped",
+        "drone 'nas': resume: unknown operation 'defrag' dropped",
         "drone 'nas': pending: unknown operation 'check_all' dropped",
         "drone 'nas': pending: 'prune' queued twice, kept once",
     )
