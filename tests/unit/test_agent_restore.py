@@ -68,6 +68,18 @@ def test_a_destination_is_absolute_without_dotdot() -> None:
     assert rejected(archive="latest", destination="/var/x/../../etc").field == "destination"
 
 
+def test_a_destination_means_what_its_operation_says() -> None:
+    # offsite's forms (an rclone remote) are no directory to restore into
+    assert rejected(archive="latest", destination="offsite:restore").field == "destination"
+    offsite = {"protocol": 2, "repositories": ["/srv/borg/nas"], "tool": "rclone"}
+    copy = agent.validate_job("offsite", {**offsite, "destination": "offsite:restore"})
+    assert copy.destination == "offsite:restore"
+    # an extract's destination may be longer than any offsite destination
+    long_path = "/var/lib/backup-drone/restore/" + "x" * 2000
+    assert job(archive="latest", destination=long_path).destination == long_path
+    assert job("drill", destination="/srv/x").destination == "/srv/x"  # validated, unused
+
+
 def test_drill_defaults_and_bounds() -> None:
     spec = job("drill").drill
     assert (spec.seed, spec.size_budget, spec.max_files, spec.canaries) == (
