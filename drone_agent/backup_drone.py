@@ -99,11 +99,14 @@ class Job:
     """A validated job. A field the job left out has the default given here."""
 
     __slots__ = (
+        "archive",
         "archive_prefix",
         "borg_remote_path",
         "borg_rsh",
+        "check",
         "compression",
         "destination",
+        "drill",
         "exclude_if_present",
         "exclude_patterns",
         "keep",
@@ -116,6 +119,7 @@ class Job:
         "protocol",
         "repositories",
         "repository",
+        "restore_paths",
         "steps",
         "tool",
         "tool_options",
@@ -144,6 +148,10 @@ class Job:
         tool_options: Tuple[str, ...] = (),
         keep_replaced: bool = False,
         max_delete: Optional[int] = None,
+        archive: str = "",
+        restore_paths: Tuple[str, ...] = (),
+        drill: Optional[DrillSpec] = None,
+        check: Optional[CheckOptions] = None,
     ) -> None:
         self.protocol = protocol
         self.steps = steps
@@ -161,10 +169,15 @@ class Job:
         self.borg_remote_path = borg_remote_path
         self.repositories = repositories  # offsite: local repositories, copied in this order
         self.tool = tool
+        # offsite: where the copies go; extract: the directory restored into ("" a fresh one)
         self.destination = destination
         self.tool_options = tool_options
         self.keep_replaced = keep_replaced
         self.max_delete = max_delete
+        self.archive = archive
+        self.restore_paths = restore_paths
+        self.drill = drill or DrillSpec()
+        self.check = check or CheckOptions()
 
     def __repr__(self) -> str:  # never the passphrase
         shown = (
@@ -555,6 +568,117 @@ def validate_steps(value: object, name: str) -> Tuple[str, ...]:
     return tuple(steps)
 
 
+# -- Restore and drills: the fields of extract, drill and check's options ----------------------
+
+LATEST_ARCHIVE = "latest"
+ARCHIVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,254}$")
+RESTORE_PATHS_MAX = 256
+DRILL_SIZE_BUDGET = 64 * 1024 * 1024
+DRILL_MAX_FILES = 100
+DRILL_FILES_LIMIT = 1000  # the most files one drill may sample (they all go into borg's argv)
+DRILL_CANARIES_MAX = 100
+CHECK_MAX_DURATION = 7 * 86400
+
+
+class DrillSpec:
+    """What a drill samples: ``seed`` makes the sample repeatable; at most ``max_files``
+    regular files of at most ``size_budget`` bytes in all, plus every canary."""
+
+    __slots__ = ("canaries", "max_files", "seed", "size_budget")
+
+    def __init__(
+        self,
+        seed: int = 0,
+        size_budget: int = DRILL_SIZE_BUDGET,
+        max_files: int = DRILL_MAX_FILES,
+        canaries: Tuple[str, ...] = (),
+    ) -> None:
+        self.seed = seed
+        self.size_budget = size_budget
+        self.max_files = max_files
+        self.canaries = canaries
+
+
+class CheckOptions:
+    """check's options: ``verify_data`` reads and verifies every chunk; ``max_duration``
+    (seconds) checks only the repository's segments, for at most that long."""
+
+    __slots__ = ("max_duration", "verify_data")
+
+    def __init__(self, verify_data: bool = False, max_duration: Optional[int] = None) -> None:
+        self.verify_data = verify_data
+        self.max_duration = max_duration
+
+
+def validate_archive(value: object, name: str) -> str:
+    """``latest`` or an archive name (whether it is one of the job's prefix is checked once
+    the whole job is known: check_archive_of_prefix)."""
+    return require_match(value, name, ARCHIVE_NAME, f"{LATEST_ARCHIVE} or an archive name")
+
+
+def check_archive_of_prefix(job: Job) -> None:
+    """An archive named exactly must be one of the job's prefix, matched as prune and list
+    match it (``web`` never reaches ``web-db-...``)."""
+    if not job.archive or job.archive == LATEST_ARCHIVE:
+        return
+    import fnmatch  # only exact restores need it
+
+    if not job.archive_prefix or not fnmatch.fnmatchcase(
+        job.archive, archive_glob(job.archive_prefix)
+    ):
+        raise Rejected("archive", "must be latest or an archive of the job's archive_prefix")
+
+
+def validate_restore_paths(value: object, name: str) -> Tuple[str, ...]:
+    """Paths inside the archive as borg stores them: relative, no '..', no control characters."""
+    items = require_list(value, name, RESTORE_PATHS_MAX)
+    paths = tuple(require_text(item, f"{name}[{i}]") for i, item in enumerate(items))
+    for i, path in enumerate(paths):
+        if path.startswith("/"):
+            raise Rejected(f"{name}[{i}]", "must be relative, as the archive stores it")
+        if ".." in path.split("/") or not path_components(path):
+            raise Rejected(f"{name}[{i}]", "must name a path inside the archive (no '..')")
+    return paths
+
+
+def validate_drill(value: object, name: str) -> DrillSpec:
+    if not isinstance(value, dict):
+        raise Rejected(name, "must be an object")
+    known = ("seed", "size_budget", "max_files", "canaries")
+    for key in value:
+        if key not in known:
+            raise Rejected(f"{name}.{str(key)[:64]}", "unknown field")
+    canaries = require_list(value.get("canaries", []), f"{name}.canaries", DRILL_CANARIES_MAX)
+    return DrillSpec(
+        seed=require_int(value.get("seed", 0), f"{name}.seed", 0, 2**63 - 1),
+        size_budget=require_int(
+            value.get("size_budget", DRILL_SIZE_BUDGET), f"{name}.size_budget", 0, 2**50
+        ),
+        max_files=require_int(
+            value.get("max_files", DRILL_MAX_FILES), f"{name}.max_files", 0, DRILL_FILES_LIMIT
+        ),
+        canaries=tuple(
+            require_absolute_path(item, f"{name}.canaries[{i}]") for i, item in enumerate(canaries)
+        ),
+    )
+
+
+def validate_check_options(value: object, name: str) -> CheckOptions:
+    if not isinstance(value, dict):
+        raise Rejected(name, "must be an object")
+    for key in value:
+        if key not in ("verify_data", "max_duration"):
+            raise Rejected(f"{name}.{str(key)[:64]}", "unknown field")
+    verify_data = validate_bool(value.get("verify_data", False), f"{name}.verify_data")
+    max_duration = value.get("max_duration")
+    if max_duration is not None:
+        max_duration = require_int(max_duration, f"{name}.max_duration", 1, CHECK_MAX_DURATION)
+        if verify_data:
+            # borg checks only the repository's segments within a time limit: no data verified
+            raise Rejected(f"{name}.max_duration", "cannot be combined with verify_data")
+    return CheckOptions(verify_data, max_duration)
+
+
 FIELD_VALIDATORS: Dict[str, Callable[[object, str], Any]] = {
     "protocol": validate_protocol,
     "steps": validate_steps,
@@ -576,7 +700,21 @@ FIELD_VALIDATORS: Dict[str, Callable[[object, str], Any]] = {
     "tool_options": lambda v, n: validate_tool_options(v, n),
     "keep_replaced": validate_bool,
     "max_delete": lambda v, n: validate_max_delete(v, n),
+    "archive": validate_archive,
+    "restore_paths": validate_restore_paths,
+    "drill": validate_drill,
+    "check": validate_check_options,
 }
+# A field whose meaning depends on the operation, validated as that operation reads it (else as
+# FIELD_VALIDATORS says): extract's destination is a local directory to restore into, where
+# offsite's is any place its tool copies to (check_offsite_job adds the forms of that tool).
+OPERATION_FIELD_VALIDATORS: Dict[Tuple[str, str], Callable[[object, str], Any]] = {
+    ("extract", "destination"): require_absolute_path,
+}
+
+
+def field_validator(operation: str, name: str) -> Callable[[object, str], Any]:
+    return OPERATION_FIELD_VALIDATORS.get((operation, name), FIELD_VALIDATORS[name])
 
 
 def validate_job(operation: str, raw: object) -> Job:
@@ -589,11 +727,14 @@ def validate_job(operation: str, raw: object) -> Job:
     if "protocol" not in raw:
         raise Rejected("protocol", "is required")
     values = {
-        name: check(raw[name], name) for name, check in FIELD_VALIDATORS.items() if name in raw
+        name: field_validator(operation, name)(raw[name], name)
+        for name in FIELD_VALIDATORS
+        if name in raw
     }
     job = Job(**values)
     check_rsh_port(job)
     check_offsite_job(operation, job, raw)
+    check_archive_of_prefix(job)
     check_steps_field(operation, job, "steps" in raw)
     check_required_fields(operation, job)
     return job
@@ -665,6 +806,8 @@ class Policy:
         "operations",
         "paths",
         "repositories",
+        "restore_anywhere",
+        "restore_root",
     )
 
     def __init__(
@@ -676,6 +819,8 @@ class Policy:
         archive_prefixes: Optional[Tuple[str, ...]] = None,
         min_keep: Optional[KeepRules] = None,
         offsite: Optional[OffsitePolicy] = None,
+        restore_root: Optional[str] = None,
+        restore_anywhere: bool = False,
     ) -> None:
         self.repositories = repositories
         self.paths = paths
@@ -684,6 +829,8 @@ class Policy:
         self.archive_prefixes = archive_prefixes
         self.min_keep = min_keep
         self.offsite = offsite  # None: no offsite key (offsite jobs refused when a file exists)
+        self.restore_root = restore_root  # None: the default (see restore_root)
+        self.restore_anywhere = restore_anywhere
 
     def from_file(self) -> bool:
         return self.repositories is not None  # a policy file always has ``repositories``
@@ -697,6 +844,8 @@ POLICY_KEYS = (
     "archive_prefixes",
     "min_keep",
     "offsite",
+    "restore_root",
+    "restore_anywhere",
 )
 # borg's own units for --keep-within, in hours (borg 1.2 and 1.4: a month is 31 days).
 WITHIN_HOURS = {"H": 1, "d": 24, "w": 24 * 7, "m": 24 * 31, "y": 24 * 365}
@@ -763,6 +912,7 @@ def parse_policy(raw: object) -> Policy:
         policy_archive_prefixes(raw),
         policy_min_keep(raw),
         policy_offsite(raw),
+        *policy_restore(raw),
     )
 
 
@@ -833,6 +983,7 @@ def check_policy(policy: Policy, operation: str, job: Job) -> None:
     check_policy_prefix(policy, job)
     check_policy_retention(policy, operation, job)
     check_policy_offsite(policy, operation, job)
+    check_policy_restore(policy, operation, job)
 
 
 def check_policy_operations(policy: Policy, operation: str, job: Job) -> None:
@@ -971,7 +1122,10 @@ def list_argv(borg: str, job: Job) -> List[str]:
 
 
 def check_argv(borg: str, job: Job) -> List[str]:
-    return [borg, "check", *common_options(job), "--", job.repository]
+    options = ["--verify-data"] if job.check.verify_data else []
+    if job.check.max_duration is not None:  # borg allows a time limit for segments only
+        options += ["--repository-only", f"--max-duration={job.check.max_duration}"]
+    return [borg, "check", *common_options(job), *options, "--", job.repository]
 
 
 # What borg gets from the agent's environment, and nothing else: where to find programs and
@@ -1035,6 +1189,7 @@ PRUNE_LINE = re.compile(
 )
 # The names borg's own `borg list` hides (without --consider-checkpoints).
 CHECKPOINT_NAME = re.compile(r"\.checkpoint(\.\d+)?$")
+CHECK_PARTIAL = "finished partial segment check"
 FREED_LINE = re.compile(r"freed about (?P<number>[0-9.]+) (?P<unit>[A-Za-z]+) repository space")
 SIZE_UNITS = {
     "B": 1,
@@ -1380,7 +1535,8 @@ class Session:
 
     def handle_record(self, record: Dict[str, Any]) -> None:
         running = self.step or self.operation
-        progress = progress_event(record) if running == "create" else None
+        reader = PROGRESS_READERS.get(running or "")
+        progress = reader(record) if reader else None
         if progress:
             self.emit(progress)
         log = log_event(record)
@@ -1423,6 +1579,7 @@ def run_borg(
     argv: List[str],
     env: Dict[str, str],
     watch: Optional[Callable[[Dict[str, Any]], None]] = None,
+    cwd: Optional[str] = None,
 ) -> BorgRun:
     """Runs one borg command, streaming its stderr as events; stops it when asked to."""
     run = BorgRun(watch)
@@ -1433,6 +1590,7 @@ def run_borg(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            cwd=cwd,
             start_new_session=True,  # no terminal: borg can never prompt, and Ctrl-C is ours
         )
     except OSError as error:
@@ -1716,11 +1874,15 @@ class Runner:
         # How many archives of this prefix a prune step of this sequence left, and the newest;
         # None when not known (no prune yet, or a create ran since).
         self.archives_left: Optional[Tuple[int, Optional[Dict[str, str]]]] = None
+        self.restore_root = ""  # where extract and drill write (restore_root(policy))
 
     def run(
-        self, argv: List[str], watch: Optional[Callable[[Dict[str, Any]], None]] = None
+        self,
+        argv: List[str],
+        watch: Optional[Callable[[Dict[str, Any]], None]] = None,
+        cwd: Optional[str] = None,
     ) -> BorgRun:
-        return run_borg(self.session, argv, self.env, watch)
+        return run_borg(self.session, argv, self.env, watch, cwd)
 
     def halted(self, run: BorgRun) -> Optional[Outcome]:
         """Why not to go on after this run: borg failed, or the request is being stopped."""
@@ -1778,7 +1940,11 @@ def run_list(runner: Runner) -> Outcome:
 
 def run_check(runner: Runner) -> Outcome:
     """Finds problems (warnings are its findings, so borg rc 1 is a failure here too)."""
-    run = runner.run(check_argv(runner.borg, runner.job))
+    partial: List[bool] = []  # borg says so when max_duration ended the check early
+    run = runner.run(
+        check_argv(runner.borg, runner.job),
+        lambda record: partial.append(CHECK_PARTIAL in str(record.get("message", ""))),
+    )
     findings = run.problems
     repository_ok = run.rc == EXIT_OK and not findings.count
     error = None if repository_ok else borg_error(run)
@@ -1791,6 +1957,8 @@ def run_check(runner: Runner) -> Outcome:
         "findings": findings.items,
         "finding_count": findings.count,
         "repository_ok": repository_ok,
+        "verify_data": runner.job.check.verify_data,
+        "partial": any(partial),
     }
     return Outcome(data, ok=repository_ok, error=error)
 
@@ -2801,6 +2969,408 @@ def offsite_summary(data: Dict[str, Any]) -> List[str]:
     return [*lines, f"copied {human_size(data['bytes'])} in {data['files']} files"]
 
 
+# Restore and drills: extract (a restore into a directory) and drill (a sampled restore compared
+# with the live files). Nothing is written outside the destination (docs/security.md).
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_RESTORE_ROOT = "/var/lib/backup-drone/restore"
+# Where an agent that may not write DEFAULT_RESTORE_ROOT (not run as root) restores by default.
+USER_RESTORE_ROOT = os.path.join("~", ".local", "share", "backup-drone", "restore")
+DESTINATION_SUFFIXES = 1000  # <archive>, <archive>.1, ... tried for a fresh destination
+HASH_BLOCK = 1024 * 1024
+DRILL_LOGGED_MISMATCHES = 20  # log lines for the first mismatches (the result counts them all)
+
+
+def policy_restore(raw: Dict[str, Any]) -> Tuple[Optional[str], bool]:
+    """The policy's ``restore_root`` (None: the default) and ``restore_anywhere``."""
+    root = None
+    if "restore_root" in raw:
+        root = require_absolute_path(raw["restore_root"], "restore_root")
+    anywhere = validate_bool(raw.get("restore_anywhere", False), "restore_anywhere")
+    return root, anywhere
+
+
+def restore_root(policy: Policy) -> str:
+    """The policy's restore root, else DEFAULT_RESTORE_ROOT when this user may create or write
+    it, else USER_RESTORE_ROOT in this user's home; "" when there is none (no home)."""
+    if policy.restore_root is not None:
+        return policy.restore_root
+    if may_write_at(DEFAULT_RESTORE_ROOT):
+        return DEFAULT_RESTORE_ROOT
+    root = os.path.expanduser(USER_RESTORE_ROOT)
+    return root if os.path.isabs(root) else ""
+
+
+def may_write_at(path: str) -> bool:
+    """Whether this user could create ``path`` (or write into it): its nearest existing
+    ancestor is a directory this user may write."""
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+def check_policy_restore(policy: Policy, operation: str, job: Job) -> None:
+    """An extract's destination: inside the restore root (symlinks of its existing part
+    followed) and new or empty, unless the policy allows restoring anywhere (over live files)."""
+    if operation != "extract" or not job.destination:
+        return
+    destination = os.path.realpath(job.destination)
+    exists = os.path.lexists(destination)
+    if exists and not os.path.isdir(destination):
+        raise Rejected("destination", "must be a directory")
+    if policy.restore_anywhere:
+        return
+    if not restore_root(policy):
+        raise Rejected("destination", "this host has no restore root (set restore_root)")
+    root = path_components(os.path.realpath(restore_root(policy)))
+    inside = path_components(destination)
+    if len(inside) <= len(root) or not is_under(inside, root):
+        raise Rejected(
+            "destination", "is outside the restore root and this host's policy does not allow it"
+        )
+    if exists and os.listdir(destination):
+        raise Rejected("destination", "must be a new or empty directory inside the restore root")
+
+
+def extract_argv(borg: str, job: Job, archive: str, patterns: Sequence[str]) -> List[str]:
+    """borg extract writes relative to its working directory (the destination)."""
+    return [
+        borg,
+        "extract",
+        "--progress",
+        *common_options(job),
+        "--",
+        f"{job.repository}::{archive}",
+        *patterns,
+    ]
+
+
+def contents_argv(borg: str, job: Job, archive: str) -> List[str]:
+    return [
+        borg,
+        "list",
+        "--json-lines",
+        *common_options(job),
+        "--",
+        f"{job.repository}::{archive}",
+    ]
+
+
+def extract_progress_event(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """borg extract's ``progress_percent`` record (with the file it is at) -> a progress event:
+    ``current`` and ``total`` are bytes of file content."""
+    info = record.get("info")
+    if (
+        record.get("type") != "progress_percent"
+        or record.get("msgid") != "extract"
+        or record.get("finished")
+        or not isinstance(info, list)
+        or not info
+    ):
+        return None
+    return {
+        "type": "progress",
+        "operation": "extract",
+        "time": record.get("time", time.time()),
+        "current": record.get("current", 0),
+        "total": record.get("total", 0),
+        "path": str(info[-1]),
+    }
+
+
+PROGRESS_READERS: Dict[str, Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]] = {
+    "create": progress_event,
+    "extract": extract_progress_event,
+}
+
+
+def resolve_archive(runner: Runner) -> Tuple[Optional[str], Optional[Outcome]]:
+    """(the archive the job names, None), ``latest`` being the newest of its prefix; or
+    (None, why not)."""
+    job = runner.job
+    if job.archive and job.archive != LATEST_ARCHIVE:
+        return job.archive, None
+    listing = runner.run(list_argv(runner.borg, job))
+    halted = runner.halted(listing)
+    if halted:
+        return None, halted
+    archives = archive_summaries(parse_stdout_json(listing))
+    if not archives:
+        return None, failure("NoArchive", f"no archive of the prefix {job.archive_prefix} yet")
+    name = str(archives[-1]["name"])
+    if not ARCHIVE_NAME.fullmatch(name):
+        return None, failure("BorgOutputInvalid", "borg listed an archive name the agent refuses")
+    return name, None
+
+
+def fresh_destination(root: str, archive: str) -> str:
+    """A new directory ``ROOT/ARCHIVE`` (``ARCHIVE.1``, ``.2``, ... when taken), mode 0700."""
+    if not root:
+        raise OSError("this host has no restore root (set restore_root in the policy)")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    for index in range(DESTINATION_SUFFIXES):
+        candidate = os.path.join(root, archive if index == 0 else f"{archive}.{index}")
+        try:
+            os.mkdir(candidate, 0o700)
+        except FileExistsError:
+            continue
+        return candidate
+    raise OSError(f"{DESTINATION_SUFFIXES} restores of {archive} exist already in {root}")
+
+
+def prepare_destination(runner: Runner, archive: str) -> str:
+    if not runner.job.destination:
+        return fresh_destination(runner.restore_root, archive)
+    os.makedirs(runner.job.destination, mode=0o700, exist_ok=True)
+    return runner.job.destination
+
+
+def tree_size(top: str) -> Tuple[int, int]:
+    """(entries that are not directories, bytes of the regular files) under ``top``, symlinks
+    not followed; each hard link counted."""
+    import stat  # extract and drill only
+
+    files = size = 0
+    for directory, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            try:
+                status = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            if not stat.S_ISDIR(status.st_mode):
+                files += 1
+                size += status.st_size if stat.S_ISREG(status.st_mode) else 0
+    return files, size
+
+
+def run_extract(runner: Runner) -> Outcome:
+    """Restores the archive (or its ``restore_paths``) into the destination. When borg failed
+    or was stopped the data says ``partial``: what is in the destination is incomplete."""
+    archive, halted = resolve_archive(runner)
+    if halted is not None or archive is None:
+        return halted or failure("NoArchive", "no archive to restore")
+    try:
+        destination = prepare_destination(runner, archive)
+    except OSError as error:
+        return failure("DestinationError", f"cannot create the destination: {error}")
+    patterns = [f"pp:{path}" for path in runner.job.restore_paths]
+    run = runner.run(extract_argv(runner.borg, runner.job, archive, patterns), cwd=destination)
+    files, size = tree_size(destination)
+    data = {
+        "archive": archive,
+        "destination": destination,
+        "files": files,
+        "bytes": size,
+        "warnings": run.problems.count,
+        "partial": run.rc >= EXIT_FAILED or runner.session.stop_reason is not None,
+    }
+    borg_failed = failed(run)
+    return Outcome(data, ok=False, error=borg_failed.error) if borg_failed else Outcome(data)
+
+
+def archived_files(listing: bytes) -> Dict[str, int]:
+    """``borg list --json-lines`` output -> {path: size} of its regular files."""
+    files: Dict[str, int] = {}
+    for line in listing.decode("utf-8", "surrogateescape").splitlines():
+        item = json_object(line.strip())
+        if item is None or item.get("type") != "-" or item.get("healthy") is False:
+            continue
+        path, size = item.get("path"), item.get("size")
+        if isinstance(path, str) and isinstance(size, int) and not isinstance(size, bool):
+            files[path] = size
+    return files
+
+
+def drill_sample(files: Dict[str, int], spec: DrillSpec) -> List[str]:
+    """A repeatable random sample (``spec.seed``) of at most ``spec.max_files`` paths whose
+    sizes add up to at most ``spec.size_budget``, in listing order."""
+    import random  # drills only
+
+    order = sorted(files)
+    random.Random(spec.seed).shuffle(order)  # noqa: S311 - a repeatable sample, not a secret
+    chosen: List[str] = []
+    budget = spec.size_budget
+    for path in order:
+        if len(chosen) >= spec.max_files:
+            break
+        if files[path] <= budget:
+            chosen.append(path)
+            budget -= files[path]
+    return sorted(chosen)
+
+
+def file_digest(path: str) -> bytes:
+    import hashlib  # drills only
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def compare_with_live(restored: str, live: str) -> str:
+    """ "verified", "mismatch", or "changed" when the live file is gone or its size or mtime
+    differ from the archived ones (borg restores both), so a difference proves nothing."""
+    import stat
+
+    try:
+        live_status = os.lstat(live)
+        restored_status = os.lstat(restored)
+    except FileNotFoundError:
+        return "changed" if not os.path.lexists(live) else "mismatch"
+    same = (
+        stat.S_ISREG(live_status.st_mode)
+        and live_status.st_size == restored_status.st_size
+        and live_status.st_mtime_ns == restored_status.st_mtime_ns
+    )
+    if not same:
+        return "changed"
+    try:
+        live_digest = file_digest(live)
+    except OSError:
+        return "changed"  # unreadable now: nothing to compare with
+    return "verified" if file_digest(restored) == live_digest else "mismatch"
+
+
+def drill_directory(root: str) -> str:
+    """A private temporary directory under the restore root, or the system's when the root
+    cannot be made."""
+    import tempfile  # drills only
+
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        return tempfile.mkdtemp(prefix=".drill-", dir=root)
+    except OSError:
+        return tempfile.mkdtemp(prefix="backup-drone-drill-")
+
+
+class DrillTally:
+    """What the comparison found, with the mismatching paths bounded like every result list."""
+
+    def __init__(self, archive: str, missing_canaries: List[str]) -> None:
+        self.archive = archive
+        listed = BoundedList(RESULT_LIST_BUDGET)
+        for canary in missing_canaries:
+            listed.add(canary)
+        self.files_verified = 0
+        self.bytes_verified = 0
+        self.skipped_changed = 0
+        self.mismatches = BoundedList(RESULT_LIST_BUDGET)
+        self.missing_canaries = listed.items  # within the budget, like every result list
+        self.missing_canary_count = listed.count
+
+    def add(self, path: str, verdict: str, size: int) -> None:
+        if verdict == "verified":
+            self.files_verified += 1
+            self.bytes_verified += size
+        elif verdict == "changed":
+            self.skipped_changed += 1
+        else:
+            self.mismatches.add(path)
+
+    def outcome(self) -> Outcome:
+        data = {
+            "archive": self.archive,
+            "files_verified": self.files_verified,
+            "bytes_verified": self.bytes_verified,
+            "skipped_changed": self.skipped_changed,
+            "mismatches": self.mismatches.items,
+            "mismatch_count": self.mismatches.count,
+            "missing_canaries": self.missing_canaries,
+        }
+        if self.mismatches.count:
+            message = f"{self.mismatches.count} restored file(s) differ from the live files"
+            return Outcome(data, ok=False, error={"msgid": "DrillMismatch", "message": message})
+        if self.missing_canary_count:
+            message = f"{self.missing_canary_count} canary file(s) are not in the archive"
+            return Outcome(
+                data, ok=False, error={"msgid": "DrillCanaryMissing", "message": message}
+            )
+        return Outcome(data)
+
+
+def run_drill(runner: Runner) -> Outcome:
+    """Restores a sample of the latest archive (plus the canaries) into a temporary directory,
+    compares it with the live files, and removes the directory whatever happened."""
+    archive, halted = resolve_archive(runner)
+    if halted is not None or archive is None:
+        return halted or failure("NoArchive", "no archive to drill")
+    listing = runner.run(contents_argv(runner.borg, runner.job, archive))
+    halted = runner.halted(listing)
+    if halted:
+        return halted
+    files = archived_files(listing.stdout)
+    spec = runner.job.drill
+    canaries = ["/".join(path_components(canary)) for canary in spec.canaries]
+    sample = sorted(set(drill_sample(files, spec)) | {path for path in canaries if path in files})
+    tally = DrillTally(archive, ["/" + path for path in canaries if path not in files])
+    for canary in tally.missing_canaries:
+        report_drill_problem(runner.session, "DrillCanaryMissing", f"{canary} is not archived")
+    if not sample:
+        return tally.outcome()
+    import shutil  # drills only
+
+    directory = drill_directory(runner.restore_root)
+    try:
+        # pp: (a path and what is under it) rather than pf:, which borg 1.2 reports as
+        # "never matched" even when it matched
+        patterns = [f"pp:{path}" for path in sample]
+        run = runner.run(extract_argv(runner.borg, runner.job, archive, patterns), cwd=directory)
+        halted = runner.halted(run)
+        if halted:
+            return halted
+        for path in sample:
+            verdict = compare_with_live(os.path.join(directory, path), "/" + path)
+            tally.add(path, verdict, files[path])
+            if verdict == "mismatch" and tally.mismatches.count <= DRILL_LOGGED_MISMATCHES:
+                report_drill_problem(runner.session, "DrillMismatch", f"/{path} differs")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return tally.outcome()
+
+
+def report_drill_problem(session: Session, msgid: str, message: str) -> None:
+    """A log line naming what the drill found, as borg's errors are named."""
+    session.handle_record(log_record("ERROR", msgid, message))
+
+
+def extract_summary(data: Dict[str, Any]) -> List[str]:
+    partial = " (partial)" if data.get("partial") else ""
+    return [
+        f"restored {data['archive']} into {printable(data['destination'])}{partial}: "
+        f"{data['files']} files, {human_size(data['bytes'])}"
+    ]
+
+
+def drill_summary(data: Dict[str, Any]) -> List[str]:
+    return [
+        f"drill of {data['archive']}: {data['files_verified']} files "
+        f"({human_size(data['bytes_verified'])}) verified, {data['skipped_changed']} skipped "
+        f"(changed since), {data['mismatch_count']} mismatches",
+        *[f"mismatch: {printable(path)}" for path in data["mismatches"]],
+        *[f"missing canary: {printable(path)}" for path in data["missing_canaries"]],
+    ]
+
+
+def progress_text(event: Dict[str, Any]) -> str:
+    """One progress event as a person reads it."""
+    if event.get("operation") == "offsite":
+        return offsite_progress_text(event)
+    if event.get("operation") == "extract":
+        return (
+            f"{human_size(event['current'])} of {human_size(event['total'])} restored  "
+            f"{printable(event['path'])}"
+        )
+    return (
+        f"{event['nfiles']} files, {human_size(event['original_size'])} read, "
+        f"{human_size(event['deduplicated_size'])} new  {printable(event['path'])}"
+    )
+
+
 # -- how a person sees each result (by hand) ---------------------------------------------------
 
 
@@ -2853,8 +3423,11 @@ def list_summary(data: Dict[str, Any]) -> List[str]:
     return [*older, *[f"{a['name']}  {a['time']}" for a in data["archives"]]] or ["no archives"]
 
 
-def check_summary(_data: Dict[str, Any]) -> List[str]:
-    return ["repository OK"]
+def check_summary(data: Dict[str, Any]) -> List[str]:
+    how = " (data verified)" if data.get("verify_data") else ""
+    return [
+        "repository OK" + how + (" (partial: time limit reached)" if data.get("partial") else "")
+    ]
 
 
 def sequence_summary(data: Dict[str, Any]) -> List[str]:
@@ -2916,6 +3489,22 @@ OPERATION_TABLE = (
     ),
     Operation("list", "list the archives", run_list, ("repository",), list_summary, True),
     Operation("check", "check the repository", run_check, ("repository",), check_summary, True),
+    Operation(
+        "extract",
+        "restore an archive, or paths of it, into a directory",
+        run_extract,
+        ("repository", "archive_prefix", "archive"),
+        extract_summary,
+        False,
+    ),
+    Operation(
+        "drill",
+        "restore a sample of the latest archive and compare it with the live files",
+        run_drill,
+        ("repository", "archive_prefix"),
+        drill_summary,
+        True,
+    ),
     Operation(
         "offsite",
         "copy local repositories elsewhere with rclone or rsync, each under its lock",
@@ -2998,12 +3587,7 @@ class HumanOutput(Output):
             self.line("steps: " + ", ".join(event["steps"]))
 
     def show_progress(self, event: Dict[str, Any]) -> None:
-        text = (
-            offsite_progress_text(event)
-            if event.get("operation") == "offsite"
-            else f"{event['nfiles']} files, {human_size(event['original_size'])} read, "
-            f"{human_size(event['deduplicated_size'])} new  {printable(event['path'])}"
-        )
+        text = progress_text(event)
         if self.tty:
             import shutil  # by hand only: the coordinator's requests never need it
 
@@ -3193,6 +3777,7 @@ def execute(request: Request, job: Job, policy: Policy) -> int:
     if borg is None or not version:
         return request.result(failure("BorgNotFound", "borg is not installed or does not run"))
     runner = Runner(session, job, borg, env, version)
+    runner.restore_root = restore_root(policy)
     return request.result(run_operation(runner, session.operation))
 
 

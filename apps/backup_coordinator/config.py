@@ -159,8 +159,8 @@ DEFAULT_INACTIVITY_MINUTES = {
     "prune": 180,
     "stats": 60,
     "check": 720,
-    "extract": 30,  # borg reports every 0.1 % it writes
-    "drill": 120,  # silent while it lists the archive and restores the sample
+    "extract": 60,  # borg extract --progress reports as it writes, but a listing comes first
+    "drill": 120,  # lists, restores a sample and compares it, all without progress
     "offsite": 60,  # rclone and rsync report progress every second while they copy
 }
 # The agent refuses a job line longer than this (drone_agent's JOB_LINE_LIMIT); what Home

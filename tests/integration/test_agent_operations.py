@@ -276,7 +276,13 @@ def test_check_of_a_healthy_repository(agent_python: str, repo: Repo) -> None:
     run_agent(agent_python, "create", repo.job(), repo.env())
     result = run_agent(agent_python, "check", repo.job(), repo.env())
     assert result.exit_code == 0, result.events
-    assert result.result["data"] == {"findings": [], "finding_count": 0, "repository_ok": True}
+    assert result.result["data"] == {
+        "findings": [],
+        "finding_count": 0,
+        "repository_ok": True,
+        "verify_data": False,
+        "partial": False,
+    }
 
 
 def test_check_reports_a_damaged_repository(agent_python: str, repo: Repo) -> None:

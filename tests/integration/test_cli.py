@@ -4,11 +4,14 @@ subprocess, against a loopback drone host (real sshd forcing the real agent, rea
 The apps.yaml is written the way it sits in an AppDaemon config dir: the coordinator's entry
 beside another app, the ssh block naming the client key and known_hosts, and the repository
 passphrase as ``!secret`` from the secrets.yaml next to it. Two drones share the host, each with
-its own repository: ``good``, and ``broken`` whose known_hosts holds another host key.
+its own repository: ``good``, and ``broken`` whose known_hosts holds another host key. The
+host's agent has a policy file that names its restore root.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ import yaml
 
 from backup_coordinator.config import load_config_file
 from backup_coordinator.transport import PROBE_STEPS
-from devstack.borg import init_repository, list_archives
+from devstack.borg import create_archive, init_repository, list_archives
 from devstack.sshd import LoopbackDrone
 from tests.integration.coordinator_support import (
     ShiftedClock,
@@ -45,6 +48,8 @@ class CliSetup:
     repositories: dict[str, Path]
     apps_yaml: Path
     wrong_known_hosts: Path
+    data: Path
+    restore_root: Path
 
     def archives(self, drone: str) -> list[str]:
         return list_archives(self.repositories[drone], SECRET_PASSPHRASE, self.base_dir)
@@ -59,7 +64,13 @@ def setup(tmp_path: Path) -> Iterator[CliSetup]:
     (tmp_path / "repos").mkdir()
     for repository in repositories.values():
         init_repository(repository, SECRET_PASSPHRASE, base_dir)
-    sshd = LoopbackDrone(tmp_path / "sshd", agent_command(), env={"BORG_BASE_DIR": str(base_dir)})
+    restore_root = tmp_path / "restore"
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        json.dumps({"repositories": ["/"], "paths": ["/"], "restore_root": str(restore_root)})
+    )
+    command = [*agent_command(), "--policy", str(policy)]
+    sshd = LoopbackDrone(tmp_path / "sshd", command, env={"BORG_BASE_DIR": str(base_dir)})
     with sshd:
         config_dir = tmp_path / "appdaemon"
         config_dir.mkdir()
@@ -99,7 +110,7 @@ backup_coordinator:
       known_hosts: {wrong}
 """
         )
-        yield CliSetup(sshd, base_dir, repositories, apps_yaml, wrong)
+        yield CliSetup(sshd, base_dir, repositories, apps_yaml, wrong, data, restore_root)
     assert sshd.pid is None
 
 
@@ -230,3 +241,69 @@ def test_dashboard_prints_yaml_with_a_card_per_drone(setup: CliSetup) -> None:
         assert f"sensor.backup_{drone}_last_backup" in shown
         assert f"binary_sensor.backup_{drone}_problem" in shown
         assert f"input_button.backup_{drone}_create" in shown
+
+
+def make_archive(setup: CliSetup, name: str) -> None:
+    repository = setup.repositories["good"]
+    create_archive(repository, name, [setup.data], SECRET_PASSPHRASE, setup.base_dir)
+
+
+def test_archives_lists_the_drones_archives_newest_first(setup: CliSetup) -> None:
+    make_archive(setup, "good-2026-01-01T00:00:00")
+    make_archive(setup, "good-2026-01-02T00:00:00")
+    done = cli(setup, "archives", "good")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == ["good-2026-01-02T00:00:00", "good-2026-01-01T00:00:00"]
+    failed = cli(setup, "archives", "broken")
+    assert failed.returncode == 1
+    assert "broken: list failed: host_key" in failed.stderr
+
+
+def test_restore_latest_with_progress_then_prints_the_destination(setup: CliSetup) -> None:
+    make_archive(setup, "good-2026-01-01T00:00:00")
+    done = cli(setup, "restore", "good", "latest")
+    assert done.returncode == 0, done.stdout + done.stderr
+    destination = setup.restore_root / "good-2026-01-01T00:00:00"
+    assert done.stdout == f"{destination}\n"
+    restored = destination / str(setup.data).lstrip("/")
+    for name in ("notes.txt", "todo.txt"):
+        assert (restored / "docs" / name).read_bytes() == (setup.data / "docs" / name).read_bytes()
+    errors = done.stderr.splitlines()
+    assert errors[0] == "good: restoring latest ..."
+    assert any(line.startswith("restoring ") and "docs/" in line for line in errors), errors
+    assert errors[-1].startswith("extract done in ")
+    assert "2 files" in errors[-1]
+
+
+def test_restore_of_one_path_to_a_chosen_directory(setup: CliSetup) -> None:
+    make_archive(setup, "good-2026-01-01T00:00:00")
+    inside = str(setup.data / "docs" / "todo.txt").lstrip("/")
+    target = setup.restore_root / "just-the-todo"
+    done = cli(setup, "restore", "good", "good-2026-01-01T00:00:00", inside, "--to", str(target))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == f"{target}\n"
+    files = [
+        os.path.relpath(os.path.join(d, f), target) for d, _, fs in os.walk(target) for f in fs
+    ]
+    assert files == [inside]
+
+
+def test_a_restore_outside_the_restore_root_is_refused(setup: CliSetup, tmp_path: Path) -> None:
+    make_archive(setup, "good-2026-01-01T00:00:00")
+    outside = tmp_path / "live"
+    done = cli(setup, "restore", "good", "latest", "--to", str(outside))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "good: extract failed: rejected" in done.stderr
+    assert "destination" in done.stderr
+    assert not outside.exists()
+
+
+def test_drill_prints_what_it_verified(setup: CliSetup) -> None:
+    make_archive(setup, "good-2026-01-01T00:00:00")
+    done = cli(setup, "drill", "good")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("drill done in ")
+    assert "drill of good-2026-01-01T00:00:00: 2 verified" in done.stdout
+    assert "0 skipped (changed since), 0 mismatch(es)" in done.stdout
+    assert list(setup.restore_root.iterdir()) == []  # the drill cleaned up after itself

@@ -50,10 +50,12 @@ def test_the_module_names_derive_from_the_table() -> None:
         "stats",
         "list",
         "check",
+        "extract",
+        "drill",
         "offsite",
         "sequence",
     )
-    assert agent.STEP_OPERATIONS == ("create", "prune", "stats", "list", "check")
+    assert agent.STEP_OPERATIONS == ("create", "prune", "stats", "list", "check", "drill")
     assert set(agent.STEP_OPERATIONS) < set(agent.OPERATIONS)
     assert not set(agent.RESERVED_OPERATIONS) & set(agent.OPERATIONS)
 
@@ -153,12 +155,20 @@ def test_a_sequence_job_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("steps", "field", "message"),
     [
-        (["create", "backup"], "steps[1]", "must be one of create, prune, stats, list, check"),
+        (
+            ["create", "backup"],
+            "steps[1]",
+            "must be one of create, prune, stats, list, check, drill",
+        ),
         (["hello"], "steps[0]", "must be one of"),
         (["sequence"], "steps[0]", "must be one of"),
         (["create", "stats", "create"], "steps[2]", "already listed"),
         ([], "steps", "at least one step"),
-        (["create", "prune", "stats", "list", "check", "list"], "steps", "at most 5 entries"),
+        (
+            ["create", "prune", "stats", "list", "check", "drill", "list"],
+            "steps",
+            "at most 6 entries",
+        ),
         ("create", "steps", "must be a list"),
         ([1], "steps[0]", "must be one of"),
         (None, "steps", "is required for sequence"),
@@ -311,7 +321,7 @@ def test_a_rejected_sequence_has_no_step_lines_and_no_step_in_its_error() -> Non
     assert events[1]["error"] == {
         "msgid": "JobRejected",
         "field": "steps[1]",
-        "message": "must be one of create, prune, stats, list, check",
+        "message": "must be one of create, prune, stats, list, check, drill",
     }
 
 
