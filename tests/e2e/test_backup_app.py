@@ -583,28 +583,30 @@ async def test_appdaemon_restart_mid_backup_retries_it_and_leaves_no_lock(
     )
 
 
-async def test_a_flipped_byte_in_a_segment_fails_the_drill_and_raises_the_problem(
+async def test_a_flipped_byte_in_a_segment_fails_the_check_and_raises_the_problem(
     stack: Stack, app: AppDaemon, ha_client: HaClient
 ) -> None:
-    """Last: it damages alpha's repository for good."""
+    """Last: it damages alpha's repository for good. borg's check verifies every segment
+    entry's checksum, so one flipped byte anywhere is found (a drill finds it only when its
+    sample reads the damaged chunk: tests/integration/test_agent_restore.py)."""
     alpha = stack.drones["alpha"]
     segments = sorted(
-        (p for p in (alpha.repository / "data").rglob("*") if p.name.isdigit()),
+        (p for p in (alpha.repository / "data").rglob("*") if p.is_file() and p.name.isdigit()),
         key=lambda p: p.stat().st_size,
     )
-    biggest = segments[-1]  # holds the file contents the drill restores
+    biggest = segments[-1]
     content = bytearray(biggest.read_bytes())
-    for offset in range(4096, len(content) - 4096, 65536):  # a byte in every 64 KiB
-        content[offset] ^= 0xFF
+    content[len(content) // 2] ^= 0xFF
     biggest.write_bytes(bytes(content))
     finished = await ha_client.subscribe_events("backup_coordinator_finished")
     await select(ha_client, "alpha", "manual")
-    await press(ha_client, "alpha", "restore_drill")
+    await press(ha_client, "alpha", "check")
     done = await finished.wait_for(
-        lambda e: e["data"]["drone"] == "alpha" and e["data"]["operation"] == "drill", 2 * TIMEOUT
+        lambda e: e["data"]["drone"] == "alpha" and e["data"]["operation"] == "check", 2 * TIMEOUT
     )
     assert done["data"]["ok"] is False, done["data"]
     problem = await ha_client.wait_for_state(
         "binary_sensor.backup_alpha_problem", lambda s: s["state"] == "on", TIMEOUT
     )
-    assert problem["attributes"]["reason"].startswith("restore drill failed: ")
+    assert problem["attributes"]["reason"].startswith("repository check failed: ")
+    assert (await state_of(ha_client, "sensor.backup_alpha_last_check"))["state"] == "unknown"
