@@ -209,6 +209,8 @@ def status(config: Config, out: TextIO) -> int:
         print(
             f"{drone.name:<16} last backup {iso_or_unknown(record.last_backup)},"
             f" last prune {iso_or_unknown(record.last_prune)},"
+            f" last verified restore {iso_or_unknown(record.last_drill)},"
+            f" last check {iso_or_unknown(record.last_check)},"
             f" {format_mib(sizes.get('deduplicated_size'))} deduplicated,"
             f" {record.consecutive_failures} failure(s) in a row"
             + (f", running {record.running.operation}" if record.running else "")
@@ -217,6 +219,24 @@ def status(config: Config, out: TextIO) -> int:
                 f"\n{'':<17}last error ({printable(str(record.last_error_kind))}):"
                 f" {printable(record.last_error)}"
                 if record.last_error
+                else ""
+            ),
+            file=out,
+        )
+    for target in config.offsite:
+        copy = loaded.copies.get(target.name)
+        if copy is None:
+            print(f"{target.name:<16} (offsite) never run", file=out)
+            continue
+        sent = (copy.last_copy_data or {}).get("bytes")
+        print(
+            f"{target.name:<16} (offsite) last copy {iso_or_unknown(copy.last_copy)},"
+            f" {format_mib(sent)} sent, {copy.consecutive_failures} failure(s) in a row"
+            + (", running" if copy.running else "")
+            + (
+                f"\n{'':<17}last error ({printable(str(copy.last_error_kind))}):"
+                f" {printable(copy.last_error)}"
+                if copy.last_error
                 else ""
             ),
             file=out,

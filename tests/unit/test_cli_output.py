@@ -16,7 +16,7 @@ import pytest
 
 from backup_coordinator import __main__ as cli
 from backup_coordinator import transport
-from backup_coordinator.config import Config, DroneConfig
+from backup_coordinator.config import Config, DroneConfig, parse_config
 from backup_coordinator.model import Operation, SshTarget
 from backup_coordinator.protocol import (
     AgentEvent,
@@ -128,6 +128,43 @@ def test_status_prints_a_recorded_error_escaped(tmp_path: Path) -> None:
     assert cli.status(config, out) == cli.EXIT_OK
     assert "\x1b" not in out.getvalue()
     assert "borg: \\x1b[2Jboom" in out.getvalue()
+
+
+def test_status_shows_offsite_targets_escaped(tmp_path: Path) -> None:
+    args = {
+        "state_file": str(tmp_path / "state.json"),
+        "ssh": {"client_key": "/keys/id", "known_hosts": "/keys/known_hosts"},
+        "drones": {"nas": {"host": "nas", "repository": "/srv/nas", "paths": ["/data"]}},
+        "offsite": {
+            "cloud": {
+                "host": "nas",
+                "repositories": ["/srv/nas"],
+                "destination": "/c",
+                "tool": "rsync",
+            },
+            "usb": {
+                "host": "nas",
+                "repositories": ["/srv/nas"],
+                "destination": "/u",
+                "tool": "rsync",
+            },
+        },
+    }
+    config = parse_config(args, tmp_path)
+    copy = {
+        "last_copy": "2026-12-03T10:00:00+00:00",
+        "last_copy_data": {"bytes": 3 * 1024 * 1024},
+        "consecutive_failures": 1,
+        "last_error": f"rclone: {CLEAR_SCREEN}down",
+    }
+    state = {"version": 1, "drones": {}, "offsite": {"targets": {"cloud": copy}}}
+    config.state_file.write_text(json.dumps(state))
+    out = io.StringIO()
+    assert cli.status(config, out) == cli.EXIT_OK
+    printed = out.getvalue()
+    assert "cloud            (offsite) last copy 2026-12-03T10:00:00+00:00, 3.0 MiB sent" in printed
+    assert "rclone: \\x1b[2Jdown" in printed
+    assert "usb              (offsite) never run" in printed
 
 
 def answering(operation: str, data: Mapping[str, Any], events: list[AgentEvent]) -> Runner:
