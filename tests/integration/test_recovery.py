@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 RUNBOOK = PROJECT_ROOT / "docs" / "recovery.md"
 PASSPHRASE = "recovery runbook passphrase 91c2"
 ARCHIVE = "laptop-2026-11-30T03:00:00.000000"  # the page's example archive name
+LATER_ARCHIVE = "laptop-2026-12-01T03:00:00.000000"  # a backup made after the offsite copy
 COMMAND_TIMEOUT = 120.0
 BLOCK = re.compile(
     r"^[ \t]*<!-- test: (?P<name>[a-z-]+) -->\n(?P<indent>[ \t]*)```(?P<kind>[a-z]*)\n"
@@ -65,6 +66,7 @@ class Host:
 
     root: Path
     places: dict[str, Path]
+    placeholders: dict[str, str] = field(default_factory=dict)  # words a person fills in
     env: dict[str, str] = field(init=False)
     cwd: Path = field(init=False)
 
@@ -84,7 +86,10 @@ class Host:
         it, replaced by this host's folder."""
         names = sorted(self.places, key=len, reverse=True)
         pattern = r"(?<![^\s=])(" + "|".join(map(re.escape, names)) + r")(?=/|\s|$)"
-        return re.sub(pattern, lambda match: str(self.places[match[1]]), text)
+        text = re.sub(pattern, lambda match: str(self.places[match[1]]), text)
+        for placeholder, value in self.placeholders.items():
+            text = text.replace(placeholder, value)
+        return text
 
     def run(self, lines: list[str]) -> list[subprocess.CompletedProcess[str]]:
         """Runs the lines in order as a person would, up to the first command that fails."""
@@ -187,6 +192,11 @@ def write_zoes_files(host: Host) -> dict[str, bytes]:
     return tree_of(host.root / "home")
 
 
+def back_up_again(host: Host, repository: Path) -> None:
+    (host.root / "home" / "zoe" / "thesis" / "thesis.odt").write_bytes(b"a later draft")
+    host.borg("create", "--", f"{repository}::{LATER_ARCHIVE}", "home", "etc")
+
+
 def back_up(host: Host, repository: Path, encryption: str) -> None:
     """The repository and one archive, made from the host's / so it stores ``home/zoe/...``
     as a backup of /home/zoe does."""
@@ -212,6 +222,8 @@ def test_every_runnable_line_is_a_plain_command() -> None:
         "rebuild",
         "offsite",
         "offsite-in-place",
+        "newer-error",
+        "forget-newer",
     }
     for name, (kind, lines) in blocks.items():
         if kind != "sh":
@@ -346,20 +358,28 @@ def test_restore_from_an_rclone_offsite_copy_after_losing_the_nas(tmp_path: Path
     rclone_config.parent.mkdir(parents=True)
     rclone_config.write_text(f"[b2-borg]\ntype = alias\nremote = {bucket}\n")
     copy_offsite(network, "rclone", "b2-borg:my-bucket/borg", [f"--config={rclone_config}"])
+    back_up_again(laptop, network.repository)
     shutil.rmtree(network.repository)  # the NAS is lost
     in_the_bucket = tree_of(bucket)
     assert "my-bucket/borg/laptop/config" in in_the_bucket
 
-    # This laptop knew the repository at its old place: without the setting borg refuses.
+    # With this laptop's own borg state (it used the repository at its old place, and saw a
+    # newer backup than the copy has), borg refuses the copy, as the page says.
     lines = runbook("offsite")
-    refused = laptop.run(without_line(lines, "export BORG_RELOCATED_REPO_ACCESS_IS_OK="))[-1]
-    assert refused.args[:2] == ["borg", "list"]
-    assert "was previously located at" in refused.stderr
-    assert "Repository access aborted" in refused.stderr
+    own_state = without_line(lines, "export BORG_BASE_DIR=")
+    moved = Host(laptop.root, laptop.places).run(own_state)[-1]
+    assert moved.args[:2] == ["borg", "list"]
+    assert "was previously located at" in moved.stderr
+    assert "Repository access aborted" in moved.stderr
+    relocation_allowed = [*own_state[:-4], "export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes"]
+    older = Host(laptop.root, laptop.places).run([*relocation_allowed, "borg list"])[-1]
+    assert older.returncode == 2
+    (newer_error,) = runbook("newer-error")
+    assert newer_error in older.stderr
 
-    laptop = Host(laptop.root, laptop.places)  # a new shell
-    done = laptop.run_ok(lines)
+    done = Host(laptop.root, laptop.places).run_ok(lines)
     assert ARCHIVE in done[1].stdout
+    assert LATER_ARCHIVE not in done[1].stdout
     restored = laptop.root / "root" / "restore" / "home" / "zoe" / "thesis"
     assert tree_of(restored) == thesis_of(originals)
     assert tree_of(bucket) == in_the_bucket
@@ -387,3 +407,40 @@ def test_restore_from_an_rsync_copy_in_place_leaves_it_untouched(tmp_path: Path)
         path: (data, (network.usb / path).stat().st_mtime_ns)
         for path, data in tree_of(network.usb).items()
     } == on_the_disk
+
+
+def test_the_drone_backs_up_again_into_the_copy_put_back_on_a_new_nas(tmp_path: Path) -> None:
+    network = Network(tmp_path)
+    laptop = network.host("laptop")
+    write_zoes_files(laptop)
+    back_up(laptop, network.repository, "repokey-blake2")
+    (network.usb / "borg").mkdir(parents=True)
+    copy_offsite(network, "rsync", str(network.usb / "borg"), [])
+    back_up_again(laptop, network.repository)
+    shutil.rmtree(network.repository)  # the NAS is lost; a new one gets the copy
+    shutil.copytree(network.usb / "borg" / "laptop", network.repository)
+
+    laptop.write_passphrase_file()
+    with_passphrase = ['export BORG_PASSCOMMAND="cat /root/borg-passphrase"']
+    refused = laptop.run([*with_passphrase, "borg list /srv/borg/laptop"])[-1]
+    assert refused.returncode == 2
+    (newer_error,) = runbook("newer-error")
+    assert refused.stderr.strip() == newer_error
+
+    shell = Host(laptop.root, laptop.places)  # as the drone's user, no passphrase set
+    (printed_id,) = shell.run_ok(runbook("forget-newer")[:1])
+    repository_id = printed_id.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", repository_id)
+    shell.placeholders["REPOSITORY_ID"] = repository_id
+    shell.run_ok(runbook("forget-newer"))
+    security = laptop.root / "root" / ".config" / "borg" / "security" / repository_id
+    assert sorted(p.name for p in security.iterdir()) == [
+        "key-type",
+        "location",
+        "nonce",
+        "tam_required",
+    ]
+    later = "laptop-2026-12-03T03:00:00.000000"
+    laptop.borg("create", "--", f"{network.repository}::{later}", "home")
+    names = laptop.run_ok(["borg list --short /srv/borg/laptop"])[0].stdout.split()
+    assert names == [ARCHIVE, later]
