@@ -1367,16 +1367,33 @@ def list_data(archives: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def stats_data(info: Dict[str, Any], count: int, last: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """The repository totals of `borg info --json`, and how many archives this prefix has and
-    the newest of them (``{"name", "time"}``)."""
+    """The repository totals of `borg info --json`, how many archives this prefix has and the
+    newest of them (``{"name", "time"}``), and the repository's encryption when borg says."""
     totals = repository_totals((info.get("cache") or {}).get("stats") or {})
-    return {
+    data = {
         "total_size": totals["total_size"],
         "compressed_size": totals["compressed_size"],
         "deduplicated_size": totals["deduplicated_size"],
         "archive_count": count,
         "last_archive": {"name": last["name"], "time": last["time"]} if last else None,
     }
+    encryption = encryption_data(info)
+    if encryption is not None:
+        data["encryption"] = encryption
+    return data
+
+
+def encryption_data(info: Dict[str, Any]) -> Optional[Dict[str, str]]:
+    """borg info's ``encryption``: the mode, and in keyfile modes where the key file is (on this
+    host: losing the host loses the key). None when borg did not say."""
+    encryption = info.get("encryption")
+    if not isinstance(encryption, dict) or not isinstance(encryption.get("mode"), str):
+        return None
+    data = {"mode": encryption["mode"]}
+    keyfile = encryption.get("keyfile")
+    if isinstance(keyfile, str):
+        data["keyfile"] = keyfile
+    return data
 
 
 class PruneTally:
@@ -3415,7 +3432,15 @@ def stats_summary(data: Dict[str, Any]) -> List[str]:
         f"{human_size(data['compressed_size'])} compressed, "
         f"{human_size(data['deduplicated_size'])} stored",
         f"last archive: {last['name']} ({last['time']})" if last else "no archives yet",
+        *encryption_summary(data.get("encryption")),
     ]
+
+
+def encryption_summary(encryption: Optional[Dict[str, str]]) -> List[str]:
+    if not encryption:
+        return []
+    keyfile = encryption.get("keyfile")
+    return [f"encryption: {encryption['mode']}" + (f", key file {keyfile}" if keyfile else "")]
 
 
 def list_summary(data: Dict[str, Any]) -> List[str]:

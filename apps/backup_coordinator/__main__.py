@@ -178,17 +178,44 @@ async def _doctor_drone(drone: DroneConfig, out: TextIO, config: Config) -> int:
         return 1
     size = format_mib(result.data.get("deduplicated_size"))
     count = result.data.get("archive_count", "?")
+    encryption = result.data.get("encryption")
+    mode = encryption.get("mode") if isinstance(encryption, Mapping) else None
     detail = (
         f"{drone.repository}: {count} archive(s) of {drone.archive_prefix}-*, {size} deduplicated"
+        + (f", encryption {mode}" if isinstance(mode, str) else "")
     )
-    _check_line(out, drone.name, "repository", True, remote(drone, detail), "")
+    warning = key_warning(drone.repository, encryption)
+    _check_line(
+        out, drone.name, "repository", True, remote(drone, detail), "", remote(drone, warning)
+    )
     return 0
 
 
-def _check_line(out: TextIO, drone: str, check: str, ok: bool, detail: str, fix: str) -> None:
+def key_warning(repository: str, encryption: object) -> str:
+    """The warning for a repository whose key is a file on the drone (borg's keyfile modes):
+    whoever loses the drone loses every archive, unless the key was exported. "" otherwise."""
+    if not isinstance(encryption, Mapping):
+        return ""
+    mode, keyfile = encryption.get("mode"), encryption.get("keyfile")
+    if not isinstance(mode, str) or not mode.startswith("keyfile"):
+        return ""
+    where = f": {keyfile}" if isinstance(keyfile, str) else ""
+    return (
+        f"the key lives only on the drone (keyfile mode{where}): export it with"
+        f" `borg key export {repository} FILE` and keep the file elsewhere;"
+        " without it the archives cannot be read"
+    )
+
+
+def _check_line(
+    out: TextIO, drone: str, check: str, ok: bool, detail: str, fix: str, warning: str = ""
+) -> None:
+    """The check's line; under it, indented, the fix of a failure and a passed check's warning."""
     line = f"{drone:<16} {'ok' if ok else 'FAIL':<5} {check:<28} {detail}"
     if fix and not ok:
         line += f"\n{'':<23}fix: {fix}"
+    if warning:
+        line += f"\n{'':<23}warning: {warning}"
     print(line, file=out)
 
 

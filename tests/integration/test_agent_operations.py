@@ -16,6 +16,7 @@ import pytest
 from devstack.borg import AGENT_PATH, borg_json, create_archive, list_archives, run_borg
 from devstack.waiting import wait_until
 from tests.integration.agent_support import (
+    PASSPHRASE,
     SYSTEM_PYTHON,
     AgentProcess,
     Repo,
@@ -227,6 +228,23 @@ def test_stats_of_an_empty_repository(agent_python: str, repo: Repo) -> None:
     data = run_agent(agent_python, "stats", repo.job(), repo.env()).result["data"]
     assert data["archive_count"] == 0
     assert data["last_archive"] is None
+
+
+def test_stats_says_the_encryption_mode_and_the_key_file_of_a_keyfile_repository(
+    agent_python: str, repo: Repo, tmp_path: Path
+) -> None:
+    repokey = run_agent(agent_python, "stats", repo.job(), repo.env()).result["data"]
+    assert repokey["encryption"] == {"mode": "repokey-blake2"}
+    keyfile_repo = tmp_path / "keyfile-repo"
+    run_borg(
+        ["init", "--encryption=keyfile-blake2", "--", str(keyfile_repo)], PASSPHRASE, repo.base_dir
+    )
+    job = repo.job(repository=str(keyfile_repo))
+    encryption = run_agent(agent_python, "stats", job, repo.env()).result["data"]["encryption"]
+    assert encryption["mode"] == "keyfile-blake2"
+    keys = repo.base_dir / ".config" / "borg" / "keys"
+    assert Path(encryption["keyfile"]).parent == keys
+    assert Path(encryption["keyfile"]).is_file()
 
 
 def test_list(agent_python: str, repo: Repo) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import yaml
 
 from backup_coordinator.config import load_config_file
 from backup_coordinator.transport import PROBE_STEPS
-from devstack.borg import create_archive, init_repository, list_archives
+from devstack.borg import create_archive, init_repository, list_archives, run_borg
 from devstack.sshd import LoopbackDrone
 from tests.integration.coordinator_support import (
     ShiftedClock,
@@ -151,9 +152,33 @@ def test_doctor_passes_every_check_on_a_good_drone(setup: CliSetup) -> None:
         assert check in line
     assert "borg 1." in lines[len(PROBE_STEPS) - 1]
     assert f"{setup.repositories['good']}: 0 archive(s) of good-*" in lines[-1]
+    assert lines[-1].endswith(", encryption repokey-blake2")
     assert "fix:" not in done.stdout
+    assert "warning:" not in done.stdout
     assert done.stdout.splitlines()[-1] == "all checks passed"
     assert check_lines(done.stdout, "broken") == []
+
+
+def test_doctor_warns_that_the_key_of_a_keyfile_repository_lives_only_on_the_drone(
+    setup: CliSetup,
+) -> None:
+    repository = setup.repositories["good"]
+    shutil.rmtree(repository)
+    init = ["init", "--encryption=keyfile-blake2", "--", str(repository)]
+    run_borg(init, SECRET_PASSPHRASE, setup.base_dir)
+    (keyfile,) = (setup.base_dir / ".config" / "borg" / "keys").iterdir()
+    done = cli(setup, "doctor", "good")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = check_lines(done.stdout, "good")
+    assert [line.split()[1] for line in lines] == ["ok"] * (len(PROBE_STEPS) + 1)
+    assert lines[-1].endswith(", encryption keyfile-blake2")
+    printed = done.stdout.splitlines()
+    assert printed[printed.index(lines[-1]) + 1] == (
+        f"{'':<23}warning: the key lives only on the drone (keyfile mode: {keyfile}):"
+        f" export it with `borg key export {repository} FILE` and keep the file elsewhere;"
+        " without it the archives cannot be read"
+    )
+    assert printed[-1] == "all checks passed"
 
 
 def test_doctor_fails_a_wrong_host_key_with_the_fix(setup: CliSetup) -> None:

@@ -290,6 +290,22 @@ def test_stats_data_of_an_empty_repository() -> None:
     assert stats["last_archive"] is None
 
 
+def test_stats_data_says_the_encryption_and_where_a_key_file_is() -> None:
+    repokey = {"cache": CREATE_OUTPUT["cache"], "encryption": {"mode": "repokey-blake2"}}
+    assert agent.stats_data(repokey, 0, None)["encryption"] == {"mode": "repokey-blake2"}
+    keyfile = {"mode": "keyfile", "keyfile": "/root/.config/borg/keys/srv_borg_web"}
+    stats = agent.stats_data({"encryption": keyfile}, 0, None)
+    assert stats["encryption"] == keyfile
+    assert agent.stats_summary(stats)[-1] == (
+        "encryption: keyfile, key file /root/.config/borg/keys/srv_borg_web"
+    )
+
+
+def test_stats_data_leaves_encryption_out_when_borg_does_not_say() -> None:
+    for info in ({}, {"encryption": None}, {"encryption": {"keyfile": "/k"}}):
+        assert "encryption" not in agent.stats_data(info, 0, None)
+
+
 def test_borg_error_prefers_the_last_error_with_a_msgid() -> None:
     records = [
         log_message("ERROR", "first", "Repository.DoesNotExist"),

@@ -257,3 +257,61 @@ async def test_drill_prints_its_counts(tmp_path: Path, monkeypatch: pytest.Monke
         "drill done in 1.0 s: drill of nas-1: 4 verified (2.0 MiB),"
         " 1 skipped (changed since), 0 mismatch(es)\n"
     )
+
+
+KEY_FILE = "/root/.config/borg/keys/srv_borg_nas"
+
+
+def test_a_keyfile_repository_gets_the_key_warning() -> None:
+    keyfile = {"mode": "keyfile-blake2", "keyfile": KEY_FILE}
+    assert cli.key_warning("/srv/borg/nas", keyfile) == (
+        f"the key lives only on the drone (keyfile mode: {KEY_FILE}): export it with"
+        " `borg key export /srv/borg/nas FILE` and keep the file elsewhere;"
+        " without it the archives cannot be read"
+    )
+    assert cli.key_warning("/srv/borg/nas", {"mode": "keyfile"}).startswith(
+        "the key lives only on the drone (keyfile mode): export it with"
+    )
+
+
+@pytest.mark.parametrize(
+    "encryption", [{"mode": "repokey-blake2"}, {"mode": "repokey"}, {"mode": "none"}, None, "x"]
+)
+def test_other_repositories_get_no_key_warning(encryption: object) -> None:
+    assert cli.key_warning("/srv/borg/nas", encryption) == ""
+
+
+async def passing_probe(target: SshTarget) -> list[transport.Check]:
+    return [transport.Check("agent hello", True, "agent 1.3.0, borg 1.2.4")]
+
+
+async def test_doctor_warns_under_a_passing_repository_check_of_a_keyfile_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encryption = {"mode": "keyfile", "keyfile": f"{KEY_FILE}{CLEAR_SCREEN}"}
+    data = {"deduplicated_size": 0, "archive_count": 3, "encryption": encryption}
+    monkeypatch.setattr(transport, "probe", passing_probe)
+    monkeypatch.setattr(transport, "run_agent", answering("stats", data, []))
+    config = make_config(tmp_path, nas={})
+    out = io.StringIO()
+    assert await cli.doctor(config, [], out) == cli.EXIT_OK
+    lines = out.getvalue().splitlines()
+    repository = next(line for line in lines if " repository " in line)
+    assert repository.split()[:2] == ["nas", "ok"]
+    assert repository.endswith(", encryption keyfile")
+    warning = lines[lines.index(repository) + 1]
+    assert warning.startswith(" " * 23 + "warning: the key lives only on the drone (keyfile mode: ")
+    assert f"{KEY_FILE}\\x1b[2J" in warning
+    assert lines[-1] == "all checks passed"
+
+
+async def test_doctor_prints_no_warning_for_a_repokey_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = {"deduplicated_size": 0, "archive_count": 3, "encryption": {"mode": "repokey"}}
+    monkeypatch.setattr(transport, "probe", passing_probe)
+    monkeypatch.setattr(transport, "run_agent", answering("stats", data, []))
+    out = io.StringIO()
+    assert await cli.doctor(make_config(tmp_path, nas={}), [], out) == cli.EXIT_OK
+    assert "warning" not in out.getvalue()
+    assert ", encryption repokey\n" in out.getvalue()
