@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum, StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .model import (
     FREQUENCY_MINUTES_RANGE,
@@ -32,7 +32,9 @@ from .store import DEFAULT_GLOBAL_MODE
 
 STATE_MAX_LENGTH = 255  # HA rejects longer states
 
-Source = TypeVar("Source")  # what a description reads its values from
+# What a description reads its values from. Contravariant: a description that reads a protocol
+# (``Scheduled``, ``Troubled``) serves every source that has it (a drone's, a target's).
+Source = TypeVar("Source", contravariant=True)
 
 
 class Section(Enum):
@@ -194,6 +196,30 @@ class CoordinatorSnapshot:
     global_mode: str
 
 
+class Scheduled(Protocol):
+    """Settings with a mode and a frequency (a drone's, an offsite target's)."""
+
+    @property
+    def mode(self) -> Mode: ...
+    @property
+    def frequency_minutes(self) -> int: ...
+
+
+class Troubled(Protocol):
+    """A snapshot with problems and a last error (a drone's, an offsite target's)."""
+
+    @property
+    def problems(self) -> Sequence[str]: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def last_error_kind(self) -> str | None: ...
+    @property
+    def last_error_hint(self) -> str | None: ...
+
+
 # --- the controls -----------------------------------------------------------------------------
 
 
@@ -223,28 +249,31 @@ def _keep_count(name: str, icon: str) -> HelperDescription[DroneSettings]:
     )
 
 
+FREQUENCY_HELPER: HelperDescription[Scheduled] = HelperDescription(
+    domain="input_number",
+    key="frequency",
+    label="frequency",
+    icon="mdi:timer-sync-outline",
+    category=EntityCategory.CONFIG,
+    create_fields=number_fields(FREQUENCY_MINUTES_RANGE, "min"),
+    setting="frequency",
+    first_value=lambda settings: settings.frequency_minutes,
+)
+MODE_HELPER: HelperDescription[Scheduled] = HelperDescription(
+    domain="input_select",
+    key="mode",
+    label="mode",
+    icon="mdi:cog-outline",
+    category=EntityCategory.CONFIG,
+    create_fields={"options": [m.value for m in Mode]},
+    setting="mode",
+    first_value=lambda settings: settings.mode.value,
+)
+
 # A drone's settings; `keep daily` and `keep hourly` come from apps.yaml only.
 DRONE_HELPERS: tuple[HelperDescription[DroneSettings], ...] = (
-    HelperDescription(
-        domain="input_number",
-        key="frequency",
-        label="frequency",
-        icon="mdi:timer-sync-outline",
-        category=EntityCategory.CONFIG,
-        create_fields=number_fields(FREQUENCY_MINUTES_RANGE, "min"),
-        setting="frequency",
-        first_value=lambda settings: settings.frequency_minutes,
-    ),
-    HelperDescription(
-        domain="input_select",
-        key="mode",
-        label="mode",
-        icon="mdi:cog-outline",
-        category=EntityCategory.CONFIG,
-        create_fields={"options": [m.value for m in Mode]},
-        setting="mode",
-        first_value=lambda settings: settings.mode.value,
-    ),
+    FREQUENCY_HELPER,
+    MODE_HELPER,
     HelperDescription(
         domain="input_text",
         key="keep_within",
@@ -404,6 +433,30 @@ def _repository_size(key: str, label: str) -> SensorDescription[DroneSnapshot]:
     )
 
 
+PROBLEM_SENSOR: SensorDescription[Troubled] = SensorDescription(
+    domain="binary_sensor",
+    key="problem",
+    label="problem",
+    device_class="problem",
+    value=lambda snap: "on" if snap.problems else "off",
+    attributes=lambda snap: {
+        "reason": "; ".join(snap.problems) or "none",
+        "consecutive_failures": snap.consecutive_failures,
+    },
+)
+LAST_ERROR_SENSOR: SensorDescription[Troubled] = SensorDescription(
+    domain="sensor",
+    key="last_error",
+    label="last error",
+    icon="mdi:alert-circle-outline",
+    category=EntityCategory.DIAGNOSTIC,
+    value=lambda snap: snap.last_error or "none",
+    attributes=lambda snap: {
+        "kind": snap.last_error_kind or "none",
+        "hint": snap.last_error_hint or "",
+    },
+)
+
 DRONE_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
     SensorDescription(
         domain="sensor",
@@ -447,29 +500,8 @@ DRONE_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
     _repository_size("total_size", "total size"),
     _repository_size("compressed_size", "compressed size"),
     _repository_size("deduplicated_size", "deduplicated size"),
-    SensorDescription(
-        domain="binary_sensor",
-        key="problem",
-        label="problem",
-        device_class="problem",
-        value=lambda snap: "on" if snap.problems else "off",
-        attributes=lambda snap: {
-            "reason": "; ".join(snap.problems) or "none",
-            "consecutive_failures": snap.consecutive_failures,
-        },
-    ),
-    SensorDescription(
-        domain="sensor",
-        key="last_error",
-        label="last error",
-        icon="mdi:alert-circle-outline",
-        category=EntityCategory.DIAGNOSTIC,
-        value=lambda snap: snap.last_error or "none",
-        attributes=lambda snap: {
-            "kind": snap.last_error_kind or "none",
-            "hint": snap.last_error_hint or "",
-        },
-    ),
+    PROBLEM_SENSOR,
+    LAST_ERROR_SENSOR,
 )
 
 

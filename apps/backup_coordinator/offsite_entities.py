@@ -13,7 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from .entities import (
-    EntityCategory,
+    FREQUENCY_HELPER,
+    LAST_ERROR_SENSOR,
+    MODE_HELPER,
+    PROBLEM_SENSOR,
     HelperDescription,
     HelperSpec,
     Publication,
@@ -21,11 +24,10 @@ from .entities import (
     SensorDescription,
     byte_count,
     iso_or_unknown,
-    number_fields,
     render_helpers,
     render_sensors,
 )
-from .model import FREQUENCY_MINUTES_RANGE, MIB, CopyOperation, CopySettings, CopyState, Mode
+from .model import MIB, CopyOperation, CopySettings, CopyState
 
 
 @dataclass(frozen=True)
@@ -47,26 +49,8 @@ class TargetSnapshot:
 
 
 TARGET_HELPERS: tuple[HelperDescription[CopySettings], ...] = (
-    HelperDescription(
-        domain="input_number",
-        key="frequency",
-        label="frequency",
-        icon="mdi:timer-sync-outline",
-        category=EntityCategory.CONFIG,
-        create_fields=number_fields(FREQUENCY_MINUTES_RANGE, "min"),
-        setting="frequency",
-        first_value=lambda settings: settings.frequency_minutes,
-    ),
-    HelperDescription(
-        domain="input_select",
-        key="mode",
-        label="mode",
-        icon="mdi:cog-outline",
-        category=EntityCategory.CONFIG,
-        create_fields={"options": [m.value for m in Mode]},
-        setting="mode",
-        first_value=lambda settings: settings.mode.value,
-    ),
+    FREQUENCY_HELPER,
+    MODE_HELPER,
     HelperDescription(
         domain="input_button",
         key="sync_now",
@@ -138,29 +122,8 @@ TARGET_SENSORS: tuple[SensorDescription[TargetSnapshot], ...] = (
         ),
         attributes=lambda snap: {"bytes": _copied_bytes(snap)},
     ),
-    SensorDescription(
-        domain="binary_sensor",
-        key="problem",
-        label="problem",
-        device_class="problem",
-        value=lambda snap: "on" if snap.problems else "off",
-        attributes=lambda snap: {
-            "reason": "; ".join(snap.problems) or "none",
-            "consecutive_failures": snap.consecutive_failures,
-        },
-    ),
-    SensorDescription(
-        domain="sensor",
-        key="last_error",
-        label="last error",
-        icon="mdi:alert-circle-outline",
-        category=EntityCategory.DIAGNOSTIC,
-        value=lambda snap: snap.last_error or "none",
-        attributes=lambda snap: {
-            "kind": snap.last_error_kind or "none",
-            "hint": snap.last_error_hint or "",
-        },
-    ),
+    PROBLEM_SENSOR,
+    LAST_ERROR_SENSOR,
 )
 
 
