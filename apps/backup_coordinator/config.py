@@ -607,8 +607,9 @@ def setting_value(key: str, parse: Callable[[object], Any], value: object) -> An
         raise InvalidValue(key, str(error)) from None
 
 
-def _assemble_drone(name: str, parsed: Mapping[str, Any]) -> DroneConfig:
-    ssh = SshTarget(
+def ssh_target(parsed: Mapping[str, Any]) -> SshTarget:
+    """Where and how to reach a host's agent, from its parsed values (host, the ssh: keys)."""
+    return SshTarget(
         host=parsed["host"],
         port=parsed.get("port", 22),
         user=parsed.get("user", "root"),
@@ -617,6 +618,10 @@ def _assemble_drone(name: str, parsed: Mapping[str, Any]) -> DroneConfig:
         connect_timeout=parsed.get("connect_timeout", 10.0),
         keepalive_interval=parsed.get("keepalive_interval", 15.0),
     )
+
+
+def _assemble_drone(name: str, parsed: Mapping[str, Any]) -> DroneConfig:
+    ssh = ssh_target(parsed)
     settings = DroneSettings(
         mode=parsed.get("mode", DroneSettings.mode),
         frequency_minutes=parsed.get("frequency", DroneSettings.frequency_minutes),

@@ -27,6 +27,7 @@ from .config import (
     read_frequency,
     reject_unknown_keys,
     setting_value,
+    ssh_target,
     strict_int,
 )
 from .locations import parse_location, path_components, repository_key
@@ -172,15 +173,7 @@ def parse_target(
     )
     return OffsiteTargetConfig(
         name=name,
-        ssh=SshTarget(
-            host=ssh_values["host"],
-            port=ssh_values.get("port", 22),
-            user=ssh_values.get("user", "root"),
-            client_key=ssh_values["client_key"],
-            known_hosts=ssh_values["known_hosts"],
-            connect_timeout=ssh_values.get("connect_timeout", 10.0),
-            keepalive_interval=ssh_values.get("keepalive_interval", 15.0),
-        ),
+        ssh=ssh_target(ssh_values),
         repositories=repositories,
         destination=read_destination("destination", merged["destination"], tool),
         tool=tool,
