@@ -60,7 +60,15 @@ from .protocol import (
     StepResult,
 )
 from .redaction import Redactor
-from .store import Copies, CopyRecord, DroneRecord, RunningOperation, Store
+from .store import (
+    Copies,
+    CopyRecord,
+    DroneRecord,
+    RunningOperation,
+    Store,
+    clear_failures,
+    count_failure,
+)
 
 GLOBAL_MODE_SETTING = "global_mode"
 OUTCOME_ALREADY_RUNNING = "already running"
@@ -745,9 +753,7 @@ class Coordinator:
         self, drone: Drone, operation: Operation, results: Mapping[str, Outcome], duration: float
     ) -> None:
         record = drone.record
-        record.consecutive_failures = 0
-        record.backoff_until = None
-        record.last_error = record.last_error_kind = record.last_error_hint = None
+        clear_failures(record)
         if "create" in results:
             drone.overdue = False
         drone.state, drone.agent_operation = DroneState.IDLE, None
@@ -823,14 +829,9 @@ class Coordinator:
     def _count_failure(self, drone: Drone, failure: OperationFailed) -> None:
         """A failed operation: counted, backed off, shown as the drone's last error."""
         record = drone.record
-        record.consecutive_failures += 1
         frequency = timedelta(minutes=drone.settings.frequency_minutes)
-        record.backoff_until = self.clock() + scheduler.backoff_delay(
-            record.consecutive_failures, frequency
-        )
-        record.last_error = failure.message
-        record.last_error_kind = failure.kind.value
-        record.last_error_hint = failure.hint or None
+        delay = scheduler.backoff_delay(record.consecutive_failures + 1, frequency)
+        count_failure(record, failure, self.clock() + delay)
         unreachable = failure.kind is FailureKind.UNREACHABLE
         drone.state = DroneState.UNREACHABLE if unreachable else DroneState.ERROR
 

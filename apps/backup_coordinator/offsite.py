@@ -42,7 +42,7 @@ from .protocol import (
     FailureKind,
     OperationFailed,
 )
-from .store import CopyRecord, RunningOperation
+from .store import CopyRecord, RunningOperation, clear_failures, count_failure
 
 PERCENT_CAP = 99.0  # 100 % only once the copy has ended
 
@@ -332,9 +332,7 @@ async def _record_success(
     data = copy_totals(copied)
     record.last_copy = host.now()
     record.last_copy_data = data
-    record.consecutive_failures = 0
-    record.backoff_until = None
-    record.last_error = record.last_error_kind = record.last_error_hint = None
+    clear_failures(record)
     target.overdue = False
     target.state, target.repository = CopyState.IDLE, None
     host.port.log(f"{target.name}: offsite copy finished in {duration:.1f} s: {copy_summary(data)}")
@@ -360,14 +358,9 @@ async def _record_failure(
     copied: list[dict[str, Any]],
 ) -> None:
     record = target.record
-    record.consecutive_failures += 1
     frequency = timedelta(minutes=target.settings.frequency_minutes)
-    record.backoff_until = host.now() + scheduler.backoff_delay(
-        record.consecutive_failures, frequency
-    )
-    record.last_error = failure.message
-    record.last_error_kind = failure.kind.value
-    record.last_error_hint = failure.hint or None
+    retry_at = host.now() + scheduler.backoff_delay(record.consecutive_failures + 1, frequency)
+    count_failure(record, failure, retry_at)
     unreachable = failure.kind is FailureKind.UNREACHABLE
     target.state = CopyState.UNREACHABLE if unreachable else CopyState.ERROR
     failed_at, target.repository = target.repository, None
@@ -375,7 +368,7 @@ async def _record_failure(
         f"{target.name}: offsite copy of {failed_at} failed after {duration:.1f} s"
         f" ({failure.kind.value}): {failure.message}"
         + (f" - {failure.hint}" if failure.hint else "")
-        + f"; retry after {record.backoff_until.isoformat(timespec='seconds')}",
+        + f"; retry after {retry_at.isoformat(timespec='seconds')}",
         "WARNING",
     )
     await host.port.fire_event(

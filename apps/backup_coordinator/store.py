@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .model import GLOBAL_MODES, Operation
+from .protocol import OperationFailed
 from .redaction import Redactor
 
 STATE_VERSION = 1
@@ -92,6 +93,24 @@ class CopyRecord:
     running: RunningOperation | None = None  # a copy running; ``done``: repositories copied
     problem: str | None = None
     first_seen: datetime | None = None
+
+
+def count_failure(
+    record: DroneRecord | CopyRecord, failure: OperationFailed, retry_at: datetime
+) -> None:
+    """One more failure in a row: the error as the user sees it, and when to retry."""
+    record.consecutive_failures += 1
+    record.backoff_until = retry_at
+    record.last_error = failure.message
+    record.last_error_kind = failure.kind.value
+    record.last_error_hint = failure.hint or None
+
+
+def clear_failures(record: DroneRecord | CopyRecord) -> None:
+    """A success: no failures in a row, no backoff, no last error."""
+    record.consecutive_failures = 0
+    record.backoff_until = None
+    record.last_error = record.last_error_kind = record.last_error_hint = None
 
 
 @dataclass(frozen=True)
