@@ -11,7 +11,7 @@ from typing import Any
 
 from . import entities
 from .config import Config
-from .entities import EntityDescription, Section
+from .entities import EntityDescription, Section, SensorDescription
 from .offsite_entities import TARGET_HELPERS, TARGET_SENSORS
 
 
@@ -62,9 +62,26 @@ def _card(prefix: str, drone: str, descriptions: Sequence[EntityDescription]) ->
         chosen = [d for d in descriptions if d.section is section]
         if chosen and section.value:
             rows.append({"type": "section", "label": section.value})
-        rows += [_row(d.entity_id(prefix, drone), d.label) for d in chosen]
+        for description in chosen:
+            rows += _rows(description, description.entity_id(prefix, drone))
     return {"type": "entities", "title": drone, "state_color": True, "entities": rows}
 
 
+def _rows(description: EntityDescription, entity_id: str) -> list[dict[str, str]]:
+    """The entity's row, then a row for each attribute it shows on the card (an error's hint:
+    what to do about it)."""
+    rows = [_row(entity_id, description.label)]
+    if isinstance(description, SensorDescription):
+        rows += [
+            {"type": "attribute", "entity": entity_id, "attribute": attribute, "name": _name(label)}
+            for attribute, label in description.card_attributes
+        ]
+    return rows
+
+
 def _row(entity_id: str, name: str) -> dict[str, str]:
-    return {"entity": entity_id, "name": name[:1].upper() + name[1:]}
+    return {"entity": entity_id, "name": _name(name)}
+
+
+def _name(label: str) -> str:
+    return label[:1].upper() + label[1:]

@@ -91,6 +91,7 @@ class SensorDescription(EntityDescription, Generic[Source]):
     unit: str | None = None
     state_class: str | None = None
     options: tuple[str, ...] = ()  # the possible states of an enum sensor
+    card_attributes: tuple[tuple[str, str], ...] = ()  # (attribute, label) rows on the card
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ MODE_HELPER: HelperDescription[Scheduled] = HelperDescription(
     first_value=lambda settings: settings.mode.value,
 )
 
-# A drone's settings; `keep daily` and `keep hourly` come from apps.yaml only.
+# A drone's settings: every rule prune applies is shown and can be changed.
 DRONE_HELPERS: tuple[HelperDescription[DroneSettings], ...] = (
     FREQUENCY_HELPER,
     MODE_HELPER,
@@ -286,6 +287,8 @@ DRONE_HELPERS: tuple[HelperDescription[DroneSettings], ...] = (
         setting="keep_within",
         first_value=lambda settings: settings.keep.within or "",
     ),
+    _keep_count("hourly", "mdi:clock-outline"),
+    _keep_count("daily", "mdi:calendar-today"),
     _keep_count("weekly", "mdi:calendar-week"),
     _keep_count("monthly", "mdi:calendar-month"),
     _keep_count("yearly", "mdi:calendar-star"),
@@ -450,6 +453,7 @@ LAST_ERROR_SENSOR: SensorDescription[Troubled] = SensorDescription(
     label="last error",
     icon="mdi:alert-circle-outline",
     category=EntityCategory.DIAGNOSTIC,
+    card_attributes=(("hint", "what to do"),),
     value=lambda snap: snap.last_error or "none",
     attributes=lambda snap: {
         "kind": snap.last_error_kind or "none",

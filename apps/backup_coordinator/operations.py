@@ -125,6 +125,8 @@ def _fold_create(record: DroneRecord, data: Mapping[str, Any], now: datetime) ->
         name = record.last_archive.get("name")
         if isinstance(name, str):
             record.recent_archives = newest_archives([name, *record.recent_archives])
+            if record.archive_count is not None:  # one more until stats counts again
+                record.archive_count += 1
     if isinstance(data.get("repository"), dict):
         record.repository = repository_sizes(data["repository"])
 
@@ -134,6 +136,7 @@ def _fold_prune(record: DroneRecord, data: Mapping[str, Any], now: datetime) -> 
     kept = data.get("kept")
     if isinstance(kept, list):
         record.recent_archives = newest_archives(name for name in kept if isinstance(name, str))
+        record.archive_count = _count(data, "kept")  # what prune kept is what is left
 
 
 RECENT_ARCHIVES = 10  # archive names a drone's record (and its last backup sensor) keeps

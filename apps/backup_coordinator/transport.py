@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,10 @@ from .protocol import (
     parse_line,
     redact,
 )
+
+# asyncssh tells of every connection and channel at INFO (about 16 lines per session): in
+# AppDaemon's log that buries the app's own one line per operation. Its warnings still show.
+logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 EventHandler = Callable[[AgentEvent], Awaitable[None]]
 

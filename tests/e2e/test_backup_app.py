@@ -37,14 +37,30 @@ pytestmark = pytest.mark.e2e
 APP_SOURCE = PROJECT_ROOT / "apps" / "backup_coordinator"
 TIMEOUT = 60.0
 DRONE_SUFFIXES = {
-    "input_number": ("frequency", "keep_weekly", "keep_monthly", "keep_yearly"),
-    "input_button": ("create", "prune", "update_stats", "scheduled_backup"),
+    "input_number": (
+        "frequency",
+        "keep_hourly",
+        "keep_daily",
+        "keep_weekly",
+        "keep_monthly",
+        "keep_yearly",
+    ),
+    "input_button": (
+        "create",
+        "prune",
+        "update_stats",
+        "check",
+        "restore_drill",
+        "scheduled_backup",
+    ),
     "input_select": ("mode",),
     "input_text": ("keep_within",),
     "sensor": (
         "state",
         "last_backup",
         "last_prune",
+        "last_verified_restore",
+        "last_check",
         "next_backup",
         "total_size",
         "compressed_size",
@@ -154,6 +170,9 @@ async def test_entities_of_both_drones_exist_with_their_looks(
     assert mode["attributes"]["options"] == ["scheduled", "manual", "disabled"]
     # A zero keep rule is a real zero in HA, not a missing value.
     assert float((await state_of(ha_client, "input_number.backup_beta_keep_yearly"))["state"]) == 0
+    # Every rule prune applies is shown: daily and hourly too.
+    assert float((await state_of(ha_client, "input_number.backup_alpha_keep_daily"))["state"]) == 0
+    assert float((await state_of(ha_client, "input_number.backup_beta_keep_daily"))["state"]) == 7
     last_backup = await state_of(ha_client, "sensor.backup_alpha_last_backup")
     assert last_backup["attributes"]["device_class"] == "timestamp"
     total = await state_of(ha_client, "sensor.backup_alpha_total_size")
@@ -223,6 +242,9 @@ async def test_create_button_makes_an_archive_with_progress_and_events(
     assert "passphrase" not in app.main_log().lower()
     assert stack.drones["alpha"].passphrase not in app.main_log() + app.error_log()
     assert "alpha: create finished" in app.main_log()
+    # asyncssh's INFO lines (about 16 per session) stay out of AppDaemon's log
+    assert "Opening SSH connection" not in app.main_log()
+    assert "Connected to SSH server" not in app.main_log()
 
 
 async def test_sync_now_copies_both_repositories_offsite_and_shows_it(

@@ -14,8 +14,20 @@ from backup_coordinator.offsite_entities import TargetSnapshot, target_helpers, 
 def test_a_drone_card_shows_each_of_the_drones_entities_once() -> None:
     helpers = [h.entity_id for h in entities.drone_helpers("backup", "nas", DroneSettings())]
     sensors = [p.entity_id for p in entities.drone_sensors("backup", DroneSnapshot.empty("nas"))]
-    shown = [row["entity"] for row in drone_card("backup", "nas")["entities"] if "entity" in row]
+    rows = drone_card("backup", "nas")["entities"]
+    shown = [row["entity"] for row in rows if "entity" in row and "type" not in row]
     assert Counter(shown) == Counter(helpers + sensors)
+
+
+def test_a_card_shows_what_to_do_under_the_last_error() -> None:
+    rows = drone_card("backup", "nas")["entities"]
+    error = rows.index({"entity": "sensor.backup_nas_last_error", "name": "Last error"})
+    assert rows[error + 1] == {
+        "type": "attribute",
+        "entity": "sensor.backup_nas_last_error",
+        "attribute": "hint",
+        "name": "What to do",
+    }
 
 
 def test_a_drone_card_has_a_heading_per_section_in_section_order() -> None:
@@ -37,6 +49,7 @@ def test_an_offsite_target_card_shows_each_of_its_entities_once() -> None:
     )
     helpers = [h.entity_id for h in target_helpers("backup", "cloud", CopySettings())]
     sensors = [p.entity_id for p in target_sensors("backup", snapshot)]
-    shown = [row["entity"] for row in target_card("backup", "cloud")["entities"] if "entity" in row]
+    rows = target_card("backup", "cloud")["entities"]
+    shown = [row["entity"] for row in rows if "entity" in row and "type" not in row]
     assert Counter(shown) == Counter(helpers + sensors)
     assert "input_button.backup_cloud_sync_now" in shown

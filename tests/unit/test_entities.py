@@ -41,7 +41,7 @@ def ha_slug(name: str) -> str:
 
 def test_every_helper_name_slugs_to_its_entity_id() -> None:
     helpers = coordinator_helpers("backup") + drone_helpers("backup", "my_pc2", DroneSettings())
-    assert len(helpers) == 13  # the coordinator mode and 12 per drone
+    assert len(helpers) == 15  # the coordinator mode and 14 per drone
     for helper in helpers:
         assert ha_slug(helper.name) == helper.object_id, helper
 
@@ -144,7 +144,16 @@ def test_every_operation_with_a_button_has_exactly_one_input_button() -> None:
 def test_every_setting_helper_steers_one_setting() -> None:
     settings = [h.setting for h in drone_helpers("backup", "nas", DroneSettings()) if h.setting]
     assert sorted(settings) == sorted(
-        ["frequency", "mode", "keep_within", "keep_weekly", "keep_monthly", "keep_yearly"]
+        [
+            "frequency",
+            "mode",
+            "keep_within",
+            "keep_hourly",
+            "keep_daily",
+            "keep_weekly",
+            "keep_monthly",
+            "keep_yearly",
+        ]
     )
 
 

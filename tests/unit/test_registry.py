@@ -216,3 +216,15 @@ def test_count_beyond_counts_what_a_cut_list_left_out() -> None:
     data = {"archives": [{"name": "a"}], "archive_count": 5}
     assert operations.count_beyond(data, "archive", "archives") == 4
     assert operations.count_beyond({"archives": []}, "archive", "archives") == 0
+
+
+def test_the_archive_count_follows_every_create_and_prune() -> None:
+    record = DroneRecord(archive_count=4)
+    now = datetime.now(UTC)
+    operations.STEPS["create"].fold(record, STEP_DATA["create"], now)
+    assert record.archive_count == 5  # one more, before stats counts again
+    operations.STEPS["prune"].fold(record, {"kept": ["a", "b"], "kept_count": 3}, now)
+    assert record.archive_count == 3  # what prune kept of the prefix
+    unknown = DroneRecord()
+    operations.STEPS["create"].fold(unknown, STEP_DATA["create"], now)
+    assert unknown.archive_count is None  # never counted: no guess
