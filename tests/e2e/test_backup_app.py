@@ -545,6 +545,8 @@ async def test_home_assistant_restart_keeps_helpers_and_brings_sensors_back(
     assert not [i for i in ids if i.endswith("_2")]
     assert sorted(i for i in ids if i.startswith("backup_alpha_")) == [
         "backup_alpha_frequency",
+        "backup_alpha_keep_daily",
+        "backup_alpha_keep_hourly",
         "backup_alpha_keep_monthly",
         "backup_alpha_keep_weekly",
         "backup_alpha_keep_yearly",
