@@ -8,7 +8,7 @@ over a loopback sshd whose key forces the agent:
   Home Assistant replaced by the in-memory port of the tests), its runner wrapped so each
   progress event is stamped as it reaches the coordinator's on-event callback;
 - ``Home Assistant``: the real stack: Home Assistant, AppDaemon running the app, a button
-  press (``input_button.backup_bench_create``) starting the create; each
+  press (``input_button.borg_bench_create``) starting the create; each
   ``backup_coordinator_progress`` event is stamped as it arrives on this process's websocket.
   The drone's forced command copies the agent's output to a file with ``tee`` (microseconds
   per line), so every borg line's time is known afterwards.
@@ -221,14 +221,14 @@ async def home_assistant_create(ha: HomeAssistant, token: str, timeout: float) -
 
     async with HaClient(ha.url, token) as client:
         await client.wait_for_state(
-            f"input_button.backup_{DRONE}_create", lambda _state: True, START_TIMEOUT
+            f"input_button.borg_{DRONE}_create", lambda _state: True, START_TIMEOUT
         )
         progress_events = await client.subscribe_events(EVENT_PROGRESS)
         finished_events = await client.subscribe_events(EVENT_FINISHED)
         collector = asyncio.create_task(collect(progress_events, arrivals))
         try:
             await client.call_service(
-                "input_button", "press", {"entity_id": f"input_button.backup_{DRONE}_create"}
+                "input_button", "press", {"entity_id": f"input_button.borg_{DRONE}_create"}
             )
             finished = await finished_events.wait_for(
                 lambda event: event.get("data", {}).get("drone") == DRONE, timeout

@@ -96,7 +96,7 @@ REPOSITORY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # coordinator's own (<prefix>_coordinator_mode is its global mode helper).
 RESERVED_DRONE_NAMES = frozenset({"coordinator"})
 
-DEFAULT_ENTITY_PREFIX = "backup"
+DEFAULT_ENTITY_PREFIX = "borg"
 DEFAULT_STATE_FILE = "backup_coordinator_state.json"
 DEFAULT_EXCLUDE_IF_PRESENT = (".nobackup",)
 MAX_CONCURRENT_RANGE = (1, 16)

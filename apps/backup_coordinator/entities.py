@@ -131,7 +131,7 @@ def object_id(prefix: str, drone: str | None, suffix: str) -> str:
 
 
 def entity_name(prefix: str, drone: str | None, label: str) -> str:
-    """``Backup nas keep weekly``: slugs to the object id, reads well in HA."""
+    """``Borg nas keep weekly``: slugs to the object id, reads well in HA."""
     return " ".join(part for part in (title(prefix), drone, label) if part)
 
 
@@ -584,7 +584,7 @@ def render_sensors(
     """The sensors of one drone (or of the coordinator, ``drone`` None) for ``source``.
 
     A drone's sensors are named after the drone alone (``nas state``), the coordinator's after
-    the prefix (``Backup queue``). Attributes: the name and looks first, then the values."""
+    the prefix (``Borg queue``). Attributes: the name and looks first, then the values."""
     owner = drone if drone is not None else title(prefix)
     return [
         Publication(

@@ -130,12 +130,12 @@ async def first_round(ha: HomeAssistant, drones: list[LocalDrone], appdaemon: Ap
         for drone in drones:
             try:
                 await client.wait_for_state(
-                    f"sensor.backup_{drone.name}_last_prune",
+                    f"sensor.borg_{drone.name}_last_prune",
                     lambda s: s["state"] not in ("unknown", "unavailable"),
                     FIRST_ROUND_TIMEOUT,
                 )
                 await client.wait_for_state(
-                    f"sensor.backup_{drone.name}_state", lambda s: s["state"] == "idle", 60
+                    f"sensor.borg_{drone.name}_state", lambda s: s["state"] == "idle", 60
                 )
             except TimeoutError as error:
                 say(f"{drone.name}: the first scheduled backup did not finish: {error}")
@@ -154,12 +154,12 @@ async def first_drills(client: HaClient, drones: list[LocalDrone]) -> bool:
         await client.call_service(
             "input_button",
             "press",
-            {"entity_id": f"input_button.backup_{drone.name}_restore_drill"},
+            {"entity_id": f"input_button.borg_{drone.name}_restore_drill"},
         )
     for drone in drones:
         try:
             drill = await client.wait_for_state(
-                f"sensor.backup_{drone.name}_last_verified_restore",
+                f"sensor.borg_{drone.name}_last_verified_restore",
                 lambda s: s["state"] not in ("unknown", "unavailable"),
                 FIRST_ROUND_TIMEOUT,
             )
@@ -179,15 +179,15 @@ async def first_offsite_copy(client: HaClient) -> bool:
     """Waits until the offsite target has copied both repositories once."""
     try:
         await client.wait_for_state(
-            f"sensor.backup_{TARGET}_last_offsite",
+            f"sensor.borg_{TARGET}_last_offsite",
             lambda s: s["state"] not in ("unknown", "unavailable"),
             FIRST_ROUND_TIMEOUT,
         )
     except TimeoutError as error:
         say(f"{TARGET}: the first offsite copy did not finish: {error}")
         return False
-    last = await client.get_state(f"sensor.backup_{TARGET}_last_offsite") or {}
-    size = await client.get_state(f"sensor.backup_{TARGET}_last_copy_size") or {}
+    last = await client.get_state(f"sensor.borg_{TARGET}_last_offsite") or {}
+    size = await client.get_state(f"sensor.borg_{TARGET}_last_copy_size") or {}
     attributes = last.get("attributes", {})
     say(
         f"{TARGET}: offsite copy at {last.get('state')} of"
@@ -199,7 +199,7 @@ async def first_offsite_copy(client: HaClient) -> bool:
 
 async def report_drone(client: HaClient, name: str) -> bool:
     states = {
-        suffix: await client.get_state(f"{domain}.backup_{name}_{suffix}")
+        suffix: await client.get_state(f"{domain}.borg_{name}_{suffix}")
         for domain, suffix in (
             ("sensor", "state"),
             ("sensor", "last_backup"),

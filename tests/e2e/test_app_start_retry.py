@@ -70,16 +70,16 @@ async def test_app_started_while_ha_is_stopped_comes_up_when_ha_answers(
     assert "at attempt 2" in appdaemon.main_log()
 
     for entity_id in (
-        "input_button.backup_gamma_create",
-        "input_select.backup_gamma_mode",
-        "sensor.backup_gamma_state",
-        "binary_sensor.backup_gamma_problem",
-        "sensor.backup_queue",
+        "input_button.borg_gamma_create",
+        "input_select.borg_gamma_mode",
+        "sensor.borg_gamma_state",
+        "binary_sensor.borg_gamma_problem",
+        "sensor.borg_queue",
     ):
         assert await ha_client.get_state(entity_id) is not None, entity_id
     finished = await ha_client.subscribe_events("backup_coordinator_finished")
     await ha_client.call_service(
-        "input_button", "press", {"entity_id": "input_button.backup_gamma_create"}
+        "input_button", "press", {"entity_id": "input_button.borg_gamma_create"}
     )
     done = await finished.wait_for(lambda e: e["data"]["drone"] == "gamma", TIMEOUT)
     assert done["data"]["ok"] is True, done["data"]
@@ -107,4 +107,4 @@ async def test_removing_the_app_while_it_waits_for_ha_stops_its_retries(
     appdaemon.update_apps_yaml(apps_yaml)
     await wait_for_log(appdaemon, "watching 1 drone(s)", again)
     assert "attempt 2" not in appdaemon.main_log()
-    assert await ha_client.get_state("sensor.backup_gamma_state") is not None
+    assert await ha_client.get_state("sensor.borg_gamma_state") is not None

@@ -127,7 +127,7 @@ async def state_of(client: HaClient, entity_id: str) -> dict[str, Any]:
 
 async def press(client: HaClient, drone: str, button: str) -> None:
     await client.call_service(
-        "input_button", "press", {"entity_id": f"input_button.backup_{drone}_{button}"}
+        "input_button", "press", {"entity_id": f"input_button.borg_{drone}_{button}"}
     )
 
 
@@ -141,7 +141,7 @@ async def set_text(client: HaClient, entity_id: str, value: str) -> None:
 
 
 async def select(client: HaClient, drone: str, mode: str) -> None:
-    entity_id = f"input_select.backup_{drone}_mode"
+    entity_id = f"input_select.borg_{drone}_mode"
     await client.call_service(
         "input_select", "select_option", {"entity_id": entity_id, "option": mode}
     )
@@ -161,31 +161,31 @@ async def test_entities_of_both_drones_exist_with_their_looks(
     for drone in stack.drones:
         for domain, suffixes in DRONE_SUFFIXES.items():
             for suffix in suffixes:
-                await state_of(ha_client, f"{domain}.backup_{drone}_{suffix}")
-    frequency = await state_of(ha_client, "input_number.backup_beta_frequency")
+                await state_of(ha_client, f"{domain}.borg_{drone}_{suffix}")
+    frequency = await state_of(ha_client, "input_number.borg_beta_frequency")
     assert float(frequency["state"]) == 60
     assert frequency["attributes"]["unit_of_measurement"] == "min"
-    mode = await state_of(ha_client, "input_select.backup_alpha_mode")
+    mode = await state_of(ha_client, "input_select.borg_alpha_mode")
     assert mode["state"] == "manual"
     assert mode["attributes"]["options"] == ["scheduled", "manual", "disabled"]
     # A zero keep rule is a real zero in HA, not a missing value.
-    assert float((await state_of(ha_client, "input_number.backup_beta_keep_yearly"))["state"]) == 0
+    assert float((await state_of(ha_client, "input_number.borg_beta_keep_yearly"))["state"]) == 0
     # Every rule prune applies is shown: daily and hourly too.
-    assert float((await state_of(ha_client, "input_number.backup_alpha_keep_daily"))["state"]) == 0
-    assert float((await state_of(ha_client, "input_number.backup_beta_keep_daily"))["state"]) == 7
-    last_backup = await state_of(ha_client, "sensor.backup_alpha_last_backup")
+    assert float((await state_of(ha_client, "input_number.borg_alpha_keep_daily"))["state"]) == 0
+    assert float((await state_of(ha_client, "input_number.borg_beta_keep_daily"))["state"]) == 7
+    last_backup = await state_of(ha_client, "sensor.borg_alpha_last_backup")
     assert last_backup["attributes"]["device_class"] == "timestamp"
-    total = await state_of(ha_client, "sensor.backup_alpha_total_size")
+    total = await state_of(ha_client, "sensor.borg_alpha_total_size")
     assert total["attributes"]["device_class"] == "data_size"
     assert total["attributes"]["unit_of_measurement"] == "MiB"
-    problem = await state_of(ha_client, "binary_sensor.backup_alpha_problem")
+    problem = await state_of(ha_client, "binary_sensor.borg_alpha_problem")
     assert problem["state"] == "off"
     assert problem["attributes"]["device_class"] == "problem"
     # AppDaemon drops attributes equal to 0 unless the app works around it.
     assert problem["attributes"]["consecutive_failures"] == "0"
-    assert (await state_of(ha_client, "sensor.backup_alpha_state"))["state"] == "idle"
-    assert (await state_of(ha_client, "input_select.backup_coordinator_mode"))["state"] == "running"
-    assert (await state_of(ha_client, "sensor.backup_progress"))["attributes"][
+    assert (await state_of(ha_client, "sensor.borg_alpha_state"))["state"] == "idle"
+    assert (await state_of(ha_client, "input_select.borg_coordinator_mode"))["state"] == "running"
+    assert (await state_of(ha_client, "sensor.borg_progress"))["attributes"][
         "unit_of_measurement"
     ] == "%"
 
@@ -199,11 +199,11 @@ async def test_an_empty_repository_shows_zero_sizes_not_missing_ones(
     assert done["data"]["ok"] is True, done["data"]
     assert done["data"]["results"]["stats"]["archive_count"] == 0
     total = await ha_client.wait_for_state(
-        "sensor.backup_beta_total_size", lambda s: s["state"] != "unknown", TIMEOUT
+        "sensor.borg_beta_total_size", lambda s: s["state"] != "unknown", TIMEOUT
     )
     assert total["state"] == "0.00"
     assert total["attributes"]["bytes"] == "0"  # a real zero, sent past AppDaemon's 0 bug
-    last_backup = await state_of(ha_client, "sensor.backup_beta_last_backup")
+    last_backup = await state_of(ha_client, "sensor.borg_beta_last_backup")
     assert last_backup["attributes"]["archive_count"] == "0"
 
 
@@ -230,11 +230,11 @@ async def test_create_button_makes_an_archive_with_progress_and_events(
     assert sizes[-1] >= 24 * 1024 * 1024
 
     last_backup = await ha_client.wait_for_state(
-        "sensor.backup_alpha_last_backup", lambda s: s["state"] != "unknown", TIMEOUT
+        "sensor.borg_alpha_last_backup", lambda s: s["state"] != "unknown", TIMEOUT
     )
     assert last_backup["state"].endswith("+00:00")
     assert last_backup["attributes"]["archive"] == archive["name"]
-    total = await state_of(ha_client, "sensor.backup_alpha_total_size")
+    total = await state_of(ha_client, "sensor.borg_alpha_total_size")
     assert int(total["attributes"]["bytes"]) >= 24 * 1024 * 1024
     assert float(total["state"]) == pytest.approx(
         int(total["attributes"]["bytes"]) / 2**20, abs=0.01
@@ -252,7 +252,7 @@ async def test_sync_now_copies_both_repositories_offsite_and_shows_it(
 ) -> None:
     progress = await ha_client.subscribe_events("backup_coordinator_progress")
     finished = await ha_client.subscribe_events("backup_coordinator_finished")
-    assert (await state_of(ha_client, "sensor.backup_vault_state"))["state"] == "idle"
+    assert (await state_of(ha_client, "sensor.borg_vault_state"))["state"] == "idle"
     await press(ha_client, "vault", "sync_now")
     done = await finished.wait_for(lambda e: e["data"]["drone"] == "vault", TIMEOUT)
     assert done["data"]["ok"] is True, done["data"]
@@ -267,15 +267,15 @@ async def test_sync_now_copies_both_repositories_offsite_and_shows_it(
         assert list_archives(copy, drone.passphrase, base_dir) == drone.archives()
 
     last = await ha_client.wait_for_state(
-        "sensor.backup_vault_last_offsite", lambda s: s["state"] != "unknown", TIMEOUT
+        "sensor.borg_vault_last_offsite", lambda s: s["state"] != "unknown", TIMEOUT
     )
     assert last["state"].endswith("+00:00")
     assert last["attributes"]["verified"] == "true"  # booleans go to HA as text (app.py)
-    size = await state_of(ha_client, "sensor.backup_vault_last_copy_size")
+    size = await state_of(ha_client, "sensor.borg_vault_last_copy_size")
     assert int(size["attributes"]["bytes"]) == done["data"]["results"]["offsite"]["bytes"]
     assert size["attributes"]["device_class"] == "data_size"
-    assert (await state_of(ha_client, "sensor.backup_vault_state"))["state"] == "idle"
-    assert (await state_of(ha_client, "binary_sensor.backup_vault_problem"))["state"] == "off"
+    assert (await state_of(ha_client, "sensor.borg_vault_state"))["state"] == "idle"
+    assert (await state_of(ha_client, "binary_sensor.borg_vault_problem"))["state"] == "off"
     updates = [e["data"] for e in progress.events if e["data"]["drone"] == "vault"]
     assert {u["repository"] for u in updates} == {str(d.repository) for d in stack.drones.values()}
     assert all(u["operation"] == "offsite" for u in updates)
@@ -292,13 +292,13 @@ async def test_restore_drill_button_updates_the_last_verified_restore(
     )
     assert done["data"]["ok"] is True, done["data"]
     drill = await ha_client.wait_for_state(
-        "sensor.backup_alpha_last_verified_restore", lambda s: s["state"] != "unknown", TIMEOUT
+        "sensor.borg_alpha_last_verified_restore", lambda s: s["state"] != "unknown", TIMEOUT
     )
     assert drill["state"].endswith("+00:00")
     assert int(drill["attributes"]["files"]) >= 1
     assert str(drill["attributes"]["mismatches"]) == "0"
     assert drill["attributes"]["archive"] == stack.drones["alpha"].archives()[-1]
-    assert (await state_of(ha_client, "binary_sensor.backup_alpha_problem"))["state"] == "off"
+    assert (await state_of(ha_client, "binary_sensor.borg_alpha_problem"))["state"] == "off"
     assert not list(stack.drones["alpha"].restore_root.glob("*")), "a drill leaves nothing"
 
 
@@ -323,7 +323,7 @@ async def test_a_restore_event_puts_the_files_in_the_restore_folder_and_says_whe
     for original in sorted(wanted.iterdir()):
         assert (copy / original.name).read_bytes() == original.read_bytes()
     assert not (destination / str(alpha.data_dir).lstrip("/") / "photos").exists()
-    notification = await notification_of(ha_client, "backup_alpha_restore")
+    notification = await notification_of(ha_client, "borg_alpha_restore")
     assert str(destination) in notification["message"]
 
 
@@ -349,7 +349,7 @@ async def test_the_check_button_runs_a_check(
     )
     assert done["data"]["ok"] is True, done["data"]
     check = await ha_client.wait_for_state(
-        "sensor.backup_beta_last_check", lambda s: s["state"] != "unknown", TIMEOUT
+        "sensor.borg_beta_last_check", lambda s: s["state"] != "unknown", TIMEOUT
     )
     assert str(check["attributes"]["findings"]) == "0"
 
@@ -367,8 +367,8 @@ async def test_prune_removes_exactly_what_borgs_rules_remove(
     before = alpha.archives()
     assert len(before) == 3
     # Keep rules set through HA's helpers; within empty: only "one per week" is left.
-    await set_number(ha_client, "input_number.backup_alpha_keep_weekly", 1)
-    await set_number(ha_client, "input_number.backup_alpha_keep_monthly", 0)
+    await set_number(ha_client, "input_number.borg_alpha_keep_weekly", 1)
+    await set_number(ha_client, "input_number.borg_alpha_keep_monthly", 0)
     dry_run = run_borg(
         [
             "prune",
@@ -394,7 +394,7 @@ async def test_prune_removes_exactly_what_borgs_rules_remove(
     assert set(done["data"]["results"]["prune"]["pruned"]) == would_prune
     assert alpha.archives() == [name for name in before if name not in would_prune]
     await ha_client.wait_for_state(
-        "sensor.backup_alpha_last_prune", lambda s: s["state"] != "unknown", TIMEOUT
+        "sensor.borg_alpha_last_prune", lambda s: s["state"] != "unknown", TIMEOUT
     )
 
 
@@ -404,18 +404,18 @@ async def test_garbage_keep_within_is_rejected_and_never_reaches_borg(
     started = await ha_client.subscribe_events("backup_coordinator_started")
     problems = await ha_client.subscribe_events("backup_coordinator_problem")
     archives = stack.drones["alpha"].archives()
-    await set_text(ha_client, "input_text.backup_alpha_keep_within", "7x")
+    await set_text(ha_client, "input_text.borg_alpha_keep_within", "7x")
     problem = await ha_client.wait_for_state(
-        "binary_sensor.backup_alpha_problem", lambda s: s["state"] == "on", TIMEOUT
+        "binary_sensor.borg_alpha_problem", lambda s: s["state"] == "on", TIMEOUT
     )
     assert "keep within rejected" in problem["attributes"]["reason"]
     assert "7x" in problem["attributes"]["reason"]
     raised = await problems.wait_for(lambda e: e["data"]["drone"] == "alpha", TIMEOUT)
     assert raised["data"]["raised"] is True
     app.wait_for_log("alpha: keep_within value '7x' rejected", TIMEOUT)
-    await set_text(ha_client, "input_text.backup_alpha_keep_within", "")
+    await set_text(ha_client, "input_text.borg_alpha_keep_within", "")
     await ha_client.wait_for_state(
-        "binary_sensor.backup_alpha_problem", lambda s: s["state"] == "off", TIMEOUT
+        "binary_sensor.borg_alpha_problem", lambda s: s["state"] == "off", TIMEOUT
     )
     cleared = await problems.wait_for(lambda e: e["data"]["raised"] is False, TIMEOUT)
     assert cleared["data"]["drone"] == "alpha"
@@ -432,7 +432,7 @@ async def test_disabled_drone_runs_nothing_and_raises_no_alarm(
     refused = await requests.wait_for(lambda e: e["data"]["drone"] == "beta", TIMEOUT)
     assert refused["data"]["outcome"].startswith("rejected")
     assert stack.drones["beta"].archives() == []
-    assert (await state_of(ha_client, "binary_sensor.backup_beta_problem"))["state"] == "off"
+    assert (await state_of(ha_client, "binary_sensor.borg_beta_problem"))["state"] == "off"
     await select(ha_client, "beta", "manual")
 
 
@@ -444,7 +444,7 @@ async def test_tick_backs_up_scheduled_drones_round_robin_and_never_a_manual_one
     assert stack.drones["beta"].archives() == []  # so beta would be due at once if scheduled
     # Frequency lowered on a scheduled alpha: the tick backs it up within that minute, while
     # beta, manual, is passed over by every tick (one a second) meanwhile.
-    await set_number(ha_client, "input_number.backup_alpha_frequency", 1)
+    await set_number(ha_client, "input_number.borg_alpha_frequency", 1)
     await select(ha_client, "alpha", "scheduled")
     first = await started.wait_for(lambda e: True, 2 * TIMEOUT)
     assert first["data"] == {"drone": "alpha", "operation": "scheduled", "requested": False}
@@ -454,7 +454,7 @@ async def test_tick_backs_up_scheduled_drones_round_robin_and_never_a_manual_one
     assert stack.drones["beta"].archives() == []
     # Both scheduled with a one-minute frequency: beta (never backed up) right away, then
     # alpha and beta again in turn as their minutes run out.
-    await set_number(ha_client, "input_number.backup_beta_frequency", 1)
+    await set_number(ha_client, "input_number.borg_beta_frequency", 1)
     await select(ha_client, "beta", "scheduled")
     await started.wait_for(lambda e: e["data"]["drone"] == "beta", TIMEOUT)
     await started.wait_for(lambda e: len(started.events) >= 4, 3 * TIMEOUT)
@@ -467,7 +467,7 @@ async def test_tick_backs_up_scheduled_drones_round_robin_and_never_a_manual_one
 
 
 async def app_idle(client: HaClient) -> None:
-    await client.wait_for_state("sensor.backup_active", lambda s: s["state"] == "idle", 2 * TIMEOUT)
+    await client.wait_for_state("sensor.borg_active", lambda s: s["state"] == "idle", 2 * TIMEOUT)
 
 
 async def test_unreachable_drone_raises_a_problem_cleared_after_recovery(
@@ -479,10 +479,10 @@ async def test_unreachable_drone_raises_a_problem_cleared_after_recovery(
     try:
         await press(ha_client, "beta", "create")
         await ha_client.wait_for_state(
-            "sensor.backup_beta_state", lambda s: s["state"] == "unreachable", TIMEOUT
+            "sensor.borg_beta_state", lambda s: s["state"] == "unreachable", TIMEOUT
         )
         problem = await ha_client.wait_for_state(
-            "binary_sensor.backup_beta_problem", lambda s: s["state"] == "on", TIMEOUT
+            "binary_sensor.borg_beta_problem", lambda s: s["state"] == "on", TIMEOUT
         )
         assert (
             "unreachable" in problem["attributes"]["reason"]
@@ -490,19 +490,19 @@ async def test_unreachable_drone_raises_a_problem_cleared_after_recovery(
         )
         raised = await problems.wait_for(lambda e: e["data"]["drone"] == "beta", TIMEOUT)
         assert raised["data"]["raised"] is True
-        error = await state_of(ha_client, "sensor.backup_beta_last_error")
+        error = await state_of(ha_client, "sensor.borg_beta_last_error")
         assert error["attributes"]["kind"] == "unreachable"
-        assert "backup_beta_problem" in await notification_ids(ha_client)
+        assert "borg_beta_problem" in await notification_ids(ha_client)
     finally:
         beta.sshd.start()
     await press(ha_client, "beta", "create")
     await ha_client.wait_for_state(
-        "binary_sensor.backup_beta_problem", lambda s: s["state"] == "off", TIMEOUT
+        "binary_sensor.borg_beta_problem", lambda s: s["state"] == "off", TIMEOUT
     )
     cleared = await problems.wait_for(lambda e: e["data"]["raised"] is False, TIMEOUT)
     assert cleared["data"]["drone"] == "beta"
-    assert (await state_of(ha_client, "sensor.backup_beta_state"))["state"] == "idle"
-    assert "backup_beta_problem" not in await notification_ids(ha_client)
+    assert (await state_of(ha_client, "sensor.borg_beta_state"))["state"] == "idle"
+    assert "borg_beta_problem" not in await notification_ids(ha_client)
 
 
 async def notification_of(client: HaClient, notification_id: str) -> dict[str, Any]:
@@ -522,11 +522,11 @@ async def notification_ids(client: HaClient) -> list[str]:
 async def test_home_assistant_restart_keeps_helpers_and_brings_sensors_back(
     stack: Stack, app: AppDaemon, home_assistant: HomeAssistant, ha_client: HaClient
 ) -> None:
-    last_backup = (await state_of(ha_client, "sensor.backup_alpha_last_backup"))["state"]
+    last_backup = (await state_of(ha_client, "sensor.borg_alpha_last_backup"))["state"]
     # HA writes helper storage a few seconds after a change: wait for it, not a fixed time.
     storage = home_assistant.config_dir / ".storage" / "input_number"
     wait_until(
-        lambda: '"backup_alpha_keep_weekly"' in storage.read_text() if storage.exists() else False,
+        lambda: '"borg_alpha_keep_weekly"' in storage.read_text() if storage.exists() else False,
         "helper storage",
         TIMEOUT,
     )
@@ -534,22 +534,22 @@ async def test_home_assistant_restart_keeps_helpers_and_brings_sensors_back(
     await home_assistant.async_restart()
     await asyncio.to_thread(app.wait_for_log, "watching 2 drone(s)", 2 * TIMEOUT, mark)
     restored = await ha_client.wait_for_state(
-        "sensor.backup_alpha_last_backup",
+        "sensor.borg_alpha_last_backup",
         lambda s: s["state"] not in ("unknown", "unavailable"),
         TIMEOUT,
     )
     assert restored["state"] == last_backup
-    assert float((await state_of(ha_client, "input_number.backup_alpha_keep_weekly"))["state"]) == 1
+    assert float((await state_of(ha_client, "input_number.borg_alpha_keep_weekly"))["state"]) == 1
     ids = [item["id"] for item in await ha_client.ws_command("input_number/list")]
     assert len(ids) == len(set(ids))
     assert not [i for i in ids if i.endswith("_2")]
-    assert sorted(i for i in ids if i.startswith("backup_alpha_")) == [
-        "backup_alpha_frequency",
-        "backup_alpha_keep_daily",
-        "backup_alpha_keep_hourly",
-        "backup_alpha_keep_monthly",
-        "backup_alpha_keep_weekly",
-        "backup_alpha_keep_yearly",
+    assert sorted(i for i in ids if i.startswith("borg_alpha_")) == [
+        "borg_alpha_frequency",
+        "borg_alpha_keep_daily",
+        "borg_alpha_keep_hourly",
+        "borg_alpha_keep_monthly",
+        "borg_alpha_keep_weekly",
+        "borg_alpha_keep_yearly",
     ]
 
 
@@ -559,9 +559,9 @@ async def test_appdaemon_restart_restores_last_backup_and_sizes(
     before = {
         entity: (await state_of(ha_client, entity))["state"]
         for entity in (
-            "sensor.backup_alpha_last_backup",
-            "sensor.backup_alpha_total_size",
-            "sensor.backup_beta_last_prune",
+            "sensor.borg_alpha_last_backup",
+            "sensor.borg_alpha_total_size",
+            "sensor.borg_beta_last_prune",
         )
     }
     await app.async_stop()
@@ -630,7 +630,7 @@ async def test_a_flipped_byte_in_a_segment_fails_the_check_and_raises_the_proble
     )
     assert done["data"]["ok"] is False, done["data"]
     problem = await ha_client.wait_for_state(
-        "binary_sensor.backup_alpha_problem", lambda s: s["state"] == "on", TIMEOUT
+        "binary_sensor.borg_alpha_problem", lambda s: s["state"] == "on", TIMEOUT
     )
     assert problem["attributes"]["reason"].startswith("repository check failed: ")
-    assert (await state_of(ha_client, "sensor.backup_alpha_last_check"))["state"] == "unknown"
+    assert (await state_of(ha_client, "sensor.borg_alpha_last_check"))["state"] == "unknown"

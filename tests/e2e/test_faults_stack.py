@@ -80,7 +80,7 @@ async def test_home_assistant_restarted_mid_backup_retries_it_and_loses_nothing(
     first = await finished.wait_for(lambda e: e["data"]["drone"] == "alpha", TIMEOUT)
     assert first["data"]["ok"] is True, first
     recorded = await ha_client.wait_for_state(
-        "sensor.backup_alpha_last_backup",
+        "sensor.borg_alpha_last_backup",
         lambda s: s["state"] not in ("unknown", "unavailable"),
         TIMEOUT,
     )
@@ -95,7 +95,7 @@ async def test_home_assistant_restarted_mid_backup_retries_it_and_loses_nothing(
     await progress.wait_for(
         lambda e: e["data"]["drone"] == "alpha" and not e["data"]["final"], TIMEOUT
     )
-    assert (await state_of(ha_client, "sensor.backup_alpha_state"))["state"] == "creating"
+    assert (await state_of(ha_client, "sensor.borg_alpha_state"))["state"] == "creating"
     mark = app.log_mark()
     await home_assistant.async_restart()
 
@@ -108,21 +108,21 @@ async def test_home_assistant_restarted_mid_backup_retries_it_and_loses_nothing(
     await asyncio.to_thread(app.wait_for_log, "alpha: create finished", 4 * TIMEOUT, mark)
 
     state = await ha_client.wait_for_state(
-        "sensor.backup_alpha_state", lambda s: s["state"] == "idle", TIMEOUT
+        "sensor.borg_alpha_state", lambda s: s["state"] == "idle", TIMEOUT
     )
     assert state["state"] == "idle"
     last_backup = await ha_client.wait_for_state(
-        "sensor.backup_alpha_last_backup",
+        "sensor.borg_alpha_last_backup",
         lambda s: s["state"] not in ("unknown", "unavailable", first_backup),
         TIMEOUT,
     )
     assert datetime.fromisoformat(last_backup["state"]) > datetime.fromisoformat(first_backup)
     # Sensors are published one at a time: wait for each rather than read it once.
     await ha_client.wait_for_state(
-        "sensor.backup_alpha_last_error", lambda s: s["attributes"].get("kind") == "none", TIMEOUT
+        "sensor.borg_alpha_last_error", lambda s: s["attributes"].get("kind") == "none", TIMEOUT
     )
     await ha_client.wait_for_state(
-        "binary_sensor.backup_alpha_problem", lambda s: s["state"] == "off", TIMEOUT
+        "binary_sensor.borg_alpha_problem", lambda s: s["state"] == "off", TIMEOUT
     )
     assert lock_is_free(drone)
     archives_after = drone.archives()
@@ -133,7 +133,7 @@ async def test_home_assistant_restarted_mid_backup_retries_it_and_loses_nothing(
 
 async def press_create(client: HaClient) -> None:
     await client.call_service(
-        "input_button", "press", {"entity_id": "input_button.backup_alpha_create"}
+        "input_button", "press", {"entity_id": "input_button.borg_alpha_create"}
     )
 
 

@@ -259,13 +259,13 @@ def test_dashboard_prints_yaml_with_a_card_per_drone(setup: CliSetup) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     document = yaml.safe_load(done.stdout)
     cards = document["views"][0]["cards"]
-    assert [card["title"] for card in cards] == ["Backup coordinator", *DRONES]
+    assert [card["title"] for card in cards] == ["Borg coordinator", *DRONES]
     for drone, card in zip(DRONES, cards[1:], strict=True):
         shown = {entity["entity"] for entity in card["entities"] if "entity" in entity}
-        assert f"sensor.backup_{drone}_state" in shown
-        assert f"sensor.backup_{drone}_last_backup" in shown
-        assert f"binary_sensor.backup_{drone}_problem" in shown
-        assert f"input_button.backup_{drone}_create" in shown
+        assert f"sensor.borg_{drone}_state" in shown
+        assert f"sensor.borg_{drone}_last_backup" in shown
+        assert f"binary_sensor.borg_{drone}_problem" in shown
+        assert f"input_button.borg_{drone}_create" in shown
 
 
 def make_archive(setup: CliSetup, name: str) -> None:

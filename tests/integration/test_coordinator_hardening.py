@@ -91,18 +91,18 @@ async def test_a_state_file_on_a_full_disk_is_a_problem_and_the_backup_counts(
         assert runner.outcomes == [("nas", "create", "ok")], runner.errors
         assert len(host.archives()) == 1
         assert port.of(EVENT_FINISHED)[-1]["ok"] is True
-        assert port.state("sensor.backup_nas_state") == "idle"
-        assert port.state("sensor.backup_nas_last_backup") != "unknown"
-        reason = port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+        assert port.state("sensor.borg_nas_state") == "idle"
+        assert port.state("sensor.borg_nas_last_backup") != "unknown"
+        reason = port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
         assert "cannot be written" in reason
         assert "No space left on device" in reason
-        assert "backup_nas_problem" in port.notifications
+        assert "borg_nas_problem" in port.notifications
         assert not config.state_file.exists()
 
         filler.unlink()  # space is back
         await coordinator.tick()
-        assert port.state("binary_sensor.backup_nas_problem") == "off"
-        assert "backup_nas_problem" not in port.notifications
+        assert port.state("binary_sensor.borg_nas_problem") == "off"
+        assert "borg_nas_problem" not in port.notifications
         assert '"last_backup": "20' in config.state_file.read_text()
         await coordinator.stop()
 
@@ -124,7 +124,7 @@ async def test_a_restart_during_prune_runs_prune_and_stats_only(tmp_path: Path) 
         await eventually(host.lock_is_free, "the repository lock to be released")
 
         restarted, port, runner = await started_coordinator(config, clock)
-        assert "interrupted after create" in port.state("sensor.backup_nas_last_error")
+        assert "interrupted after create" in port.state("sensor.borg_nas_last_error")
         await restarted.tick()
         await settle(restarted)
         assert runner.sessions == [("nas", "sequence")]
@@ -133,7 +133,7 @@ async def test_a_restart_during_prune_runs_prune_and_stats_only(tmp_path: Path) 
         record = restarted.drones["nas"].record
         assert record.last_prune is not None
         assert record.archive_count == 1
-        assert port.state("sensor.backup_nas_state") == "idle"
+        assert port.state("sensor.borg_nas_state") == "idle"
         await restarted.tick()
         await settle(restarted)
         assert runner.sessions == [("nas", "sequence")]  # nothing else is due

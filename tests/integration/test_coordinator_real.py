@@ -55,7 +55,7 @@ async def host_is_quiet(host: DroneHost) -> None:
 
 def assert_sizes_published(port: MemoryPort, drone: str) -> None:
     for size in ("total_size", "compressed_size", "deduplicated_size"):
-        sensor = port.states[f"sensor.backup_{drone}_{size}"]
+        sensor = port.states[f"sensor.borg_{drone}_{size}"]
         exact = sensor.attributes["bytes"]
         assert isinstance(exact, int), (drone, size, sensor)
         assert exact > 0, (drone, size, sensor)
@@ -87,7 +87,7 @@ async def test_three_due_drones_are_backed_up_one_at_a_time_in_round_robin(
         assert [d.name for d in coordinator.drones.values() if d.busy] == ["alpha"]
         await coordinator.tick()  # max_concurrent 1: a second tick starts no one else
         assert [d.name for d in coordinator.drones.values() if d.busy] == ["alpha"]
-        assert port.states["sensor.backup_active"].attributes["drones"] == ["alpha"]
+        assert port.states["sensor.borg_active"].attributes["drones"] == ["alpha"]
         await settle(coordinator)
         after = clock()
 
@@ -110,19 +110,19 @@ async def test_three_due_drones_are_backed_up_one_at_a_time_in_round_robin(
             assert record.last_archive is not None
             assert record.last_archive["name"] == archives[0]
 
-            assert port.state(f"sensor.backup_{name}_state") == "idle"
-            assert port.state(f"binary_sensor.backup_{name}_problem") == "off"
-            last_backup = sensor_time(port, f"sensor.backup_{name}_last_backup")
+            assert port.state(f"sensor.borg_{name}_state") == "idle"
+            assert port.state(f"binary_sensor.borg_{name}_problem") == "off"
+            last_backup = sensor_time(port, f"sensor.borg_{name}_last_backup")
             assert before - timedelta(seconds=1) <= last_backup <= after
             assert (
-                port.states[f"sensor.backup_{name}_last_backup"].attributes["archive"]
+                port.states[f"sensor.borg_{name}_last_backup"].attributes["archive"]
                 == (archives[0])
             )
-            assert sensor_time(port, f"sensor.backup_{name}_last_prune") >= last_backup
-            next_backup = sensor_time(port, f"sensor.backup_{name}_next_backup")
+            assert sensor_time(port, f"sensor.borg_{name}_last_prune") >= last_backup
+            next_backup = sensor_time(port, f"sensor.borg_{name}_next_backup")
             assert next_backup == last_backup + timedelta(days=1)
             assert_sizes_published(port, name)
-            assert port.states[f"sensor.backup_{name}_last_backup"].attributes["archive_count"] == 1
+            assert port.states[f"sensor.borg_{name}_last_backup"].attributes["archive_count"] == 1
 
             saved = state["drones"][name]
             assert saved["running"] is None
@@ -160,17 +160,17 @@ async def test_a_stopped_sshd_is_unreachable_backs_off_and_recovers(tmp_path: Pa
         assert error["kind"] == "unreachable"
         assert f"sshd not running on 127.0.0.1:{port_number}" in str(error["message"])
         assert f"sshd listens on port {port_number}" in str(error["hint"])
-        assert port.state("sensor.backup_nas_state") == "unreachable"
-        problem = port.states["binary_sensor.backup_nas_problem"]
+        assert port.state("sensor.borg_nas_state") == "unreachable"
+        problem = port.states["binary_sensor.borg_nas_problem"]
         assert problem.state == "on"
         assert "1 failed operation(s) in a row" in problem.attributes["reason"]
         assert "sshd not running" in problem.attributes["reason"]
-        assert port.states["sensor.backup_nas_last_error"].attributes["kind"] == "unreachable"
-        assert port.state("sensor.backup_failing") == "1"
+        assert port.states["sensor.borg_nas_last_error"].attributes["kind"] == "unreachable"
+        assert port.state("sensor.borg_failing") == "1"
         record = coordinator.drones["nas"].record
         assert record.backoff_until is not None
         assert record.backoff_until > clock()
-        assert sensor_time(port, "sensor.backup_nas_next_backup") == record.backoff_until.replace(
+        assert sensor_time(port, "sensor.borg_nas_next_backup") == record.backoff_until.replace(
             microsecond=0
         )
         saved = saved_state(config)["drones"]["nas"]
@@ -191,11 +191,11 @@ async def test_a_stopped_sshd_is_unreachable_backs_off_and_recovers(tmp_path: Pa
         await coordinator.tick()
         await settle(coordinator)
         assert runner.calls[1:] == [("nas", step) for step in SCHEDULED_STEPS]
-        assert port.state("sensor.backup_nas_state") == "idle"
-        assert port.state("binary_sensor.backup_nas_problem") == "off"
-        assert port.state("sensor.backup_failing") == "0"
+        assert port.state("sensor.borg_nas_state") == "idle"
+        assert port.state("binary_sensor.borg_nas_problem") == "off"
+        assert port.state("sensor.borg_failing") == "0"
         assert [e["raised"] for e in port.of(EVENT_PROBLEM)] == [True, False]
-        assert "backup_nas_problem" not in port.notifications
+        assert "borg_nas_problem" not in port.notifications
         assert coordinator.drones["nas"].record.consecutive_failures == 0
         assert coordinator.drones["nas"].record.backoff_until is None
         assert len(host.archives()) == 1
@@ -216,11 +216,11 @@ async def test_a_wrong_host_key_fails_before_any_session_and_backs_off(tmp_path:
         assert error["kind"] == "host_key"
         assert f"host key of 127.0.0.1:{host.sshd.port} is not in {wrong}" in str(error["message"])
         assert f"ssh-keyscan -p {host.sshd.port} 127.0.0.1 >> {wrong}" in str(error["hint"])
-        last_error = port.states["sensor.backup_nas_last_error"]
+        last_error = port.states["sensor.borg_nas_last_error"]
         assert last_error.attributes["kind"] == "host_key"
         assert "ssh-keyscan" in last_error.attributes["hint"]
-        assert port.state("sensor.backup_nas_state") == "error"
-        assert port.state("binary_sensor.backup_nas_problem") == "on"
+        assert port.state("sensor.borg_nas_state") == "error"
+        assert port.state("binary_sensor.borg_nas_problem") == "on"
 
         # Nothing ran on the host: no session was opened, no archive was made.
         assert host.archives() == []
@@ -261,14 +261,14 @@ async def test_a_connection_dropped_mid_create_fails_borg_stops_and_the_next_run
         error = last_error_of(port, "nas")
         assert error["kind"] == "unreachable"
         assert "connection lost during create" in str(error["message"])
-        assert port.state("sensor.backup_nas_state") == "unreachable"
-        assert port.state("binary_sensor.backup_nas_problem") == "on"
+        assert port.state("sensor.borg_nas_state") == "unreachable"
+        assert port.state("binary_sensor.borg_nas_problem") == "on"
         closing = port.of(EVENT_PROGRESS)[-1]
         assert closing["final"] is True
         # It did not finish: no 100 % (and no previous archive to estimate a percentage from).
         assert closing["percent"] is None
         assert closing["eta_seconds"] is None
-        assert port.state("sensor.backup_progress") == "unknown"
+        assert port.state("sensor.borg_progress") == "unknown"
         assert coordinator.drones["nas"].record.last_backup is None
 
         await eventually(lambda: processes_gone(killed), "the killed sessions to be gone")
@@ -287,8 +287,8 @@ async def test_a_connection_dropped_mid_create_fails_borg_stops_and_the_next_run
         assert len(archives) == 1
         assert coordinator.drones["nas"].record.last_archive is not None
         assert coordinator.drones["nas"].record.last_archive["name"] == archives[0]
-        assert port.state("sensor.backup_nas_state") == "idle"
-        assert port.state("binary_sensor.backup_nas_problem") == "off"
+        assert port.state("sensor.borg_nas_state") == "idle"
+        assert port.state("binary_sensor.borg_nas_problem") == "off"
         await coordinator.stop()
 
 
@@ -302,8 +302,8 @@ async def test_a_restart_mid_create_stops_borg_restores_state_and_runs_it_again(
         coordinator, port, runner = await started_coordinator(config, clock)
         await coordinator.tick()  # tiny data: a quick first backup to have values to restore
         await settle(coordinator)
-        first_backup = port.state("sensor.backup_nas_last_backup")
-        first_total = port.states["sensor.backup_nas_total_size"].attributes["bytes"]
+        first_backup = port.state("sensor.borg_nas_last_backup")
+        first_total = port.states["sensor.borg_nas_total_size"].attributes["bytes"]
         assert isinstance(first_total, int)
         assert len(host.archives()) == 1
 
@@ -324,10 +324,10 @@ async def test_a_restart_mid_create_stops_borg_restores_state_and_runs_it_again(
 
         restarted, port2, runner2 = await started_coordinator(config, clock)
         # The last values are back before anything runs, and the interruption is known.
-        assert port2.state("sensor.backup_nas_last_backup") == first_backup
-        assert port2.states["sensor.backup_nas_total_size"].attributes["bytes"] == first_total
-        assert port2.state("sensor.backup_nas_state") == "idle"
-        last_error = port2.states["sensor.backup_nas_last_error"]
+        assert port2.state("sensor.borg_nas_last_backup") == first_backup
+        assert port2.states["sensor.borg_nas_total_size"].attributes["bytes"] == first_total
+        assert port2.state("sensor.borg_nas_state") == "idle"
+        last_error = port2.states["sensor.borg_nas_last_error"]
         assert last_error.attributes["kind"] == "interrupted"
         assert "scheduled was interrupted" in last_error.state
         # Scheduled work is not queued as a request: it is still due, so the tick takes it.
@@ -340,11 +340,11 @@ async def test_a_restart_mid_create_stops_borg_restores_state_and_runs_it_again(
         await settle(restarted)
         assert runner2.outcomes == [("nas", step, "ok") for step in SCHEDULED_STEPS], runner2.errors
         assert len(host.archives()) == 2
-        assert sensor_time(port2, "sensor.backup_nas_last_backup") > datetime.fromisoformat(
+        assert sensor_time(port2, "sensor.borg_nas_last_backup") > datetime.fromisoformat(
             first_backup
         )
-        assert port2.states["sensor.backup_nas_total_size"].attributes["bytes"] > first_total
-        assert port2.states["sensor.backup_nas_last_error"].attributes["kind"] == "none"
+        assert port2.states["sensor.borg_nas_total_size"].attributes["bytes"] > first_total
+        assert port2.states["sensor.borg_nas_last_error"].attributes["kind"] == "none"
         saved = saved_state(config)["drones"]["nas"]
         assert saved["running"] is None
         assert saved["pending"] == []

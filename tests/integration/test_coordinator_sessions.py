@@ -159,8 +159,8 @@ async def test_a_connection_dropped_in_any_step_fails_that_step_and_frees_the_lo
         assert (record.last_backup is not None) == ("create" in done)
         assert (record.last_prune is not None) == ("prune" in done)
         assert record.last_stats is None
-        assert port.state("sensor.backup_nas_state") == "unreachable"
-        assert port.state("binary_sensor.backup_nas_problem") == "on"
+        assert port.state("sensor.borg_nas_state") == "unreachable"
+        assert port.state("binary_sensor.borg_nas_problem") == "on"
 
         await eventually(lambda: processes_gone(killed), "the killed sessions to be gone")
         # The agent's promise: SIGINT, then SIGTERM 30 s later, SIGKILL 10 s after that. On a
@@ -179,7 +179,7 @@ async def test_a_connection_dropped_in_any_step_fails_that_step_and_frees_the_lo
         await coordinator.tick()
         await settle(coordinator)
         assert runner.outcomes == [("nas", s, "ok") for s in SCHEDULED_STEPS], runner.errors
-        assert port.state("sensor.backup_nas_state") == "idle"
-        assert port.state("binary_sensor.backup_nas_problem") == "off"
+        assert port.state("sensor.borg_nas_state") == "idle"
+        assert port.state("binary_sensor.borg_nas_problem") == "off"
         assert record.last_stats is not None
         await coordinator.stop()

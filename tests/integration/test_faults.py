@@ -73,9 +73,9 @@ def assert_clear_failure(port: MemoryPort, drone: str, kind: str, step: str) -> 
     assert error["kind"] == kind, error
     assert error["step"] == step, error
     assert error["hint"], f"a failure of kind {kind} should say what to do: {error}"
-    assert port.state(f"sensor.backup_{drone}_state") == "error"
-    assert port.state(f"binary_sensor.backup_{drone}_problem") == "on"
-    last_error = port.states[f"sensor.backup_{drone}_last_error"]
+    assert port.state(f"sensor.borg_{drone}_state") == "error"
+    assert port.state(f"binary_sensor.borg_{drone}_problem") == "on"
+    last_error = port.states[f"sensor.borg_{drone}_last_error"]
     assert last_error.attributes["kind"] == kind
     assert last_error.attributes["hint"] == error["hint"]
     return error
@@ -92,8 +92,8 @@ async def assert_next_run_succeeds(
     assert finished["drone"] == drone
     assert finished["ok"] is True, finished
     assert list(finished["results"]) == list(SCHEDULED_STEPS)
-    assert port.state(f"sensor.backup_{drone}_state") == "idle"
-    assert port.state(f"binary_sensor.backup_{drone}_problem") == "off"
+    assert port.state(f"sensor.borg_{drone}_state") == "idle"
+    assert port.state(f"binary_sensor.borg_{drone}_problem") == "off"
     assert coordinator.drones[drone].record.consecutive_failures == 0
 
 
@@ -374,7 +374,7 @@ async def test_a_wrong_passphrase_fails_with_a_hint_and_the_fixed_config_succeed
         fixed = make_config(tmp_path, {"nas": drone_args(host)})
         restarted, port2, _ = await started_coordinator(fixed, clock)
         assert restarted.drones["nas"].record.consecutive_failures == 1
-        assert port2.state("binary_sensor.backup_nas_problem") == "on"
+        assert port2.state("binary_sensor.borg_nas_problem") == "on"
         await assert_next_run_succeeds(restarted, port2, clock, "nas")
         assert len(host.archives()) == 1
         await restarted.stop()
@@ -421,8 +421,8 @@ async def test_a_full_repository_disk_fails_clearly_and_succeeds_once_space_is_f
         assert "no space left on the repository's disk" in error["message"]
         assert "free space" in error["hint"]
         assert_clear_failure(port, "nas", "borg_error", "create")
-        assert port.state("sensor.backup_nas_state") == "error"
-        assert port.state("binary_sensor.backup_nas_problem") == "on"
+        assert port.state("sensor.borg_nas_state") == "error"
+        assert port.state("binary_sensor.borg_nas_problem") == "on"
         assert coordinator.drones["nas"].record.last_backup is None
         await host_settled(host)
 

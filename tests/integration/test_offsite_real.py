@@ -96,8 +96,8 @@ async def test_the_copy_waits_for_both_writers_never_overlaps_them_and_opens_wit
         assert progress, "the copy reported progress"
         assert progress[-1]["final"] is True
         assert progress[-1]["repository"] == str(alpha.repository)
-        assert port.state(f"sensor.backup_{TARGET}_state") == "idle"
-        assert port.state(f"binary_sensor.backup_{TARGET}_problem") == "off"
+        assert port.state(f"sensor.borg_{TARGET}_state") == "idle"
+        assert port.state(f"binary_sensor.borg_{TARGET}_problem") == "off"
 
         # A day later: one new backup each, then the copy sends only what changed.
         clock.advance(timedelta(days=1, minutes=1))
@@ -130,19 +130,19 @@ async def test_a_failing_copy_backs_off_raises_the_problem_and_clears_once_a_cop
         (failed,) = finished_copies(port)
         assert failed["ok"] is False
         assert failed["error"]["repository"] == str(hosts["alpha"].repository)
-        assert port.state(f"binary_sensor.backup_{TARGET}_problem") == "on"
-        assert port.state(f"sensor.backup_{TARGET}_state") == "error"
+        assert port.state(f"binary_sensor.borg_{TARGET}_problem") == "on"
+        assert port.state(f"sensor.borg_{TARGET}_state") == "error"
         target = coordinator.targets[TARGET]
         assert target.record.backoff_until is not None
         assert target.record.consecutive_failures == 1
-        assert f"backup_{TARGET}_problem" in port.notifications
+        assert f"borg_{TARGET}_problem" in port.notifications
         await host_settled(hosts["alpha"])  # nothing left running, the lock released
 
         blocked.unlink()  # the destination can be written now: a person's request copies
         assert await coordinator.request(TARGET, CopyOperation.OFFSITE) == "started"
         await settle(coordinator)
         assert finished_copies(port)[-1]["ok"] is True, finished_copies(port)[-1]
-        assert port.state(f"binary_sensor.backup_{TARGET}_problem") == "off"
-        assert f"backup_{TARGET}_problem" not in port.notifications
+        assert port.state(f"binary_sensor.borg_{TARGET}_problem") == "off"
+        assert f"borg_{TARGET}_problem" not in port.notifications
         assert target.record.backoff_until is None
         await coordinator.stop()

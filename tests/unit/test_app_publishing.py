@@ -116,23 +116,23 @@ async def test_bounded_keeps_at_most_the_limit_running_and_raises_the_first_erro
 
 
 def test_helper_values_come_from_the_states_and_skip_unknown_ones() -> None:
-    helpers = drone_helpers("backup", "nas", DroneSettings())
+    helpers = drone_helpers("borg", "nas", DroneSettings())
     states = {
-        "input_number.backup_nas_frequency": {"state": "90.0"},
-        "input_select.backup_nas_mode": {"state": "unavailable"},
-        "input_text.backup_nas_keep_within": {"state": ""},
+        "input_number.borg_nas_frequency": {"state": "90.0"},
+        "input_select.borg_nas_mode": {"state": "unavailable"},
+        "input_text.borg_nas_keep_within": {"state": ""},
     }
     assert _helper_values(helpers, states) == {"nas": {"frequency": "90.0", "keep_within": ""}}
 
 
 def test_only_the_apps_own_sensors_count_as_shown() -> None:
     states = {
-        "sensor.backup_nas_state": {"state": "idle", "attributes": {"options": ("a", "b")}},
-        "binary_sensor.backup_nas_problem": {"state": "off", "attributes": {}},
+        "sensor.borg_nas_state": {"state": "idle", "attributes": {"options": ("a", "b")}},
+        "binary_sensor.borg_nas_problem": {"state": "off", "attributes": {}},
         "sensor.backuper_other": {"state": "x", "attributes": {}},
-        "input_number.backup_nas_frequency": {"state": "60", "attributes": {}},
+        "input_number.borg_nas_frequency": {"state": "60", "attributes": {}},
     }
-    assert _sensors_shown("backup", states) == {
-        "sensor.backup_nas_state": ("idle", {"options": ["a", "b"]}),
-        "binary_sensor.backup_nas_problem": ("off", {}),
+    assert _sensors_shown("borg", states) == {
+        "sensor.borg_nas_state": ("idle", {"options": ["a", "b"]}),
+        "binary_sensor.borg_nas_problem": ("off", {}),
     }

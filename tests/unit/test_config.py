@@ -68,7 +68,7 @@ def drone_problem(settings: dict[str, Any], **top: Any) -> ConfigProblem:
 def test_a_minimal_configuration_takes_every_default() -> None:
     config = parse_config(app_args(), BASE)
     assert config == Config(
-        entity_prefix="backup",
+        entity_prefix="borg",
         state_file=BASE / "backup_coordinator_state.json",
         tick_seconds=60.0,
         max_concurrent=1,
@@ -1164,7 +1164,7 @@ def test_the_drone_name_coordinator_is_reserved() -> None:
     assert [d.name for d in config.drones] == ["nas"]
     problem = only_problem(config)
     assert (problem.drone, problem.key) == ("coordinator", "name")
-    assert "input_select.backup_coordinator_mode" in problem.message
+    assert "input_select.borg_coordinator_mode" in problem.message
     assert "global mode" in problem.message
     assert str(problem).startswith("drone 'coordinator': key 'name': ")
 

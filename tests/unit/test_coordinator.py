@@ -171,12 +171,12 @@ async def started(
 
 async def test_start_publishes_every_sensor_with_nothing_known(tmp_path: Path) -> None:
     _, port = await started(make_config(tmp_path, nas={}), ScriptedRunner(), Clock())
-    assert port.state("sensor.backup_nas_state") == "idle"
-    assert port.state("sensor.backup_nas_last_backup") == "unknown"
-    assert port.state("sensor.backup_nas_total_size") == "unknown"
-    assert port.state("binary_sensor.backup_nas_problem") == "off"
-    assert port.state("sensor.backup_progress") == "unknown"
-    assert port.state("sensor.backup_queue") == "0"
+    assert port.state("sensor.borg_nas_state") == "idle"
+    assert port.state("sensor.borg_nas_last_backup") == "unknown"
+    assert port.state("sensor.borg_nas_total_size") == "unknown"
+    assert port.state("binary_sensor.borg_nas_problem") == "off"
+    assert port.state("sensor.borg_progress") == "unknown"
+    assert port.state("sensor.borg_queue") == "0"
 
 
 async def test_tick_runs_a_due_drone_create_prune_stats_and_records_it(tmp_path: Path) -> None:
@@ -185,11 +185,11 @@ async def test_tick_runs_a_due_drone_create_prune_stats_and_records_it(tmp_path:
     await coordinator.tick()
     await coordinator.wait_idle()
     assert runner.operations() == ["create", "prune", "stats"]
-    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
-    assert port.state("sensor.backup_nas_total_size") == f"{2000 / 1024 / 1024:.2f}"
-    assert port.states["sensor.backup_nas_total_size"].attributes["bytes"] == 2000
-    assert port.state("sensor.backup_nas_deduplicated_size") == "0.00"
-    assert port.state("sensor.backup_nas_state") == "idle"
+    assert port.state("sensor.borg_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.borg_nas_total_size") == f"{2000 / 1024 / 1024:.2f}"
+    assert port.states["sensor.borg_nas_total_size"].attributes["bytes"] == 2000
+    assert port.state("sensor.borg_nas_deduplicated_size") == "0.00"
+    assert port.state("sensor.borg_nas_state") == "idle"
     finished = port.of("backup_coordinator_finished")
     assert finished[-1]["ok"] is True
     assert finished[-1]["operation"] == "scheduled"
@@ -241,10 +241,10 @@ async def test_request_starts_at_once_queues_when_busy_and_is_refused_when_disab
     coordinator, port = await started(config, runner, clock)
     assert await coordinator.request("nas", Operation.CREATE) == "started"
     await calls_reach(runner, 1)
-    assert port.state("sensor.backup_nas_state") == "creating"
+    assert port.state("sensor.borg_nas_state") == "creating"
     assert await coordinator.request("nas", Operation.PRUNE) == "queued"
     assert await coordinator.request("nas", Operation.PRUNE) == "already queued"
-    assert port.state("sensor.backup_queue") == "1"
+    assert port.state("sensor.borg_queue") == "1"
     assert (await coordinator.request("off", Operation.CREATE)).startswith("rejected")
     runner.release.set()
     await coordinator.wait_idle()
@@ -267,8 +267,8 @@ async def test_manual_and_disabled_drones_are_never_scheduled(tmp_path: Path) ->
     await coordinator.tick()
     await coordinator.wait_idle()
     assert runner.calls == []
-    assert port.state("binary_sensor.backup_man_problem") == "off"
-    assert port.state("binary_sensor.backup_off_problem") == "off"
+    assert port.state("binary_sensor.borg_man_problem") == "off"
+    assert port.state("binary_sensor.borg_off_problem") == "off"
 
 
 async def test_failure_raises_a_problem_backs_off_and_success_clears_it(tmp_path: Path) -> None:
@@ -277,9 +277,9 @@ async def test_failure_raises_a_problem_backs_off_and_success_clears_it(tmp_path
     coordinator, port = await started(make_config(tmp_path, nas={"frequency": 60}), runner, clock)
     await coordinator.tick()
     await coordinator.wait_idle()
-    assert port.state("sensor.backup_nas_state") == "unreachable"
-    assert port.state("binary_sensor.backup_nas_problem") == "on"
-    assert "host down" in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert port.state("sensor.borg_nas_state") == "unreachable"
+    assert port.state("binary_sensor.borg_nas_problem") == "on"
+    assert "host down" in port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
     assert port.of("backup_coordinator_problem") == [
         {
             "drone": "nas",
@@ -287,7 +287,7 @@ async def test_failure_raises_a_problem_backs_off_and_success_clears_it(tmp_path
             "reason": port.of("backup_coordinator_problem")[0]["reason"],
         }
     ]
-    assert "backup_nas_problem" in port.notifications
+    assert "borg_nas_problem" in port.notifications
     assert port.of("backup_coordinator_finished")[-1]["error"]["kind"] == "unreachable"
     # Backing off: the next tick a moment later starts nothing.
     clock.advance(seconds=30)
@@ -300,10 +300,10 @@ async def test_failure_raises_a_problem_backs_off_and_success_clears_it(tmp_path
     await coordinator.tick()
     await coordinator.wait_idle()
     assert runner.operations() == ["create", "create", "prune", "stats"]
-    assert port.state("sensor.backup_nas_state") == "idle"
-    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert port.state("sensor.borg_nas_state") == "idle"
+    assert port.state("binary_sensor.borg_nas_problem") == "off"
     assert port.of("backup_coordinator_problem")[-1]["raised"] is False
-    assert "backup_nas_problem" not in port.notifications
+    assert "borg_nas_problem" not in port.notifications
 
 
 async def test_backoff_grows_with_consecutive_failures(tmp_path: Path) -> None:
@@ -332,17 +332,16 @@ async def test_invalid_setting_is_rejected_reported_and_never_sent(tmp_path: Pat
     config = make_config(tmp_path, nas={"mode": "manual", "keep": {"within": "30d"}})
     coordinator, port = await started(config, runner, clock)
     assert await coordinator.apply_setting("nas", "keep_within", "7x") is False
-    assert port.state("binary_sensor.backup_nas_problem") == "on"
+    assert port.state("binary_sensor.borg_nas_problem") == "on"
     assert (
-        "keep within rejected"
-        in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+        "keep within rejected" in port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
     )
     assert any("nas: keep_within value '7x' rejected" in line for line in port.lines)
     await coordinator.request("nas", Operation.PRUNE)
     await coordinator.wait_idle()
     assert runner.calls[-1][2]["keep"]["within"] == "30d"
     assert await coordinator.apply_setting("nas", "keep_within", "14d") is True
-    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert port.state("binary_sensor.borg_nas_problem") == "off"
     assert await coordinator.apply_setting("nas", "keep_weekly", "4.0") is True
     assert await coordinator.apply_setting("nas", "keep_weekly", "-1") is False
     assert await coordinator.apply_setting("nas", "frequency", "0") is False
@@ -385,7 +384,7 @@ async def test_progress_is_throttled_and_the_final_update_always_sent(tmp_path: 
     # The closing update carries the finished archive's own totals, not borg's last line.
     assert (progress[-1]["nfiles"], progress[-1]["original_size"]) == (3, 1000)
     assert progress[-1]["percent"] == 100.0
-    assert port.state("sensor.backup_progress") == "100.0"
+    assert port.state("sensor.borg_progress") == "100.0"
 
 
 async def test_stop_mid_operation_leaves_it_to_be_retried_after_restart(tmp_path: Path) -> None:
@@ -408,7 +407,7 @@ async def test_stop_mid_operation_leaves_it_to_be_retried_after_restart(tmp_path
     await restarted.tick()
     await restarted.wait_idle()
     assert runner2.operations() == ["create", "prune", "stats"]
-    assert port.state("sensor.backup_nas_last_backup") != "unknown"
+    assert port.state("sensor.borg_nas_last_backup") != "unknown"
 
 
 async def test_restart_restores_last_backup_and_sizes(tmp_path: Path) -> None:
@@ -419,8 +418,8 @@ async def test_restart_restores_last_backup_and_sizes(tmp_path: Path) -> None:
     await coordinator.wait_idle()
     await coordinator.stop()
     _, port = await started(config, ScriptedRunner(), clock)
-    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
-    assert port.state("sensor.backup_nas_total_size") != "unknown"
+    assert port.state("sensor.borg_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.borg_nas_total_size") != "unknown"
 
 
 async def test_one_repository_never_runs_twice_at_once(tmp_path: Path) -> None:
@@ -448,10 +447,10 @@ async def test_overdue_raises_a_problem_only_in_scheduled_mode(tmp_path: Path) -
     clock.advance(minutes=121)
     await coordinator.tick()
     await coordinator.wait_idle()
-    assert "overdue" in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert "overdue" in port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
     await coordinator.apply_setting("nas", "mode", "manual")
     await coordinator.tick()
-    assert "overdue" not in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert "overdue" not in port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
 
 
 async def test_timeout_stops_a_stuck_operation(tmp_path: Path) -> None:
@@ -464,7 +463,7 @@ async def test_timeout_stops_a_stuck_operation(tmp_path: Path) -> None:
     assert task is not None
     await asyncio.wait_for(task, 5)
     assert port.of("backup_coordinator_finished")[-1]["error"]["kind"] == "timeout"
-    assert port.state("sensor.backup_nas_state") == "error"
+    assert port.state("sensor.borg_nas_state") == "error"
 
 
 async def test_an_unexpected_error_is_recorded_and_leaves_nothing_stuck(tmp_path: Path) -> None:
@@ -478,18 +477,18 @@ async def test_an_unexpected_error_is_recorded_and_leaves_nothing_stuck(tmp_path
     coordinator, port = await started(config, runner, clock)
     await coordinator.request("nas", Operation.CREATE)
     await coordinator.wait_idle()
-    assert port.state("sensor.backup_nas_state") == "error"
+    assert port.state("sensor.borg_nas_state") == "error"
     finished = port.of("backup_coordinator_finished")[-1]
     assert finished["error"]["kind"] == "agent"
     assert "a bug" in finished["error"]["message"]
     assert "s3cret" not in finished["error"]["message"]
     assert not [line for line in port.lines if "s3cret" in line]
-    assert "s3cret" not in port.states["sensor.backup_nas_last_error"].state
+    assert "s3cret" not in port.states["sensor.borg_nas_last_error"].state
     assert json.loads((tmp_path / "state.json").read_text())["drones"]["nas"]["running"] is None
     del runner.behaviours[("nas", "create")]
     assert await coordinator.request("nas", Operation.CREATE) == "started"
     await coordinator.wait_idle()
-    assert port.state("sensor.backup_nas_state") == "idle"
+    assert port.state("sensor.borg_nas_state") == "idle"
 
 
 async def test_a_person_is_notified_once_per_problem_and_a_restart_does_not_repeat_it(
@@ -502,9 +501,9 @@ async def test_a_person_is_notified_once_per_problem_and_a_restart_does_not_repe
     for _ in range(2):
         await coordinator.request("nas", Operation.CREATE)
         await coordinator.wait_idle()
-    assert port.notified == ["backup_nas_problem"]
+    assert port.notified == ["borg_nas_problem"]
     assert (
-        port.states["binary_sensor.backup_nas_problem"]
+        port.states["binary_sensor.borg_nas_problem"]
         .attributes["reason"]
         .startswith("2 failed operation(s) in a row")
     )
@@ -513,7 +512,7 @@ async def test_a_person_is_notified_once_per_problem_and_a_restart_does_not_repe
     _, restarted_port = await started(config, ScriptedRunner(), clock)
     assert restarted_port.of("backup_coordinator_problem") == []
     assert restarted_port.notified == []
-    assert restarted_port.state("binary_sensor.backup_nas_problem") == "on"
+    assert restarted_port.state("binary_sensor.borg_nas_problem") == "on"
 
 
 async def test_an_interrupted_request_runs_again_first(tmp_path: Path) -> None:
@@ -556,17 +555,17 @@ async def test_each_step_of_a_session_is_recorded_and_shown_when_it_ends(tmp_pat
     await coordinator.tick()
     await calls_reach(runner, 2)  # create ended, prune runs
     assert runner.sessions == [("nas", "sequence")]
-    assert port.state("sensor.backup_nas_state") == "pruning"
-    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
-    assert port.state("sensor.backup_nas_last_prune") == "unknown"
+    assert port.state("sensor.borg_nas_state") == "pruning"
+    assert port.state("sensor.borg_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.borg_nas_last_prune") == "unknown"
     saved = json.loads((tmp_path / "state.json").read_text())["drones"]["nas"]
     assert saved["last_backup"] is not None  # persisted before the next step ended
     assert saved["running"]["operation"] == "scheduled"
     runner.release.set()
     await coordinator.wait_idle()
-    assert port.state("sensor.backup_nas_state") == "idle"
-    assert port.state("sensor.backup_nas_last_prune") == START.isoformat(timespec="seconds")
-    assert port.state("sensor.backup_nas_total_size") == f"{2000 / MIB:.2f}"  # from stats
+    assert port.state("sensor.borg_nas_state") == "idle"
+    assert port.state("sensor.borg_nas_last_prune") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.borg_nas_total_size") == f"{2000 / MIB:.2f}"  # from stats
     finished = port.of("backup_coordinator_finished")[-1]
     assert finished["ok"] is True
     assert list(finished["results"]) == ["create", "prune", "stats"]
@@ -581,13 +580,13 @@ async def test_a_failed_step_ends_the_session_and_keeps_what_the_steps_before_it
     await coordinator.tick()
     await coordinator.wait_idle()
     assert runner.operations() == ["create", "prune"]  # stats never ran
-    assert port.state("sensor.backup_nas_state") == "error"
-    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
-    assert port.state("sensor.backup_nas_last_prune") == "unknown"
+    assert port.state("sensor.borg_nas_state") == "error"
+    assert port.state("sensor.borg_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.borg_nas_last_prune") == "unknown"
     finished = port.of("backup_coordinator_finished")[-1]
     assert finished["ok"] is False
     assert finished["error"]["step"] == "prune"
-    assert port.state("binary_sensor.backup_nas_problem") == "on"
+    assert port.state("binary_sensor.borg_nas_problem") == "on"
     assert coordinator.drones["nas"].record.last_error == "prune failed: lock"
 
 
@@ -641,21 +640,21 @@ async def test_an_unwritable_state_file_is_a_problem_never_a_failed_backup(tmp_p
     await coordinator.wait_idle()
     # The backup is reported as what it was: a success.
     assert port.of("backup_coordinator_finished")[-1]["ok"] is True
-    assert port.state("sensor.backup_nas_state") == "idle"
-    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
-    assert port.state("sensor.backup_nas_last_error") == "none"
+    assert port.state("sensor.borg_nas_state") == "idle"
+    assert port.state("sensor.borg_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.borg_nas_last_error") == "none"
     # The failed save is a problem in HA, notified, and logged.
-    assert port.state("binary_sensor.backup_nas_problem") == "on"
-    reason = port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert port.state("binary_sensor.borg_nas_problem") == "on"
+    reason = port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
     assert "state file" in reason
     assert "cannot be written" in reason
-    assert "backup_nas_problem" in port.notifications
+    assert "borg_nas_problem" in port.notifications
     assert any(line.startswith("ERROR") and "state file" in line for line in port.lines)
     # Space is back: the next tick saves, and the problem clears.
     blocker.unlink()
     await coordinator.tick()
-    assert port.state("binary_sensor.backup_nas_problem") == "off"
-    assert "backup_nas_problem" not in port.notifications
+    assert port.state("binary_sensor.borg_nas_problem") == "off"
+    assert "borg_nas_problem" not in port.notifications
     saved = json.loads((blocker / "state.json").read_text())
     assert saved["drones"]["nas"]["last_backup"].startswith("2026-11-01T12:00")
 
@@ -667,17 +666,17 @@ async def test_a_last_backup_in_the_future_is_a_problem_and_the_backup_runs(
     write_state(tmp_path, {"nas": {"last_backup": future.isoformat()}})
     runner, clock = ScriptedRunner(), Clock()
     coordinator, port = await started(make_config(tmp_path, nas={}), runner, clock)
-    assert port.state("binary_sensor.backup_nas_problem") == "on"
-    reason = port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert port.state("binary_sensor.borg_nas_problem") == "on"
+    reason = port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
     assert "in the future" in reason
-    assert "backup_nas_problem" in port.notifications
+    assert "borg_nas_problem" in port.notifications
     assert any("in the future" in line for line in port.lines)
-    assert port.state("sensor.backup_nas_next_backup") == START.isoformat(timespec="seconds")
+    assert port.state("sensor.borg_nas_next_backup") == START.isoformat(timespec="seconds")
     await coordinator.tick()
     await coordinator.wait_idle()
     assert runner.operations() == ["create", "prune", "stats"]
-    assert port.state("sensor.backup_nas_last_backup") == START.isoformat(timespec="seconds")
-    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert port.state("sensor.borg_nas_last_backup") == START.isoformat(timespec="seconds")
+    assert port.state("binary_sensor.borg_nas_problem") == "off"
     assert [e["raised"] for e in port.of("backup_coordinator_problem")] == [True, False]
 
 
@@ -695,13 +694,11 @@ async def test_a_retry_time_beyond_any_backoff_is_a_problem_and_the_backup_runs(
     )
     runner, clock = ScriptedRunner(), Clock()
     coordinator, port = await started(make_config(tmp_path, nas={}), runner, clock)
-    assert (
-        "the clock jumped" in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
-    )
+    assert "the clock jumped" in port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
     await coordinator.tick()
     await coordinator.wait_idle()
     assert runner.operations() == ["create", "prune", "stats"]
-    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert port.state("binary_sensor.borg_nas_problem") == "off"
 
 
 async def test_a_recorded_time_slightly_ahead_is_clock_drift_not_a_problem(tmp_path: Path) -> None:
@@ -710,7 +707,7 @@ async def test_a_recorded_time_slightly_ahead_is_clock_drift_not_a_problem(tmp_p
     coordinator, port = await started(make_config(tmp_path, nas={}), runner, clock)
     await coordinator.tick()
     await coordinator.wait_idle()
-    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert port.state("binary_sensor.borg_nas_problem") == "off"
     assert runner.operations() == []  # backed up two minutes "ago": not due
 
 
@@ -739,7 +736,7 @@ async def test_a_restart_during_prune_finishes_prune_and_stats_in_one_session(
     await calls_reach(runner2, 2)  # prune ended, stats runs
     assert runner2.sessions == [("nas", "sequence")]
     assert runner2.calls[0][2]["steps"] == ["prune", "stats"]
-    assert port.state("sensor.backup_nas_last_prune") != "unknown"
+    assert port.state("sensor.borg_nas_last_prune") != "unknown"
     await restarted.stop()  # interrupted again, now during stats
 
     runner3 = ScriptedRunner()
@@ -747,7 +744,7 @@ async def test_a_restart_during_prune_finishes_prune_and_stats_in_one_session(
     await again.tick()
     await again.wait_idle()
     assert runner3.sessions == [("nas", "stats")]
-    assert port.state("sensor.backup_nas_total_size") == f"{2000 / MIB:.2f}"
+    assert port.state("sensor.borg_nas_total_size") == f"{2000 / MIB:.2f}"
     assert port.of("backup_coordinator_finished")[-1]["ok"] is True
     assert again.drones["nas"].record.resume is None
     await again.tick()
@@ -813,4 +810,4 @@ async def test_a_first_sighting_in_the_future_does_not_silence_overdue(tmp_path:
     clock.advance(minutes=121)
     await coordinator.tick()
     await coordinator.wait_idle()
-    assert "overdue" in port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert "overdue" in port.states["binary_sensor.borg_nas_problem"].attributes["reason"]

@@ -12,34 +12,34 @@ from backup_coordinator.offsite_entities import TargetSnapshot, target_helpers, 
 
 
 def test_a_drone_card_shows_each_of_the_drones_entities_once() -> None:
-    helpers = [h.entity_id for h in entities.drone_helpers("backup", "nas", DroneSettings())]
-    sensors = [p.entity_id for p in entities.drone_sensors("backup", DroneSnapshot.empty("nas"))]
-    rows = drone_card("backup", "nas")["entities"]
+    helpers = [h.entity_id for h in entities.drone_helpers("borg", "nas", DroneSettings())]
+    sensors = [p.entity_id for p in entities.drone_sensors("borg", DroneSnapshot.empty("nas"))]
+    rows = drone_card("borg", "nas")["entities"]
     shown = [row["entity"] for row in rows if "entity" in row and "type" not in row]
     assert Counter(shown) == Counter(helpers + sensors)
 
 
 def test_a_card_shows_what_to_do_under_the_last_error() -> None:
-    rows = drone_card("backup", "nas")["entities"]
-    error = rows.index({"entity": "sensor.backup_nas_last_error", "name": "Last error"})
+    rows = drone_card("borg", "nas")["entities"]
+    error = rows.index({"entity": "sensor.borg_nas_last_error", "name": "Last error"})
     assert rows[error + 1] == {
         "type": "attribute",
-        "entity": "sensor.backup_nas_last_error",
+        "entity": "sensor.borg_nas_last_error",
         "attribute": "hint",
         "name": "What to do",
     }
 
 
 def test_a_drone_card_has_a_heading_per_section_in_section_order() -> None:
-    headings = [row["label"] for row in drone_card("backup", "nas")["entities"] if "label" in row]
+    headings = [row["label"] for row in drone_card("borg", "nas")["entities"] if "label" in row]
     assert headings == [section.value for section in Section if section.value]
 
 
 def test_the_coordinator_card_shows_each_coordinator_entity_once() -> None:
-    helpers = [h.entity_id for h in entities.coordinator_helpers("backup")]
-    sensors = [p.entity_id for p in entities.coordinator_sensors("backup", {}, [], [], [], "")]
-    progress = entities.progress_sensor("backup", None).entity_id
-    shown = coordinator_card("backup")["entities"]
+    helpers = [h.entity_id for h in entities.coordinator_helpers("borg")]
+    sensors = [p.entity_id for p in entities.coordinator_sensors("borg", {}, [], [], [], "")]
+    progress = entities.progress_sensor("borg", None).entity_id
+    shown = coordinator_card("borg")["entities"]
     assert Counter(shown) == Counter([*helpers, *sensors, progress])
 
 
@@ -47,9 +47,9 @@ def test_an_offsite_target_card_shows_each_of_its_entities_once() -> None:
     snapshot = TargetSnapshot(
         "cloud", CopyState.IDLE, None, None, None, None, (), (), 0, None, None, None
     )
-    helpers = [h.entity_id for h in target_helpers("backup", "cloud", CopySettings())]
-    sensors = [p.entity_id for p in target_sensors("backup", snapshot)]
-    rows = target_card("backup", "cloud")["entities"]
+    helpers = [h.entity_id for h in target_helpers("borg", "cloud", CopySettings())]
+    sensors = [p.entity_id for p in target_sensors("borg", snapshot)]
+    rows = target_card("borg", "cloud")["entities"]
     shown = [row["entity"] for row in rows if "entity" in row and "type" not in row]
     assert Counter(shown) == Counter(helpers + sensors)
-    assert "input_button.backup_cloud_sync_now" in shown
+    assert "input_button.borg_cloud_sync_now" in shown

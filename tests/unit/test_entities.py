@@ -40,17 +40,17 @@ def ha_slug(name: str) -> str:
 
 
 def test_every_helper_name_slugs_to_its_entity_id() -> None:
-    helpers = coordinator_helpers("backup") + drone_helpers("backup", "my_pc2", DroneSettings())
+    helpers = coordinator_helpers("borg") + drone_helpers("borg", "my_pc2", DroneSettings())
     assert len(helpers) == 15  # the coordinator mode and 14 per drone
     for helper in helpers:
         assert ha_slug(helper.name) == helper.object_id, helper
 
 
 def test_helpers_carry_first_values_and_no_initial() -> None:
-    helpers = {h.object_id: h for h in drone_helpers("backup", "nas", DroneSettings())}
-    assert helpers["backup_nas_frequency"].first_value == 1440
-    assert helpers["backup_nas_keep_yearly"].first_value == 1
-    assert helpers["backup_nas_mode"].first_value == "scheduled"
+    helpers = {h.object_id: h for h in drone_helpers("borg", "nas", DroneSettings())}
+    assert helpers["borg_nas_frequency"].first_value == 1440
+    assert helpers["borg_nas_keep_yearly"].first_value == 1
+    assert helpers["borg_nas_mode"].first_value == "scheduled"
     assert all("initial" not in h.create_fields for h in helpers.values())
 
 
@@ -76,20 +76,20 @@ def snapshot(**changes: object) -> DroneSnapshot:
 
 
 def test_drone_sensors_show_timestamps_and_sizes_including_zero() -> None:
-    sensors = {p.entity_id: p for p in drone_sensors("backup", snapshot())}
-    assert sensors["sensor.backup_nas_last_backup"].state == "2026-11-01T12:00:00+00:00"
-    assert sensors["sensor.backup_nas_last_prune"].state == "unknown"
-    total = sensors["sensor.backup_nas_total_size"]
+    sensors = {p.entity_id: p for p in drone_sensors("borg", snapshot())}
+    assert sensors["sensor.borg_nas_last_backup"].state == "2026-11-01T12:00:00+00:00"
+    assert sensors["sensor.borg_nas_last_prune"].state == "unknown"
+    total = sensors["sensor.borg_nas_total_size"]
     assert total.state == "0.00"
     assert total.attributes["bytes"] == 0
     assert total.attributes["device_class"] == "data_size"
-    assert sensors["sensor.backup_nas_compressed_size"].state == "3.00"
-    assert sensors["binary_sensor.backup_nas_problem"].state == "off"
+    assert sensors["sensor.borg_nas_compressed_size"].state == "3.00"
+    assert sensors["binary_sensor.borg_nas_problem"].state == "off"
 
 
 def test_problem_sensor_lists_every_reason() -> None:
-    sensors = {p.entity_id: p for p in drone_sensors("backup", snapshot(problems=("a", "b")))}
-    problem = sensors["binary_sensor.backup_nas_problem"]
+    sensors = {p.entity_id: p for p in drone_sensors("borg", snapshot(problems=("a", "b")))}
+    problem = sensors["binary_sensor.borg_nas_problem"]
     assert problem.state == "on"
     assert problem.attributes["reason"] == "a; b"
 
@@ -97,9 +97,9 @@ def test_problem_sensor_lists_every_reason() -> None:
 @pytest.mark.parametrize("size", [None, "12", 1.5, True])
 def test_a_size_that_is_no_byte_count_is_unknown(size: object) -> None:
     sensors = {
-        p.entity_id: p for p in drone_sensors("backup", snapshot(repository={"total_size": size}))
+        p.entity_id: p for p in drone_sensors("borg", snapshot(repository={"total_size": size}))
     }
-    total = sensors["sensor.backup_nas_total_size"]
+    total = sensors["sensor.borg_nas_total_size"]
     assert total.state == "unknown"
     assert total.attributes["bytes"] is None
 
@@ -120,7 +120,7 @@ def everything(prefix: str, drones: tuple[str, ...]) -> list[str]:
 
 
 def test_entity_ids_are_unique() -> None:
-    ids = everything("backup", ("nas", "pc", "my_pc2"))
+    ids = everything("borg", ("nas", "pc", "my_pc2"))
     assert len(ids) == 1 + 3 + 1 + 3 * (
         len(DRONE_HELPERS) + len(entities.DRONE_BUTTONS) + len(DRONE_SENSORS)
     )
@@ -128,7 +128,7 @@ def test_entity_ids_are_unique() -> None:
 
 
 def test_every_operation_with_a_button_has_exactly_one_input_button() -> None:
-    buttons = [h for h in drone_helpers("backup", "nas", DroneSettings()) if h.operation]
+    buttons = [h for h in drone_helpers("borg", "nas", DroneSettings()) if h.operation]
     assert all(h.domain == "input_button" for h in buttons)
     assert len(buttons) == len({h.operation for h in buttons})
     for spec in OPERATIONS.values():
@@ -137,12 +137,12 @@ def test_every_operation_with_a_button_has_exactly_one_input_button() -> None:
             assert matching == [], spec.operation
         else:
             (button,) = matching
-            assert button.object_id == f"backup_nas_{spec.button.key}"
+            assert button.object_id == f"borg_nas_{spec.button.key}"
             assert button.icon == spec.button.icon
 
 
 def test_every_setting_helper_steers_one_setting() -> None:
-    settings = [h.setting for h in drone_helpers("backup", "nas", DroneSettings()) if h.setting]
+    settings = [h.setting for h in drone_helpers("borg", "nas", DroneSettings()) if h.setting]
     assert sorted(settings) == sorted(
         [
             "frequency",
@@ -159,14 +159,14 @@ def test_every_setting_helper_steers_one_setting() -> None:
 
 @pytest.mark.parametrize("state", list(DroneState))
 def test_every_drone_state_is_an_option_of_the_state_sensor(state: DroneState) -> None:
-    sensors = {p.entity_id: p for p in drone_sensors("backup", snapshot(state=state))}
-    shown = sensors["sensor.backup_nas_state"]
+    sensors = {p.entity_id: p for p in drone_sensors("borg", snapshot(state=state))}
+    shown = sensors["sensor.borg_nas_state"]
     assert shown.state in shown.attributes["options"]
     assert shown.state == state.value
 
 
 def test_no_state_is_longer_than_ha_takes() -> None:
-    sensors = drone_sensors("backup", snapshot(last_error="e" * 1000, problems=("p" * 1000,)))
+    sensors = drone_sensors("borg", snapshot(last_error="e" * 1000, problems=("p" * 1000,)))
     sensors += coordinator_sensors(
         "backup", {f"drone{i}": "create" for i in range(99)}, [], [], [], "running"
     )
@@ -212,10 +212,10 @@ KEEP_DAILY = HelperDescription[DroneSettings](
 
 
 def test_a_table_with_an_extra_row_renders_it_like_the_others() -> None:
-    sensors = render_sensors((*DRONE_SENSORS, ARCHIVES), "backup", "nas", snapshot(archive_count=7))
-    assert sensors[:-1] == drone_sensors("backup", snapshot(archive_count=7))
+    sensors = render_sensors((*DRONE_SENSORS, ARCHIVES), "borg", "nas", snapshot(archive_count=7))
+    assert sensors[:-1] == drone_sensors("borg", snapshot(archive_count=7))
     assert sensors[-1] == entities.Publication(
-        "sensor.backup_nas_archives",
+        "sensor.borg_nas_archives",
         "7",
         {
             "friendly_name": "nas archives",
@@ -224,11 +224,11 @@ def test_a_table_with_an_extra_row_renders_it_like_the_others() -> None:
             "drone": "nas",
         },
     )
-    helpers = render_helpers((*DRONE_HELPERS, KEEP_DAILY), "backup", "nas", DroneSettings())
+    helpers = render_helpers((*DRONE_HELPERS, KEEP_DAILY), "borg", "nas", DroneSettings())
     assert helpers[-1] == entities.HelperSpec(
         domain="input_number",
-        object_id="backup_nas_keep_daily",
-        name="Backup nas keep daily",
+        object_id="borg_nas_keep_daily",
+        name="Borg nas keep daily",
         icon="mdi:calendar-today",
         create_fields={"min": 0, "max": 1000},
         first_value=7,
@@ -242,14 +242,14 @@ def test_a_row_added_to_the_drone_tables_reaches_sensors_helpers_and_dashboard(
 ) -> None:
     monkeypatch.setattr(entities, "DRONE_SENSORS", (*DRONE_SENSORS, ARCHIVES))
     monkeypatch.setattr(entities, "DRONE_HELPERS", (*DRONE_HELPERS, KEEP_DAILY))
-    sensors = {p.entity_id: p for p in drone_sensors("backup", snapshot(archive_count=3))}
-    assert sensors["sensor.backup_nas_archives"].state == "3"
-    helpers = {h.entity_id: h for h in drone_helpers("backup", "nas", DroneSettings())}
-    assert helpers["input_number.backup_nas_keep_daily"].setting == "keep_daily"
-    rows = drone_card("backup", "nas")["entities"]
-    assert {"entity": "sensor.backup_nas_archives", "name": "Archives"} in rows
+    sensors = {p.entity_id: p for p in drone_sensors("borg", snapshot(archive_count=3))}
+    assert sensors["sensor.borg_nas_archives"].state == "3"
+    helpers = {h.entity_id: h for h in drone_helpers("borg", "nas", DroneSettings())}
+    assert helpers["input_number.borg_nas_keep_daily"].setting == "keep_daily"
+    rows = drone_card("borg", "nas")["entities"]
+    assert {"entity": "sensor.borg_nas_archives", "name": "Archives"} in rows
     # a retention control lands in the retention section, the last one of the card
-    assert rows[-1] == {"entity": "input_number.backup_nas_keep_daily", "name": "Keep daily"}
+    assert rows[-1] == {"entity": "input_number.borg_nas_keep_daily", "name": "Keep daily"}
 
 
 def test_a_button_added_to_the_operation_registry_becomes_an_input_button() -> None:
@@ -259,9 +259,9 @@ def test_a_button_added_to_the_operation_registry_becomes_an_input_button() -> N
     specs = [spec for spec in OPERATIONS.values() if spec.operation is not Operation.EXTRACT]
     buttons = button_descriptions([*specs, restore])
     assert buttons[:-1] == button_descriptions(OPERATIONS.values())
-    (helper,) = render_helpers(buttons[-1:], "backup", "nas", DroneSettings())
+    (helper,) = render_helpers(buttons[-1:], "borg", "nas", DroneSettings())
     assert (helper.entity_id, helper.name, helper.operation) == (
-        "input_button.backup_nas_restore",
-        "Backup nas restore",
+        "input_button.borg_nas_restore",
+        "Borg nas restore",
         Operation.EXTRACT,
     )

@@ -63,7 +63,7 @@ MY_PC2_SETTINGS = DroneSettings(
 
 
 def test_sensors_of_a_drone_nothing_is_known_about() -> None:
-    assert drone_sensors("backup", DroneSnapshot.empty("nas")) == EMPTY_NAS
+    assert drone_sensors("borg", DroneSnapshot.empty("nas")) == EMPTY_NAS
 
 
 def test_sensors_of_a_busy_failing_drone_under_another_prefix() -> None:
@@ -71,25 +71,25 @@ def test_sensors_of_a_busy_failing_drone_under_another_prefix() -> None:
 
 
 def test_controls_of_a_drone_carry_its_settings() -> None:
-    assert drone_helpers("backup", "my_pc2", MY_PC2_SETTINGS) == MY_PC2_HELPERS
+    assert drone_helpers("borg", "my_pc2", MY_PC2_SETTINGS) == MY_PC2_HELPERS
 
 
 def test_controls_of_the_coordinator() -> None:
-    assert coordinator_helpers("backup") == COORDINATOR_HELPERS
+    assert coordinator_helpers("borg") == COORDINATOR_HELPERS
 
 
 def test_progress_with_nothing_running_estimated_and_final() -> None:
-    assert progress_sensor("backup", None) == NO_PROGRESS
+    assert progress_sensor("borg", None) == NO_PROGRESS
     running = ProgressSnapshot("nas", "create", 0, 10, 5, 0, 12.345, 1234.6, None, False)
-    assert progress_sensor("backup", running) == PROGRESS
+    assert progress_sensor("borg", running) == PROGRESS
     final = ProgressSnapshot("nas", "scheduled", 3, 10, 5, 1, None, None, 7.5, True)
-    assert progress_sensor("backup", final) == FINAL_PROGRESS
+    assert progress_sensor("borg", final) == FINAL_PROGRESS
 
 
 def test_coordinator_sensors_idle_and_busy() -> None:
-    assert coordinator_sensors("backup", {}, [], [], [], "running") == IDLE_COORDINATOR
+    assert coordinator_sensors("borg", {}, [], [], [], "running") == IDLE_COORDINATOR
     busy = coordinator_sensors(
-        "backup",
+        "borg",
         running={"nas": "create", "pc": "prune"},
         queue=[("nas", "stats"), ("pc", "scheduled")],
         round_robin=["pc", "nas"],
@@ -102,11 +102,11 @@ def test_coordinator_sensors_idle_and_busy() -> None:
 def test_attribute_order_is_kept() -> None:
     """HA shows attributes in the order they were sent: friendly name, looks, then values."""
     published = [
-        *drone_sensors("backup", DroneSnapshot.empty("nas")),
+        *drone_sensors("borg", DroneSnapshot.empty("nas")),
         *drone_sensors("home_backup", BUSY_SNAPSHOT),
-        progress_sensor("backup", None),
-        progress_sensor("backup", ProgressSnapshot("nas", "create", 0, 10, 5, 0, 1, 1, 1, False)),
-        *coordinator_sensors("backup", {}, [], [], [], "running"),
+        progress_sensor("borg", None),
+        progress_sensor("borg", ProgressSnapshot("nas", "create", 0, 10, 5, 0, 1, 1, 1, False)),
+        *coordinator_sensors("borg", {}, [], [], [], "running"),
     ]
     expected = [*EMPTY_NAS, *BUSY_NAS, NO_PROGRESS, PROGRESS, *IDLE_COORDINATOR]
     for publication, wanted in zip(published, expected, strict=True):
@@ -114,7 +114,7 @@ def test_attribute_order_is_kept() -> None:
 
 
 def test_dashboard_card_of_a_drone() -> None:
-    assert drone_card("backup", "nas") == NAS_CARD
+    assert drone_card("borg", "nas") == NAS_CARD
 
 
 def test_dashboard_of_two_drones() -> None:
@@ -132,19 +132,19 @@ def test_dashboard_of_two_drones() -> None:
             {
                 "title": "Backups",
                 "path": "backups",
-                "cards": [coordinator_card("backup"), NAS_CARD, drone_card("backup", "pc")],
+                "cards": [coordinator_card("borg"), NAS_CARD, drone_card("borg", "pc")],
             }
         ],
     }
-    assert coordinator_card("backup") == {
+    assert coordinator_card("borg") == {
         "type": "entities",
-        "title": "Backup coordinator",
+        "title": "Borg coordinator",
         "entities": [
-            "input_select.backup_coordinator_mode",
-            "sensor.backup_active",
-            "sensor.backup_progress",
-            "sensor.backup_queue",
-            "sensor.backup_failing",
+            "input_select.borg_coordinator_mode",
+            "sensor.borg_active",
+            "sensor.borg_progress",
+            "sensor.borg_queue",
+            "sensor.borg_failing",
         ],
     }
 
@@ -154,40 +154,40 @@ NAS_CARD = {
     "title": "nas",
     "state_color": True,
     "entities": [
-        {"entity": "input_number.backup_nas_frequency", "name": "Frequency"},
-        {"entity": "input_select.backup_nas_mode", "name": "Mode"},
-        {"entity": "sensor.backup_nas_state", "name": "State"},
-        {"entity": "sensor.backup_nas_last_backup", "name": "Last backup"},
-        {"entity": "sensor.backup_nas_last_prune", "name": "Last prune"},
-        {"entity": "sensor.backup_nas_last_verified_restore", "name": "Last verified restore"},
-        {"entity": "sensor.backup_nas_last_check", "name": "Last check"},
-        {"entity": "sensor.backup_nas_next_backup", "name": "Next backup"},
-        {"entity": "binary_sensor.backup_nas_problem", "name": "Problem"},
-        {"entity": "sensor.backup_nas_last_error", "name": "Last error"},
+        {"entity": "input_number.borg_nas_frequency", "name": "Frequency"},
+        {"entity": "input_select.borg_nas_mode", "name": "Mode"},
+        {"entity": "sensor.borg_nas_state", "name": "State"},
+        {"entity": "sensor.borg_nas_last_backup", "name": "Last backup"},
+        {"entity": "sensor.borg_nas_last_prune", "name": "Last prune"},
+        {"entity": "sensor.borg_nas_last_verified_restore", "name": "Last verified restore"},
+        {"entity": "sensor.borg_nas_last_check", "name": "Last check"},
+        {"entity": "sensor.borg_nas_next_backup", "name": "Next backup"},
+        {"entity": "binary_sensor.borg_nas_problem", "name": "Problem"},
+        {"entity": "sensor.borg_nas_last_error", "name": "Last error"},
         {
             "type": "attribute",
-            "entity": "sensor.backup_nas_last_error",
+            "entity": "sensor.borg_nas_last_error",
             "attribute": "hint",
             "name": "What to do",
         },
         {"type": "section", "label": "Repository"},
-        {"entity": "sensor.backup_nas_total_size", "name": "Total size"},
-        {"entity": "sensor.backup_nas_compressed_size", "name": "Compressed size"},
-        {"entity": "sensor.backup_nas_deduplicated_size", "name": "Deduplicated size"},
+        {"entity": "sensor.borg_nas_total_size", "name": "Total size"},
+        {"entity": "sensor.borg_nas_compressed_size", "name": "Compressed size"},
+        {"entity": "sensor.borg_nas_deduplicated_size", "name": "Deduplicated size"},
         {"type": "section", "label": "Actions"},
-        {"entity": "input_button.backup_nas_create", "name": "Create"},
-        {"entity": "input_button.backup_nas_prune", "name": "Prune"},
-        {"entity": "input_button.backup_nas_update_stats", "name": "Update stats"},
-        {"entity": "input_button.backup_nas_check", "name": "Check"},
-        {"entity": "input_button.backup_nas_restore_drill", "name": "Restore drill"},
-        {"entity": "input_button.backup_nas_scheduled_backup", "name": "Scheduled backup"},
+        {"entity": "input_button.borg_nas_create", "name": "Create"},
+        {"entity": "input_button.borg_nas_prune", "name": "Prune"},
+        {"entity": "input_button.borg_nas_update_stats", "name": "Update stats"},
+        {"entity": "input_button.borg_nas_check", "name": "Check"},
+        {"entity": "input_button.borg_nas_restore_drill", "name": "Restore drill"},
+        {"entity": "input_button.borg_nas_scheduled_backup", "name": "Scheduled backup"},
         {"type": "section", "label": "Retention"},
-        {"entity": "input_text.backup_nas_keep_within", "name": "Keep within"},
-        {"entity": "input_number.backup_nas_keep_hourly", "name": "Keep hourly"},
-        {"entity": "input_number.backup_nas_keep_daily", "name": "Keep daily"},
-        {"entity": "input_number.backup_nas_keep_weekly", "name": "Keep weekly"},
-        {"entity": "input_number.backup_nas_keep_monthly", "name": "Keep monthly"},
-        {"entity": "input_number.backup_nas_keep_yearly", "name": "Keep yearly"},
+        {"entity": "input_text.borg_nas_keep_within", "name": "Keep within"},
+        {"entity": "input_number.borg_nas_keep_hourly", "name": "Keep hourly"},
+        {"entity": "input_number.borg_nas_keep_daily", "name": "Keep daily"},
+        {"entity": "input_number.borg_nas_keep_weekly", "name": "Keep weekly"},
+        {"entity": "input_number.borg_nas_keep_monthly", "name": "Keep monthly"},
+        {"entity": "input_number.borg_nas_keep_yearly", "name": "Keep yearly"},
     ],
 }
 
@@ -196,7 +196,7 @@ NAS_CARD = {
 
 EMPTY_NAS = [
     Publication(
-        entity_id="sensor.backup_nas_state",
+        entity_id="sensor.borg_nas_state",
         state="idle",
         attributes={
             "friendly_name": "nas state",
@@ -218,7 +218,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_nas_last_backup",
+        entity_id="sensor.borg_nas_last_backup",
         state="unknown",
         attributes={
             "friendly_name": "nas last backup",
@@ -232,7 +232,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_nas_last_prune",
+        entity_id="sensor.borg_nas_last_prune",
         state="unknown",
         attributes={
             "friendly_name": "nas last prune",
@@ -241,7 +241,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_nas_last_verified_restore",
+        entity_id="sensor.borg_nas_last_verified_restore",
         state="unknown",
         attributes={
             "friendly_name": "nas last verified restore",
@@ -255,7 +255,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_nas_last_check",
+        entity_id="sensor.borg_nas_last_check",
         state="unknown",
         attributes={
             "friendly_name": "nas last check",
@@ -267,7 +267,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_nas_next_backup",
+        entity_id="sensor.borg_nas_next_backup",
         state="unknown",
         attributes={
             "friendly_name": "nas next backup",
@@ -276,7 +276,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_nas_total_size",
+        entity_id="sensor.borg_nas_total_size",
         state="unknown",
         attributes={
             "friendly_name": "nas total size",
@@ -288,7 +288,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_nas_compressed_size",
+        entity_id="sensor.borg_nas_compressed_size",
         state="unknown",
         attributes={
             "friendly_name": "nas compressed size",
@@ -300,7 +300,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_nas_deduplicated_size",
+        entity_id="sensor.borg_nas_deduplicated_size",
         state="unknown",
         attributes={
             "friendly_name": "nas deduplicated size",
@@ -312,7 +312,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="binary_sensor.backup_nas_problem",
+        entity_id="binary_sensor.borg_nas_problem",
         state="off",
         attributes={
             "friendly_name": "nas problem",
@@ -322,7 +322,7 @@ EMPTY_NAS = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_nas_last_error",
+        entity_id="sensor.borg_nas_last_error",
         state="none",
         attributes={
             "friendly_name": "nas last error",
@@ -475,8 +475,8 @@ BUSY_NAS = [
 MY_PC2_HELPERS = [
     HelperSpec(
         domain="input_number",
-        object_id="backup_my_pc2_frequency",
-        name="Backup my_pc2 frequency",
+        object_id="borg_my_pc2_frequency",
+        name="Borg my_pc2 frequency",
         icon="mdi:timer-sync-outline",
         create_fields={
             "min": 1,
@@ -492,8 +492,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_select",
-        object_id="backup_my_pc2_mode",
-        name="Backup my_pc2 mode",
+        object_id="borg_my_pc2_mode",
+        name="Borg my_pc2 mode",
         icon="mdi:cog-outline",
         create_fields={"options": ["scheduled", "manual", "disabled"]},
         first_value="manual",
@@ -503,8 +503,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_text",
-        object_id="backup_my_pc2_keep_within",
-        name="Backup my_pc2 keep within",
+        object_id="borg_my_pc2_keep_within",
+        name="Borg my_pc2 keep within",
         icon="mdi:calendar-range",
         create_fields={"min": 0, "max": 16, "pattern": "^$|^[1-9][0-9]{0,5}[Hdwmy]$"},
         first_value="7d",
@@ -514,8 +514,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_number",
-        object_id="backup_my_pc2_keep_hourly",
-        name="Backup my_pc2 keep hourly",
+        object_id="borg_my_pc2_keep_hourly",
+        name="Borg my_pc2 keep hourly",
         icon="mdi:clock-outline",
         create_fields={"min": 0, "max": 1000, "step": 1, "mode": "box"},
         first_value=0,
@@ -525,8 +525,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_number",
-        object_id="backup_my_pc2_keep_daily",
-        name="Backup my_pc2 keep daily",
+        object_id="borg_my_pc2_keep_daily",
+        name="Borg my_pc2 keep daily",
         icon="mdi:calendar-today",
         create_fields={"min": 0, "max": 1000, "step": 1, "mode": "box"},
         first_value=7,
@@ -536,8 +536,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_number",
-        object_id="backup_my_pc2_keep_weekly",
-        name="Backup my_pc2 keep weekly",
+        object_id="borg_my_pc2_keep_weekly",
+        name="Borg my_pc2 keep weekly",
         icon="mdi:calendar-week",
         create_fields={"min": 0, "max": 1000, "step": 1, "mode": "box"},
         first_value=0,
@@ -547,8 +547,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_number",
-        object_id="backup_my_pc2_keep_monthly",
-        name="Backup my_pc2 keep monthly",
+        object_id="borg_my_pc2_keep_monthly",
+        name="Borg my_pc2 keep monthly",
         icon="mdi:calendar-month",
         create_fields={"min": 0, "max": 1000, "step": 1, "mode": "box"},
         first_value=3,
@@ -558,8 +558,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_number",
-        object_id="backup_my_pc2_keep_yearly",
-        name="Backup my_pc2 keep yearly",
+        object_id="borg_my_pc2_keep_yearly",
+        name="Borg my_pc2 keep yearly",
         icon="mdi:calendar-star",
         create_fields={"min": 0, "max": 1000, "step": 1, "mode": "box"},
         first_value=10,
@@ -569,8 +569,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_button",
-        object_id="backup_my_pc2_create",
-        name="Backup my_pc2 create",
+        object_id="borg_my_pc2_create",
+        name="Borg my_pc2 create",
         icon="mdi:backup-restore",
         create_fields={},
         first_value=None,
@@ -580,8 +580,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_button",
-        object_id="backup_my_pc2_prune",
-        name="Backup my_pc2 prune",
+        object_id="borg_my_pc2_prune",
+        name="Borg my_pc2 prune",
         icon="mdi:content-cut",
         create_fields={},
         first_value=None,
@@ -591,8 +591,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_button",
-        object_id="backup_my_pc2_update_stats",
-        name="Backup my_pc2 update stats",
+        object_id="borg_my_pc2_update_stats",
+        name="Borg my_pc2 update stats",
         icon="mdi:chart-box-outline",
         create_fields={},
         first_value=None,
@@ -602,8 +602,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_button",
-        object_id="backup_my_pc2_check",
-        name="Backup my_pc2 check",
+        object_id="borg_my_pc2_check",
+        name="Borg my_pc2 check",
         icon="mdi:shield-search",
         create_fields={},
         first_value=None,
@@ -613,8 +613,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_button",
-        object_id="backup_my_pc2_restore_drill",
-        name="Backup my_pc2 restore drill",
+        object_id="borg_my_pc2_restore_drill",
+        name="Borg my_pc2 restore drill",
         icon="mdi:file-restore-outline",
         create_fields={},
         first_value=None,
@@ -624,8 +624,8 @@ MY_PC2_HELPERS = [
     ),
     HelperSpec(
         domain="input_button",
-        object_id="backup_my_pc2_scheduled_backup",
-        name="Backup my_pc2 scheduled backup",
+        object_id="borg_my_pc2_scheduled_backup",
+        name="Borg my_pc2 scheduled backup",
         icon="mdi:calendar-sync",
         create_fields={},
         first_value=None,
@@ -638,8 +638,8 @@ MY_PC2_HELPERS = [
 COORDINATOR_HELPERS = [
     HelperSpec(
         domain="input_select",
-        object_id="backup_coordinator_mode",
-        name="Backup coordinator mode",
+        object_id="borg_coordinator_mode",
+        name="Borg coordinator mode",
         icon="mdi:play-pause",
         create_fields={"options": ["running", "paused"]},
         first_value="running",
@@ -650,10 +650,10 @@ COORDINATOR_HELPERS = [
 ]
 
 NO_PROGRESS = Publication(
-    entity_id="sensor.backup_progress",
+    entity_id="sensor.borg_progress",
     state="unknown",
     attributes={
-        "friendly_name": "Backup progress",
+        "friendly_name": "Borg progress",
         "icon": "mdi:progress-upload",
         "unit_of_measurement": "%",
         "drone": "none",
@@ -662,10 +662,10 @@ NO_PROGRESS = Publication(
 )
 
 PROGRESS = Publication(
-    entity_id="sensor.backup_progress",
+    entity_id="sensor.borg_progress",
     state="12.3",
     attributes={
-        "friendly_name": "Backup progress",
+        "friendly_name": "Borg progress",
         "icon": "mdi:progress-upload",
         "unit_of_measurement": "%",
         "drone": "nas",
@@ -680,10 +680,10 @@ PROGRESS = Publication(
 )
 
 FINAL_PROGRESS = Publication(
-    entity_id="sensor.backup_progress",
+    entity_id="sensor.borg_progress",
     state="unknown",
     attributes={
-        "friendly_name": "Backup progress",
+        "friendly_name": "Borg progress",
         "icon": "mdi:progress-upload",
         "unit_of_measurement": "%",
         "drone": "nas",
@@ -699,10 +699,10 @@ FINAL_PROGRESS = Publication(
 
 IDLE_COORDINATOR = [
     Publication(
-        entity_id="sensor.backup_active",
+        entity_id="sensor.borg_active",
         state="idle",
         attributes={
-            "friendly_name": "Backup active",
+            "friendly_name": "Borg active",
             "icon": "mdi:run",
             "drones": [],
             "operations": [],
@@ -710,28 +710,28 @@ IDLE_COORDINATOR = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_queue",
+        entity_id="sensor.borg_queue",
         state="0",
         attributes={
-            "friendly_name": "Backup queue",
+            "friendly_name": "Borg queue",
             "icon": "mdi:tray-full",
             "requested": [],
             "round_robin": [],
         },
     ),
     Publication(
-        entity_id="sensor.backup_failing",
+        entity_id="sensor.borg_failing",
         state="0",
-        attributes={"friendly_name": "Backup failing drones", "icon": "mdi:alert", "drones": []},
+        attributes={"friendly_name": "Borg failing drones", "icon": "mdi:alert", "drones": []},
     ),
 ]
 
 BUSY_COORDINATOR = [
     Publication(
-        entity_id="sensor.backup_active",
+        entity_id="sensor.borg_active",
         state="nas: create, pc: prune",
         attributes={
-            "friendly_name": "Backup active",
+            "friendly_name": "Borg active",
             "icon": "mdi:run",
             "drones": ["nas", "pc"],
             "operations": ["create", "prune"],
@@ -739,20 +739,20 @@ BUSY_COORDINATOR = [
         },
     ),
     Publication(
-        entity_id="sensor.backup_queue",
+        entity_id="sensor.borg_queue",
         state="2",
         attributes={
-            "friendly_name": "Backup queue",
+            "friendly_name": "Borg queue",
             "icon": "mdi:tray-full",
             "requested": ["nas: stats", "pc: scheduled"],
             "round_robin": ["pc", "nas"],
         },
     ),
     Publication(
-        entity_id="sensor.backup_failing",
+        entity_id="sensor.borg_failing",
         state="1",
         attributes={
-            "friendly_name": "Backup failing drones",
+            "friendly_name": "Borg failing drones",
             "icon": "mdi:alert",
             "drones": ["pc"],
         },

@@ -111,8 +111,8 @@ async def test_the_target_is_copied_one_repository_per_session_with_its_job(tmp_
         runner,
         clock,
     )
-    assert port.state("sensor.backup_cloud_state") == "idle"
-    assert port.state("sensor.backup_cloud_last_offsite") == "unknown"
+    assert port.state("sensor.borg_cloud_state") == "idle"
+    assert port.state("sensor.borg_cloud_last_offsite") == "unknown"
     assert await coordinator.request("cloud", CopyOperation.OFFSITE) == "started"
     await coordinator.wait_idle()
     assert copied(runner) == ["/srv/laptop", "/srv/desktop", "/srv/nas"]
@@ -124,9 +124,9 @@ async def test_the_target_is_copied_one_repository_per_session_with_its_job(tmp_
     assert job["keep_replaced"] is False
     assert "passphrase" not in job
     assert "repository" not in job
-    assert port.state("sensor.backup_cloud_last_offsite") == START.isoformat(timespec="seconds")
-    assert port.states["sensor.backup_cloud_last_copy_size"].attributes["bytes"] == 3000
-    assert port.state("sensor.backup_cloud_state") == "idle"
+    assert port.state("sensor.borg_cloud_last_offsite") == START.isoformat(timespec="seconds")
+    assert port.states["sensor.borg_cloud_last_copy_size"].attributes["bytes"] == 3000
+    assert port.state("sensor.borg_cloud_state") == "idle"
     finished = port.of("backup_coordinator_finished")[-1]
     assert finished["ok"] is True
     assert finished["operation"] == "offsite"
@@ -147,7 +147,7 @@ async def test_a_copy_waits_for_the_backup_running_on_its_repository(tmp_path: P
     assert await coordinator.request("laptop", Operation.CREATE) == "started"
     await calls_reach(runner, 1)
     assert await coordinator.request("cloud", CopyOperation.OFFSITE) == "started"
-    await state_becomes(port, "sensor.backup_cloud_state", "waiting")
+    await state_becomes(port, "sensor.borg_cloud_state", "waiting")
     assert copied(runner) == []
     # While the copy waits for it, no new work starts on the repository.
     assert await coordinator.request("laptop", Operation.PRUNE) == "queued"
@@ -167,12 +167,12 @@ async def test_no_backup_starts_on_a_repository_while_it_is_copied(tmp_path: Pat
     await coordinator.tick()  # every drone is due; laptop's repository is being copied
     await calls_reach(runner, 1 + 2 * 3)
     assert sorted(h for h, op, _ in runner.calls if op == "create") == ["desktop", "nas"]
-    assert port.state("sensor.backup_laptop_state") == "offsite"
-    assert port.state("sensor.backup_cloud_state") == "copying"
+    assert port.state("sensor.borg_laptop_state") == "offsite"
+    assert port.state("sensor.borg_cloud_state") == "copying"
     runner.release.set()
     await coordinator.wait_idle()
     assert [h for h, op, _ in runner.calls if op == "create"][-1] == "laptop"
-    assert port.state("sensor.backup_laptop_state") == "idle"
+    assert port.state("sensor.borg_laptop_state") == "idle"
 
 
 async def test_after_backups_the_copy_waits_for_every_writer(tmp_path: Path) -> None:
@@ -194,17 +194,17 @@ async def test_after_backups_the_copy_waits_for_every_writer(tmp_path: Path) -> 
         await coordinator.apply_setting(name, "mode", "scheduled")
     clock.advance(days=1)
     await coordinator.tick()
-    waiting = port.states["sensor.backup_cloud_next_offsite"].attributes["waiting_for"]
+    waiting = port.states["sensor.borg_cloud_next_offsite"].attributes["waiting_for"]
     assert sorted(waiting) == ["desktop", "laptop"]
     await coordinator.request("laptop", Operation.SCHEDULED)
     await coordinator.wait_idle()
     await coordinator.tick()
-    waiting = port.states["sensor.backup_cloud_next_offsite"].attributes["waiting_for"]
+    waiting = port.states["sensor.borg_cloud_next_offsite"].attributes["waiting_for"]
     assert waiting == ["desktop"]
     await coordinator.request("desktop", Operation.SCHEDULED)
     await coordinator.wait_idle()
     await coordinator.tick()
-    assert port.states["sensor.backup_cloud_next_offsite"].attributes["waiting_for"] == []
+    assert port.states["sensor.borg_cloud_next_offsite"].attributes["waiting_for"] == []
     assert len(copied(runner)) == 4
     await coordinator.apply_setting(None, "global_mode", "running")
     await coordinator.tick()
@@ -222,13 +222,11 @@ async def test_a_failing_copy_backs_off_and_raises_the_targets_problem(tmp_path:
     await coordinator.tick()
     await coordinator.wait_idle()
     assert copied(runner) == ["/srv/laptop"]  # the first failure ends the copy
-    assert port.state("binary_sensor.backup_cloud_problem") == "on"
-    assert (
-        "rclone exited 7" in port.states["binary_sensor.backup_cloud_problem"].attributes["reason"]
-    )
-    assert port.state("sensor.backup_cloud_state") == "error"
-    assert port.state("sensor.backup_cloud_last_error") == "rclone exited 7"
-    assert "cloud" in port.states["sensor.backup_failing"].attributes["drones"]
+    assert port.state("binary_sensor.borg_cloud_problem") == "on"
+    assert "rclone exited 7" in port.states["binary_sensor.borg_cloud_problem"].attributes["reason"]
+    assert port.state("sensor.borg_cloud_state") == "error"
+    assert port.state("sensor.borg_cloud_last_error") == "rclone exited 7"
+    assert "cloud" in port.states["sensor.borg_failing"].attributes["drones"]
     finished = [e for e in port.of("backup_coordinator_finished") if e["drone"] == "cloud"][-1]
     assert finished["ok"] is False
     assert finished["error"]["repository"] == "/srv/laptop"
@@ -240,9 +238,9 @@ async def test_a_failing_copy_backs_off_and_raises_the_targets_problem(tmp_path:
     await coordinator.tick()
     await coordinator.wait_idle()
     assert len(copied(runner)) == 4
-    assert port.state("binary_sensor.backup_cloud_problem") == "off"
-    assert "backup_cloud_problem" in port.notified
-    assert "backup_cloud_problem" not in port.notifications  # withdrawn
+    assert port.state("binary_sensor.borg_cloud_problem") == "off"
+    assert "borg_cloud_problem" in port.notified
+    assert "borg_cloud_problem" not in port.notifications  # withdrawn
 
 
 async def test_an_interrupted_copy_runs_again_after_a_restart(tmp_path: Path) -> None:
@@ -257,9 +255,7 @@ async def test_an_interrupted_copy_runs_again_after_a_restart(tmp_path: Path) ->
     assert saved["offsite"]["targets"]["cloud"]["running"] is not None
     second = ScriptedRunner()
     coordinator, port = await started(config, second, clock)
-    assert port.state("sensor.backup_cloud_last_error").startswith(
-        "the offsite copy was interrupted"
-    )
+    assert port.state("sensor.borg_cloud_last_error").startswith("the offsite copy was interrupted")
     await coordinator.tick()
     await coordinator.wait_idle()
     assert copied(second) == ["/srv/laptop", "/srv/desktop", "/srv/nas"]
@@ -269,12 +265,12 @@ async def test_target_settings_from_home_assistant_are_validated(tmp_path: Path)
     runner, clock = ScriptedRunner(), Clock()
     coordinator, port = await started(offsite_config(tmp_path), runner, clock)
     assert await coordinator.apply_setting("cloud", "frequency", "abc") is False
-    assert port.state("binary_sensor.backup_cloud_problem") == "on"
+    assert port.state("binary_sensor.borg_cloud_problem") == "on"
     assert await coordinator.apply_setting("cloud", "frequency", "60") is True
     assert await coordinator.apply_setting("cloud", "mode", "disabled") is True
-    assert port.state("binary_sensor.backup_cloud_problem") == "off"
+    assert port.state("binary_sensor.borg_cloud_problem") == "off"
     assert (await coordinator.request("cloud", CopyOperation.OFFSITE)).startswith("rejected")
-    assert port.state("sensor.backup_cloud_next_offsite") == "unknown"
+    assert port.state("sensor.borg_cloud_next_offsite") == "unknown"
 
 
 async def state_becomes(port: MemoryPort, entity_id: str, state: str) -> None:

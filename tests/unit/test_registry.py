@@ -139,7 +139,7 @@ def test_the_cli_offers_exactly_the_registered_operations() -> None:
 def test_every_button_requests_the_operation_the_registry_gives_it() -> None:
     buttons = [
         helper
-        for helper in entities.drone_helpers("backup", "nas", DroneSettings())
+        for helper in entities.drone_helpers("borg", "nas", DroneSettings())
         if helper.domain == "input_button"
     ]
     expected = {
@@ -147,7 +147,7 @@ def test_every_button_requests_the_operation_the_registry_gives_it() -> None:
         for spec in operations.OPERATIONS.values()
         if spec.button is not None
     }
-    assert {b.object_id.removeprefix("backup_nas_"): b.operation for b in buttons} == expected
+    assert {b.object_id.removeprefix("borg_nas_"): b.operation for b in buttons} == expected
 
 
 def test_a_prune_summary_counts_what_the_agent_counted_beyond_its_cut_lists() -> None:

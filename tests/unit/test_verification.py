@@ -63,7 +63,7 @@ async def test_check_and_drill_come_due_on_their_own_frequencies_after_the_backu
     job = runner.calls[-1][2]
     assert job["drill"]["max_files"] == 5
     assert job["drill"]["size_budget"] == 64 * 1024 * 1024
-    restore = port.states["sensor.backup_nas_last_verified_restore"]
+    restore = port.states["sensor.borg_nas_last_verified_restore"]
     assert restore.state == clock.now.isoformat(timespec="seconds")
     assert restore.attributes["files"] == 12
     assert restore.attributes["mismatches"] == 0
@@ -72,8 +72,8 @@ async def test_check_and_drill_come_due_on_their_own_frequencies_after_the_backu
     await coordinator.tick()
     await coordinator.wait_idle()
     assert runner.operations()[4:] == ["check", "drill"]
-    assert port.state("sensor.backup_nas_last_check") == clock.now.isoformat(timespec="seconds")
-    assert port.states["sensor.backup_nas_last_check"].attributes["findings"] == 0
+    assert port.state("sensor.borg_nas_last_check") == clock.now.isoformat(timespec="seconds")
+    assert port.states["sensor.borg_nas_last_check"].attributes["findings"] == 0
 
 
 async def test_a_drill_finding_raises_the_problem_until_a_drill_passes_and_backups_go_on(
@@ -84,21 +84,21 @@ async def test_a_drill_finding_raises_the_problem_until_a_drill_passes_and_backu
     coordinator, port = await started(tmp_path, runner, clock, mode="manual")
     await coordinator.request("nas", Operation.DRILL)
     await coordinator.wait_idle()
-    assert port.state("binary_sensor.backup_nas_problem") == "on"
-    reason = port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    assert port.state("binary_sensor.borg_nas_problem") == "on"
+    reason = port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
     assert reason == "restore drill failed: DrillMismatch: 2 restored files differ"
     record = coordinator.drones["nas"].record
     assert record.consecutive_failures == 0
     assert record.backoff_until is None
-    assert port.state("sensor.backup_nas_state") == "idle"
-    assert port.state("sensor.backup_nas_last_verified_restore") == "unknown"
+    assert port.state("sensor.borg_nas_state") == "idle"
+    assert port.state("sensor.borg_nas_last_verified_restore") == "unknown"
     await coordinator.request("nas", Operation.CREATE)  # backups are not held back
     await coordinator.wait_idle()
-    assert port.state("binary_sensor.backup_nas_problem") == "on"  # a backup does not clear it
+    assert port.state("binary_sensor.borg_nas_problem") == "on"  # a backup does not clear it
     runner.behaviours[("nas", "drill")] = drill_ok
     await coordinator.request("nas", Operation.DRILL)
     await coordinator.wait_idle()
-    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert port.state("binary_sensor.borg_nas_problem") == "off"
     assert runner.operations() == ["drill", "create", "drill"]
 
 
@@ -111,7 +111,7 @@ async def test_a_drill_that_could_not_run_is_an_ordinary_failure(tmp_path: Path)
     record = coordinator.drones["nas"].record
     assert record.consecutive_failures == 1
     assert record.failed_checks == {}
-    assert port.state("sensor.backup_nas_state") == "unreachable"
+    assert port.state("sensor.borg_nas_state") == "unreachable"
 
 
 async def test_an_overdue_drill_raises_the_problem(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ async def test_an_overdue_drill_raises_the_problem(tmp_path: Path) -> None:
     clock.advance(minutes=121)
     await coordinator.tick()
     await coordinator.wait_idle()
-    reason = port.states["binary_sensor.backup_nas_problem"].attributes["reason"]
+    reason = port.states["binary_sensor.borg_nas_problem"].attributes["reason"]
     assert "restore drill overdue: none passed since the coordinator started" in reason
 
 
@@ -152,7 +152,7 @@ async def test_a_restore_event_runs_extract_and_the_notification_says_where(
     assert job["archive"] == "latest"
     assert job["restore_paths"] == ["home/zoe/thesis.odt"]  # as borg stores it
     assert "destination" not in job
-    assert port.notifications["backup_nas_restore"] == (
+    assert port.notifications["borg_nas_restore"] == (
         "Restored nas-2026-11-01T12:00:00 on nas into"
         " /var/lib/backup-drone/restore/nas-2026-11-01T12:00:00: 3 files, 2.0 MiB."
     )
@@ -168,10 +168,10 @@ async def test_a_refused_restore_is_told_and_does_not_delay_backups(tmp_path: Pa
     coordinator, port = await started(tmp_path, runner, clock, mode="manual")
     await coordinator.restore({"drone": "nas", "archive": "latest", "destination": "/etc"})
     await coordinator.wait_idle()
-    message = port.notifications["backup_nas_restore"]
+    message = port.notifications["borg_nas_restore"]
     assert message.startswith("The restore of latest on nas into /etc failed: destination: outside")
     assert coordinator.drones["nas"].record.consecutive_failures == 0
-    assert port.state("binary_sensor.backup_nas_problem") == "off"
+    assert port.state("binary_sensor.borg_nas_problem") == "off"
 
 
 @pytest.mark.parametrize(
@@ -241,9 +241,9 @@ async def test_recent_archives_follow_creates_and_prunes(tmp_path: Path) -> None
     coordinator, port = await started(tmp_path, runner, clock, mode="manual")
     await coordinator.request("nas", Operation.CREATE)
     await coordinator.wait_idle()
-    recent = port.states["sensor.backup_nas_last_backup"].attributes["recent_archives"]
+    recent = port.states["sensor.borg_nas_last_backup"].attributes["recent_archives"]
     assert recent == ["a-2026"]
     await coordinator.request("nas", Operation.PRUNE)
     await coordinator.wait_idle()
-    recent = port.states["sensor.backup_nas_last_backup"].attributes["recent_archives"]
+    recent = port.states["sensor.borg_nas_last_backup"].attributes["recent_archives"]
     assert recent == ["a-2026-11-03T00:00:00", "a-2026-11-02T00:00:00", "a-2026-11-01T00:00:00"]
