@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,8 +118,13 @@ TOP_LEVEL_KEYS = frozenset(
         "defaults",
         "drones",
         "offsite",
+        "entities",
+        "mqtt",
     }
 )
+MQTT_KEYS = frozenset({"namespace", "discovery_prefix", "base_topic"})
+# An MQTT topic level of ours: no wildcards, no separators, nothing a broker treats specially.
+TOPIC_LEVEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 SSH_BLOCK_KEYS = frozenset(
     {"user", "port", "client_key", "known_hosts", "connect_timeout", "keepalive_interval"}
 )
@@ -258,9 +264,28 @@ class DroneConfig:
         return repository_key(location, self.ssh.host)
 
 
+class EntityBackend(StrEnum):
+    """How the app's entities reach Home Assistant."""
+
+    HELPERS = "helpers"  # input_* helpers and sensors set over HA's API: no broker needed
+    MQTT = "mqtt"  # MQTT discovery: devices, unique ids, unit conversion; needs a broker
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Where the MQTT backend publishes: AppDaemon's MQTT plugin namespace, HA's discovery
+    prefix, and the first level of every state and command topic (the entity prefix)."""
+
+    namespace: str = "mqtt"
+    discovery_prefix: str = "homeassistant"
+    base_topic: str = DEFAULT_ENTITY_PREFIX
+
+
 @dataclass(frozen=True)
 class Config:
     entity_prefix: str = DEFAULT_ENTITY_PREFIX
+    entities: EntityBackend = EntityBackend.HELPERS
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
     state_file: Path = Path(DEFAULT_STATE_FILE)
     tick_seconds: float = 60.0
     max_concurrent: int = 1
@@ -318,6 +343,8 @@ def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
     )
     return Config(
         entity_prefix=entity_prefix,
+        entities=_entity_backend(args.get("entities", EntityBackend.HELPERS.value)),
+        mqtt=_mqtt_settings(args.get("mqtt"), entity_prefix),
         state_file=Path(
             _local_path(base_dir)("state_file", args.get("state_file", DEFAULT_STATE_FILE))
         ),
@@ -347,6 +374,33 @@ def _parse_config(args: Mapping[str, Any], base_dir: Path) -> Config:
         offsite=targets,
         problems=problems + target_problems,
         warnings=_shared_repository_warnings(drones),
+    )
+
+
+def _entity_backend(value: object) -> EntityBackend:
+    choices = ", ".join(backend.value for backend in EntityBackend)
+    if value not in {backend.value for backend in EntityBackend}:
+        raise InvalidValue("entities", f"must be one of {choices}, got {value!r}")
+    return EntityBackend(value)
+
+
+def _mqtt_settings(value: object, entity_prefix: str) -> MqttSettings:
+    given = read_mapping("mqtt", {} if value is None else value)
+    reject_unknown_keys("mqtt.", given, MQTT_KEYS)
+    what = "one MQTT topic level: letters, digits, _ or -, no / + #"
+
+    def level(key: str, default: str) -> str:
+        return read_matching(f"mqtt.{key}", given.get(key, default), TOPIC_LEVEL_PATTERN, what)
+
+    return MqttSettings(
+        namespace=read_matching(
+            "mqtt.namespace",
+            given.get("namespace", "mqtt"),
+            SLUG_PATTERN,
+            "the namespace of AppDaemon's MQTT plugin (appdaemon.yaml)",
+        ),
+        discovery_prefix=level("discovery_prefix", "homeassistant"),
+        base_topic=level("base_topic", entity_prefix),
     )
 
 

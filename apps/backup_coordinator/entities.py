@@ -16,6 +16,7 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
+from .config import EntityBackend
 from .model import (
     FREQUENCY_MINUTES_RANGE,
     GLOBAL_MODES,
@@ -55,6 +56,20 @@ class EntityCategory(StrEnum):
     DIAGNOSTIC = "diagnostic"  # for finding out what went wrong
 
 
+# The MQTT discovery platform that stands in for each helper domain; sensors keep theirs.
+MQTT_PLATFORMS = {
+    "input_number": "number",
+    "input_select": "select",
+    "input_text": "text",
+    "input_button": "button",
+}
+
+
+def platform(domain: str, backend: EntityBackend) -> str:
+    """The entity id's domain under ``backend``: ``input_button`` is a ``button`` over MQTT."""
+    return MQTT_PLATFORMS.get(domain, domain) if backend is EntityBackend.MQTT else domain
+
+
 @dataclass(frozen=True, kw_only=True)
 class EntityDescription:
     """What every entity has: ``<domain>.<prefix>_<drone>_<key>``, a label for people."""
@@ -65,8 +80,10 @@ class EntityDescription:
     section: Section = Section.OVERVIEW
     category: EntityCategory | None = None
 
-    def entity_id(self, prefix: str, drone: str | None) -> str:
-        return f"{self.domain}.{object_id(prefix, drone, self.key)}"
+    def entity_id(
+        self, prefix: str, drone: str | None, backend: EntityBackend = EntityBackend.HELPERS
+    ) -> str:
+        return f"{platform(self.domain, backend)}.{object_id(prefix, drone, self.key)}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +108,11 @@ class SensorDescription(EntityDescription, Generic[Source]):
     unit: str | None = None
     state_class: str | None = None
     options: tuple[str, ...] = ()  # the possible states of an enum sensor
+    # For a backend whose entities HA can convert (MQTT discovery): the state in ``native_unit``
+    # (sizes in bytes, so HA shows the unit the user picks). None: ``value`` and ``unit``.
+    native_value: Callable[[Source], str] | None = None
+    native_unit: str | None = None
+    display_precision: int | None = None  # decimals HA shows of a converted native value
     card_attributes: tuple[tuple[str, str], ...] = ()  # (attribute, label) rows on the card
 
 
@@ -115,11 +137,13 @@ class HelperSpec:
 
 @dataclass(frozen=True)
 class Publication:
-    """One sensor state as HA should show it."""
+    """One sensor state as HA should show it; ``native_state`` in the description's native
+    unit, for a backend that lets HA convert it (None: ``state`` is native)."""
 
     entity_id: str
     state: str
     attributes: Mapping[str, Any]
+    native_state: str | None = None
 
 
 def title(prefix: str) -> str:
@@ -422,6 +446,10 @@ def _repository_size(key: str, label: str) -> SensorDescription[DroneSnapshot]:
         exact = size(snap)
         return "unknown" if exact is None else f"{exact / MIB:.2f}"
 
+    def native(snap: DroneSnapshot) -> str:
+        exact = size(snap)
+        return "unknown" if exact is None else str(exact)
+
     return SensorDescription(
         domain="sensor",
         key=key,
@@ -433,6 +461,9 @@ def _repository_size(key: str, label: str) -> SensorDescription[DroneSnapshot]:
         section=Section.REPOSITORY,
         value=state,
         attributes=lambda snap: {"bytes": size(snap)},
+        native_value=native,
+        native_unit="B",
+        display_precision=2,
     )
 
 
@@ -594,6 +625,7 @@ def render_sensors(
                 **_looks(description, f"{owner} {description.label}"),
                 **description.attributes(source),
             },
+            None if description.native_value is None else description.native_value(source),
         )
         for description in table
     ]
