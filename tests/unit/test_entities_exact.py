@@ -286,6 +286,7 @@ EMPTY_NAS = [
             "state_class": "measurement",
             "bytes": None,
         },
+        native_state="unknown",
     ),
     Publication(
         entity_id="sensor.borg_nas_compressed_size",
@@ -298,6 +299,7 @@ EMPTY_NAS = [
             "state_class": "measurement",
             "bytes": None,
         },
+        native_state="unknown",
     ),
     Publication(
         entity_id="sensor.borg_nas_deduplicated_size",
@@ -310,6 +312,7 @@ EMPTY_NAS = [
             "state_class": "measurement",
             "bytes": None,
         },
+        native_state="unknown",
     ),
     Publication(
         entity_id="binary_sensor.borg_nas_problem",
@@ -425,6 +428,7 @@ BUSY_NAS = [
             "state_class": "measurement",
             "bytes": 5243003,
         },
+        native_state="5243003",
     ),
     Publication(
         entity_id="sensor.home_backup_nas_compressed_size",
@@ -437,6 +441,7 @@ BUSY_NAS = [
             "state_class": "measurement",
             "bytes": 0,
         },
+        native_state="0",
     ),
     Publication(
         entity_id="sensor.home_backup_nas_deduplicated_size",
@@ -449,6 +454,7 @@ BUSY_NAS = [
             "state_class": "measurement",
             "bytes": None,
         },
+        native_state="unknown",
     ),
     Publication(
         entity_id="binary_sensor.home_backup_nas_problem",
