@@ -75,6 +75,9 @@ class DroneRecord:
     # check or drill -> {"message", "at"}: its last run found a problem (cleared when one passes)
     failed_checks: dict[str, dict[str, str]] = field(default_factory=dict)
     restore_request: dict[str, Any] | None = None  # archive, restore_paths, destination
+    # setting -> the last valid value HA set; replaces apps.yaml's at a restart (the MQTT
+    # backend has no helpers that keep values in HA)
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -93,6 +96,7 @@ class CopyRecord:
     running: RunningOperation | None = None  # a copy running; ``done``: repositories copied
     problem: str | None = None
     first_seen: datetime | None = None
+    settings: dict[str, str] = field(default_factory=dict)  # as DroneRecord.settings
 
 
 def count_failure(
@@ -183,6 +187,7 @@ def encode_record(record: DroneRecord, redactor: Redactor | None = None) -> dict
         "recent_archives": scrub(list(record.recent_archives)),
         "failed_checks": scrub(record.failed_checks),
         "restore_request": scrub(record.restore_request),
+        "settings": dict(record.settings),
     }
 
 
@@ -201,6 +206,7 @@ def encode_copy_record(record: CopyRecord, redactor: Redactor | None = None) -> 
         "running": _encode_running(record.running),
         "problem": scrub(record.problem),
         "first_seen": _encode_time(record.first_seen),
+        "settings": dict(record.settings),
     }
 
 
@@ -351,6 +357,7 @@ def decode_record(data: object, warnings: list[str] | None = None) -> DroneRecor
         recent_archives=_text_list(data, "recent_archives"),
         failed_checks=_failed_checks(data),
         restore_request=_field(data, "restore_request", _is_object, "an object"),
+        settings=_text_mapping(data, "settings"),
     )
 
 
@@ -363,6 +370,13 @@ def _text_list(data: Mapping[str, Any], key: str) -> list[str]:
     if not all(isinstance(item, str) for item in value):
         raise CorruptState(f"{key} must list names, got {value!r}")
     return list(value)
+
+
+def _text_mapping(data: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = _field(data, key, _is_object, "an object") or {}
+    if not all(isinstance(item, str) for item in value.values()):
+        raise CorruptState(f"{key} must map names to text, got {value!r}")
+    return dict(value)
 
 
 def _failed_checks(data: Mapping[str, Any]) -> dict[str, dict[str, str]]:
@@ -392,6 +406,7 @@ def decode_copy_record(data: object) -> CopyRecord:
         running=None if running is None else _decode_copy_running(running),
         problem=_field(data, "problem", _is_text, "text"),
         first_seen=_decode_time(data, "first_seen"),
+        settings=_text_mapping(data, "settings"),
     )
 
 
