@@ -90,11 +90,17 @@ class MqttProbe(Hass):
         await self.listen_event(
             self.on_ping, "MQTT_MESSAGE", namespace="mqtt", topic=f"{prefix}/ping"
         )
+        await self.listen_event(
+            self.on_connected, "MQTT_MESSAGE", namespace="mqtt", state="Connected"
+        )
         await self.call_service("mqtt/subscribe", topic=f"{prefix}/ping", namespace="mqtt")
         await self.call_service(
             "mqtt/publish", topic=f"{prefix}/hello", payload="hi", retain=True, namespace="mqtt"
         )
         self.log("mqtt probe initialised")
+
+    async def on_connected(self, event_name, data, kwargs):
+        self.log("mqtt probe saw the broker connect")
 
     async def on_ping(self, event_name, data, kwargs):
         await self.call_service(
@@ -262,14 +268,15 @@ async def test_after_ha_restarts_discovered_entities_return_from_retained_messag
 
     await home_assistant.async_restart()
 
+    assert await ha_client.setup_mqtt(mqtt_broker.port) == ha_mqtt_entry
+    await ha_client.wait_for_state("sensor.borg_kept", state_is("42"), 30)
     # HA says "offline" on its status topic when it stops and "online" once it is back (not
-    # retained): the cue for a publisher to send again what is not retained.
+    # retained; HA 2025.4 waits until discovery has been quiet for 5 s): the cue for a
+    # publisher to send again what it did not retain.
     await mqtt.async_wait_for_message(
         HA_STATUS_TOPIC, lambda message: message.payload == "online", 30, mark
     )
     assert [m.payload for m in mqtt.messages(HA_STATUS_TOPIC, mark)] == ["offline", "online"]
-    assert await ha_client.setup_mqtt(mqtt_broker.port) == ha_mqtt_entry
-    await ha_client.wait_for_state("sensor.borg_kept", state_is("42"), 30)
 
 
 async def test_appdaemon_mqtt_plugin_publishes_subscribes_and_has_a_status_topic(
@@ -301,6 +308,9 @@ async def test_appdaemon_mqtt_plugin_publishes_subscribes_and_has_a_status_topic
         client.subscribe(PROBE_ECHO_TOPIC)
         await ping_until_echoed(client, "ping-2")
     assert appdaemon.logged("MQTT Client Disconnected Abruptly", after=mark)
+    # The app kept running (it is in HA's namespace) and heard of the new connection.
+    assert appdaemon.logged("mqtt probe saw the broker connect", after=mark)
+    assert not appdaemon.logged("mqtt probe initialised", after=mark)
 
     await appdaemon.async_stop()
     await async_wait_for_retained(mqtt_broker.port, status_topic, "offline", timeout=10)
