@@ -1,4 +1,4 @@
-"""A real MQTT broker (Debian's mosquitto 2.0) on 127.0.0.1 for end-to-end tests and the demo.
+"""A real MQTT broker (Debian's mosquitto 2.0) on 127.0.0.1 for end-to-end tests.
 
 It runs as an ordinary process with its own configuration, never as the system service: one
 listener on a free loopback port, anonymous clients allowed, its log and its persistence
@@ -11,7 +11,6 @@ so it stays who started it.
 from __future__ import annotations
 
 import getpass
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,8 +125,3 @@ class Mosquitto(ServerProcess):
                 f"console:\n{tail(console)}"
             )
         return port_open(self.port, self.host)
-
-
-def mosquitto_binary() -> Path:
-    """The broker named by BACKUP_COORDINATOR_MOSQUITTO (set by scripts/lib), else Debian's."""
-    return Path(os.environ.get("BACKUP_COORDINATOR_MOSQUITTO") or DEFAULT_MOSQUITTO)

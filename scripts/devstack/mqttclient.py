@@ -1,4 +1,4 @@
-"""A small MQTT client for tests and the demo: publish, subscribe, collect, read retained topics.
+"""A small MQTT client for tests: publish, subscribe, collect, read retained topics.
 
 Built on paho-mqtt 2.1 (the version AppDaemon's MQTT plugin and Home Assistant use). paho runs
 its network loop in a thread; received messages are kept in order and the `wait_for_*` methods

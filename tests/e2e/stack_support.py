@@ -6,8 +6,9 @@ Import the fixtures a test module uses explicitly; each is registered under the 
 MQTT: `mqtt_broker` (module), `ha_mqtt_entry` (module: HA's MQTT integration on that broker),
 `mqtt` (a client per test); `appdaemon_factory(mqtt_port=mqtt_broker.port)` adds AppDaemon's
 MQTT plugin.
-Binaries come from BACKUP_COORDINATOR_HASS / BACKUP_COORDINATOR_APPDAEMON (exported by
-scripts/test), falling back to where scripts/test installs them.
+Binaries come from BACKUP_COORDINATOR_HASS / BACKUP_COORDINATOR_APPDAEMON /
+BACKUP_COORDINATOR_MOSQUITTO (exported by scripts/test), falling back to where scripts/test
+installs them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -22,7 +24,7 @@ import pytest_asyncio
 from devstack.appdaemon import AppDaemon
 from devstack.haclient import HaClient
 from devstack.homeassistant import HomeAssistant, run_coroutine_blocking
-from devstack.mosquitto import Mosquitto, mosquitto_binary
+from devstack.mosquitto import DEFAULT_MOSQUITTO, Mosquitto
 from devstack.mqttclient import MqttClient
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +35,12 @@ DEFAULT_HASS = (
 DEFAULT_APPDAEMON = PROJECT_ROOT / ".venv" / "bin" / "appdaemon"
 
 AppDaemonFactory = Callable[..., AppDaemon]
+StatePredicate = Callable[[dict[str, Any]], bool]
+
+
+def state_is(value: str) -> StatePredicate:
+    """For `HaClient.wait_for_state`: the entity's state is `value`."""
+    return lambda state: state["state"] == value
 
 
 def stack_binary(env_var: str, default: Path) -> Path:
@@ -41,7 +49,7 @@ def stack_binary(env_var: str, default: Path) -> Path:
     if not path.is_file():
         pytest.fail(
             f"{path} is missing ({env_var} unset or wrong): run scripts/test, which installs "
-            f"Home Assistant and AppDaemon, or export {env_var}",
+            f"Home Assistant, AppDaemon and mosquitto, or export {env_var}",
             pytrace=False,
         )
     return path
@@ -53,6 +61,10 @@ def hass_binary() -> Path:
 
 def appdaemon_binary() -> Path:
     return stack_binary("BACKUP_COORDINATOR_APPDAEMON", DEFAULT_APPDAEMON)
+
+
+def mosquitto_binary() -> Path:
+    return stack_binary("BACKUP_COORDINATOR_MOSQUITTO", DEFAULT_MOSQUITTO)
 
 
 @pytest.fixture(scope="module", name="home_assistant")
@@ -110,10 +122,7 @@ def appdaemon_factory_fixture(
 @pytest.fixture(scope="module", name="mqtt_broker")
 def mqtt_broker_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     """A mosquitto on 127.0.0.1 shared by one test module; stopped by PID after."""
-    binary = mosquitto_binary()
-    if not binary.is_file():
-        pytest.fail(f"{binary} is missing: run scripts/test, which installs mosquitto")
-    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), binary)
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), mosquitto_binary())
     with broker.running():
         yield broker
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 
 from devstack.haclient import HaClient
 from devstack.homeassistant import HomeAssistant
-from devstack.mosquitto import Mosquitto, mosquitto_binary
+from devstack.mosquitto import Mosquitto
 from devstack.mqttclient import (
     MqttClient,
     async_read_retained,
@@ -29,8 +27,10 @@ from tests.e2e.stack_support import (
     ha_mqtt_entry_fixture,  # noqa: F401
     ha_token_fixture,  # noqa: F401
     home_assistant_fixture,  # noqa: F401
+    mosquitto_binary,
     mqtt_broker_fixture,  # noqa: F401
     mqtt_fixture,  # noqa: F401
+    state_is,
 )
 
 pytestmark = pytest.mark.e2e
@@ -138,10 +138,6 @@ def mqtt_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if "mqtt" in line.lower()]
 
 
-def state_is(value: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda state: state["state"] == value
-
-
 async def ping_until_echoed(client: MqttClient, payload: str, timeout: float = 15) -> None:
     """Pings the probe app until its echo comes: right after a (re)connect its subscription
     may not be in place yet, and a ping before it would be lost."""
@@ -158,17 +154,6 @@ async def ping_until_echoed(client: MqttClient, payload: str, timeout: float = 1
         return True
 
     await async_wait_until(echoed, f"the probe app to echo {payload}", timeout)
-
-
-@asynccontextmanager
-async def reconnected_client(broker: Mosquitto) -> AsyncIterator[MqttClient]:
-    """A fresh client: the test's own client does not reconnect after a broker restart."""
-    client = MqttClient(broker.port)
-    await asyncio.to_thread(client.connect)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture
@@ -304,7 +289,8 @@ async def test_appdaemon_mqtt_plugin_publishes_subscribes_and_has_a_status_topic
     await asyncio.to_thread(
         appdaemon.wait_for_log, "Connected to MQTT broker", timeout=30, after=mark
     )
-    async with reconnected_client(mqtt_broker) as client:
+    # A fresh client: the broker forgot the first one's subscriptions (clean session).
+    with MqttClient(mqtt_broker.port) as client:
         client.subscribe(PROBE_ECHO_TOPIC)
         await ping_until_echoed(client, "ping-2")
     assert appdaemon.logged("MQTT Client Disconnected Abruptly", after=mark)
