@@ -32,6 +32,7 @@ from .publishing import HomeAssistantUnavailable, SensorPublisher, StatePoster, 
 from .transport import Connections
 
 MQTT_EVENT = "MQTT_MESSAGE"  # AppDaemon's MQTT plugin's event for each message received
+MQTT_RECONNECTED = "Connected"  # ...and its data["state"] when it has connected again
 HELPER_DOMAINS = ("input_number", "input_select", "input_text", "input_button")
 APPDAEMON_EVENT_KEYS = frozenset({"metadata"})  # added by AppDaemon to every HA event's data
 NOT_A_VALUE = ("unknown", "unavailable", None)  # "" is a value: an empty keep within
@@ -281,10 +282,13 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
     async def _on_mqtt_message(
         self, _event: str, data: Mapping[str, Any], _kwargs: Mapping[str, Any]
     ) -> None:
-        if self.coordinator is not None and self.mqtt is not None:
-            topic, payload = data.get("topic"), data.get("payload")
-            if isinstance(topic, str) and isinstance(payload, str):
-                await self.mqtt.on_message(topic, payload, self.coordinator)
+        if self.coordinator is None or self.mqtt is None:
+            return
+        topic, payload = data.get("topic"), data.get("payload")
+        if isinstance(topic, str) and isinstance(payload, str):
+            await self.mqtt.on_message(topic, payload, self.coordinator)
+        elif data.get("state") == MQTT_RECONNECTED:  # what the broker lost is sent again
+            await self.mqtt.announce_again(self.coordinator)
 
     async def _on_restore(
         self, _event: str, data: Mapping[str, Any], _kwargs: Mapping[str, Any]

@@ -96,7 +96,7 @@ class MqttEntities:
         self.sensors.put(publication.entity_id, publication.state, {})
 
     def publish_again(self) -> None:
-        """Every sensor's newest state once more (HA came back, perhaps to an empty broker)."""
+        """Every sensor's newest state once more."""
         for publication in list(self._shown.values()):
             self.sensors.put(publication.entity_id, publication.state, {})
 
@@ -136,15 +136,20 @@ class MqttEntities:
                 self.topics.availability(entry.owner), ONLINE if reachable else OFFLINE
             )
 
+    async def announce_again(self, coordinator: Coordinator) -> None:
+        """Configs, settings and states once more: HA restarted, or the broker (perhaps
+        without what was retained) is back."""
+        await self.announce()
+        await self.show_controls(coordinator)
+        self.publish_again()
+
     # --- what HA asks -------------------------------------------------------------------------
 
     async def on_message(self, topic: str, payload: str, coordinator: Coordinator) -> None:
         """A message on a topic the app subscribed to: a command, or HA coming online."""
         if topic == self.topics.home_assistant_status:
             if payload == ONLINE:
-                await self.announce()
-                await self.show_controls(coordinator)
-                self.publish_again()
+                await self.announce_again(coordinator)
             return
         command = self.topics.command_of(topic)
         entry = self._controls.get(command) if command is not None else None
