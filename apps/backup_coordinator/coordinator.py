@@ -1061,11 +1061,13 @@ class RedactingPort:
         self._redactor = redactor
 
     async def publish(self, publication: Publication) -> None:
+        native = publication.native_state
         await self._port.publish(
             Publication(
                 publication.entity_id,
                 self._redactor.text(publication.state),
                 self._scrub(publication.attributes),
+                None if native is None else self._redactor.text(native),
             )
         )
 

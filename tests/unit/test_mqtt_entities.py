@@ -246,11 +246,15 @@ async def test_an_invalid_text_is_rejected_reported_and_snaps_back(tmp_path: Pat
 
 async def test_a_button_press_runs_its_operation(tmp_path: Path) -> None:
     runner = ScriptedRunner()
-    mqtt, coordinator, _, _ = await running(tmp_path, runner)
+    mqtt, coordinator, broker, _ = await running(tmp_path, runner)
     await mqtt.on_message("borg/nas/update_stats/set", "PRESS", coordinator)
     await calls_reach(runner, 1)
     await coordinator.wait_idle()
     assert runner.sessions[0][1] == Operation.STATS.value  # the scheduled backup follows
+    await mqtt.sensors.flush()
+    # Sizes in bytes, past the coordinator's redaction of all it publishes.
+    assert broker.retained["borg/nas/total_size/state"] == "2000"
+    assert broker.retained["borg/nas/deduplicated_size/state"] == "0"
 
 
 async def test_an_unreachable_drone_makes_its_buttons_unavailable(tmp_path: Path) -> None:
