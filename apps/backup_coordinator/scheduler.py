@@ -105,6 +105,15 @@ def next_due(drone: WorkView, now: datetime) -> datetime | None:
     return due
 
 
+def next_run_note(drone: WorkView, now: datetime) -> str:
+    """``; next run at T`` for a failure's log line: when the schedule runs it again (the
+    retry after the backoff, or the next due time if that is later), as ``next_due`` shows."""
+    due = next_due(drone, now)
+    if due is None:
+        return f"; not run again by the schedule (mode {drone.mode.value})"
+    return f"; next run at {max(due, now).isoformat(timespec='seconds')}"
+
+
 def writers_to_wait_for(
     last_copy: datetime | None, writers: Sequence[WriterView]
 ) -> tuple[str, ...]:
