@@ -5,7 +5,7 @@ an offsite copy holds each of its repositories while it copies that one (the coo
 ``leases`` hand them over, so a copy starts holding none). The same rules apply to both:
 round robin from a rotating cursor, so none starves; at most ``max_concurrent`` at once; never
 two holders of one repository; requests (buttons) ahead of scheduled work; backoff after a
-failure; overdue when no success for too long.
+failure, and the retry once it ends; overdue when no success for too long.
 """
 
 from __future__ import annotations
