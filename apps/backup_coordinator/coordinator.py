@@ -952,7 +952,13 @@ class Coordinator:
             names[self.cursor % len(names) :] + names[: self.cursor % len(names)] if names else []
         )
         targets = self.targets.values()
-        running = {d.name: d.agent_operation or "starting" for d in self.drones.values() if d.busy}
+        # A drone runs its first step from the decision on; once its outcome is recorded it
+        # has none, and is no longer shown as active while its task winds up.
+        running = {
+            d.name: d.agent_operation
+            for d in self.drones.values()
+            if d.busy and d.agent_operation is not None
+        }
         running |= {t.name: f"offsite {t.state.value}" for t in targets if t.busy}
         queue = [(d.name, op) for d in self.drones.values() for op in d.record.pending]
         queue += [(t.name, CopyOperation.OFFSITE.value) for t in targets if t.record.requested]
