@@ -751,11 +751,11 @@ class Coordinator:
 
     async def _publish_live(self, name: str) -> None:
         await self._publish_progress()
-        drone = self.drones.get(name)
-        if drone is not None:
-            for publication in entities.drone_sensors(
-                self.config.entity_prefix, self.snapshot(drone)
-            ):
+        if name in self.drones:
+            # The progress rows read the progress alone: no need for the whole snapshot.
+            progress_only = replace(DroneSnapshot.empty(name), progress=self._live.get(name))
+            prefix = self.config.entity_prefix
+            for publication in entities.drone_progress_sensors(prefix, progress_only):
                 await self.publish(publication)
 
     async def relay_progress(self, snapshot: ProgressSnapshot | None) -> None:

@@ -745,6 +745,11 @@ def drone_sensors(prefix: str, snap: DroneSnapshot) -> list[Publication]:
     return render_sensors(DRONE_SENSORS, prefix, snap.name, snap)
 
 
+def drone_progress_sensors(prefix: str, snap: DroneSnapshot) -> list[Publication]:
+    """The drone's progress rows alone (a subset of ``drone_sensors``), for each update."""
+    return render_sensors(DRONE_PROGRESS_SENSORS, prefix, snap.name, snap)
+
+
 def progress_sensor(prefix: str, progress: ProgressSnapshot | None) -> Publication:
     (publication,) = render_sensors((PROGRESS_SENSOR,), prefix, None, progress)
     return publication
