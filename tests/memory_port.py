@@ -11,6 +11,7 @@ from backup_coordinator.entities import Publication
 class MemoryPort:
     def __init__(self) -> None:
         self.states: dict[str, Publication] = {}
+        self.published: list[Publication] = []  # every publish, in order
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.notifications: dict[str, str] = {}
         self.notified: list[str] = []  # every notify call, in order
@@ -18,6 +19,7 @@ class MemoryPort:
 
     async def publish(self, publication: Publication) -> None:
         self.states[publication.entity_id] = publication
+        self.published.append(publication)
 
     async def fire_event(self, event_type: str, data: Mapping[str, Any]) -> None:
         self.events.append((event_type, dict(data)))
@@ -34,6 +36,10 @@ class MemoryPort:
 
     def state(self, entity_id: str) -> str:
         return self.states[entity_id].state
+
+    def history(self, entity_id: str) -> list[str]:
+        """Every state the entity was shown, in order."""
+        return [p.state for p in self.published if p.entity_id == entity_id]
 
     def of(self, event_type: str) -> list[dict[str, Any]]:
         return [data for kind, data in self.events if kind == event_type]

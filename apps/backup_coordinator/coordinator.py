@@ -50,7 +50,7 @@ from .ports import (
     AgentRunner,
     HomeAssistantPort,
 )
-from .progress import ProgressTracker
+from .progress import Estimate, ProgressTracker
 from .protocol import (
     AgentEvent,
     FailureKind,
@@ -159,7 +159,8 @@ class Coordinator:
         self.cursor = 0
         self.copy_cursor = 0
         self.global_mode = "running"
-        self._progress: ProgressSnapshot | None = None
+        # The progress of what runs, per drone or offsite target; the last updated one last.
+        self._live: dict[str, ProgressSnapshot] = {}
         self._published: dict[str, Publication] = {}  # what HA shows, as this process set it
         self._stopping = False
         self._save_problem: str | None = None  # why the last save failed
@@ -488,6 +489,8 @@ class Coordinator:
             drone.record.running = RunningOperation(
                 start.operation.value, self.clock(), start.requested, done
             )
+            # Shown as running its first step from now on, not once the task gets going.
+            _enter_step(drone, operations.spec_of(start.operation).steps[len(done)])
             drone.task = asyncio.create_task(
                 self._run(drone, start.operation, start.requested),
                 name=f"backup {drone.name} {start.operation}",
@@ -547,6 +550,8 @@ class Coordinator:
 
     async def _run(self, drone: Drone, operation: Operation, requested: bool) -> None:
         started = self.monotonic()
+        # The operation's one start line; its one end line is logged by whatever ends it.
+        self.port.log(f"{drone.name}: {operation.value} started")
         try:
             drone.record.last_attempt = self.clock()
             await self.save()
@@ -554,7 +559,6 @@ class Coordinator:
                 EVENT_STARTED,
                 {"drone": drone.name, "operation": operation.value, "requested": requested},
             )
-            self.port.log(f"{drone.name}: {operation.value} started")
             results = await self._run_steps(drone, operation)
         except asyncio.CancelledError:
             if not self._stopping:
@@ -567,9 +571,10 @@ class Coordinator:
             await self._record_failure(drone, operation, failure, self.monotonic() - started)
         except Exception as error:  # a bug must not leave the drone stuck in "creating"
             # The port and the store redact what leaves the process; the record holds the text.
-            self.port.log(f"{drone.name}: {operation.value} crashed:\n{format_exc()}", "ERROR")
             crash = OperationFailed(FailureKind.AGENT, f"internal error: {error!r}")
-            await self._record_failure(drone, operation, crash, self.monotonic() - started)
+            await self._record_failure(
+                drone, operation, crash, self.monotonic() - started, traceback=format_exc()
+            )
         else:
             await self._record_success(drone, operation, results, self.monotonic() - started)
         finally:
@@ -579,6 +584,7 @@ class Coordinator:
         """The drone's task is ending: persist, show it, and let the drone take the next one."""
         drone.task = None
         drone.agent_operation = None
+        self._live.pop(drone.name, None)  # idle: no progress, not the last run's 100 %
         self.leases.changed()  # a copy may be waiting for this repository
         if drone.state in operations.BUSY_STATES:  # ended without an outcome
             drone.state = _resting_state(drone.record)
@@ -603,6 +609,7 @@ class Coordinator:
 
     async def _finish_copy(self, target: Target) -> None:
         target.task = None
+        self._live.pop(target.name, None)
         if target.state in (CopyState.WAITING, CopyState.COPYING):  # ended without an outcome
             target.state, target.repository = offsite.resting_state(target.record), None
         if self._stopping:
@@ -698,21 +705,27 @@ class Coordinator:
         return session.results
 
     async def _begin_step(self, drone: Drone, session: _Session) -> None:
-        step = operations.STEPS[session.current]
-        drone.state = step.busy_state
-        drone.agent_operation = step.name
+        """Show the step as running at once: the drone's state, the coordinator's active work
+        and a progress of its own (nothing of the step before it)."""
+        step = _enter_step(drone, session.current)
         session.tracker = (
             ProgressTracker(
                 drone=drone.name,
                 operation=step.name,
                 started=self.monotonic(),
-                expected_size=_previous_size(drone.record),
+                expected=Estimate.of_archive(drone.record.last_archive),
                 interval=self.config.progress_interval,
             )
             if step.streams_progress
             else None
         )
+        self._set_live(
+            session.tracker.start()
+            if session.tracker is not None
+            else ProgressSnapshot.unknown(drone.name, step.name)
+        )
         await self._publish_drone(drone)
+        await self._publish_coordinator()
 
     async def _step_done(self, drone: Drone, session: _Session, outcome: Outcome) -> None:
         """Fold one finished step into the record, persist it, and show the next step."""
@@ -735,10 +748,34 @@ class Coordinator:
         await self.save()
         await self._begin_step(drone, session)
 
+    def _set_live(self, snapshot: ProgressSnapshot) -> None:
+        self._live.pop(snapshot.drone, None)
+        self._live[snapshot.drone] = snapshot  # the last one is the coordinator's to show
+
+    async def show_progress(self, snapshot: ProgressSnapshot) -> None:
+        """Progress without an event: work that has begun and reported nothing yet."""
+        self._set_live(snapshot)
+        await self._publish_live(snapshot.drone)
+
+    async def end_progress(self, name: str) -> None:
+        """The work of ``name`` (a drone or an offsite target) stopped running: idle."""
+        if self._live.pop(name, None) is not None:
+            await self._publish_live(name)
+
+    async def _publish_live(self, name: str) -> None:
+        await self._publish_progress()
+        if name in self.drones:
+            # The progress rows read the progress alone: no need for the whole snapshot.
+            progress_only = replace(DroneSnapshot.empty(name), progress=self._live.get(name))
+            prefix = self.config.entity_prefix
+            for publication in entities.drone_progress_sensors(prefix, progress_only):
+                await self.publish(publication)
+
     async def relay_progress(self, snapshot: ProgressSnapshot | None) -> None:
+        """A progress update: the event, then the sensors showing it."""
         if snapshot is None:
             return
-        self._progress = snapshot
+        self._set_live(snapshot)
         # The event first: the port sends an event only after the sensors published before it,
         # and the progress sensor need not hold up the event that carries the same figures.
         await self.port.fire_event(
@@ -756,9 +793,12 @@ class Coordinator:
                 "final": snapshot.final,
                 **({"repository": snapshot.repository} if snapshot.repository else {}),
                 **({"phase": snapshot.phase} if snapshot.phase else {}),
+                "path": snapshot.path,
+                "expected_size": snapshot.expected_size,
+                "expected_files": snapshot.expected_files,
             },
         )
-        await self.publish(entities.progress_sensor(self.config.entity_prefix, snapshot))
+        await self._publish_live(snapshot.drone)
 
     # --- outcomes -----------------------------------------------------------------------------
 
@@ -796,8 +836,15 @@ class Coordinator:
             await self._tell_restore_outcome(drone, results["extract"].data, None)
 
     async def _record_failure(
-        self, drone: Drone, operation: Operation, failure: OperationFailed, duration: float
+        self,
+        drone: Drone,
+        operation: Operation,
+        failure: OperationFailed,
+        duration: float,
+        traceback: str = "",
     ) -> None:
+        """The operation's end line says why it failed and when it runs next (the traceback of
+        a crash is part of that one line)."""
         record = drone.record
         finding = verification.is_finding(operation, failure)
         refused = operation is Operation.EXTRACT and failure.kind in verification.REQUEST_KINDS
@@ -814,11 +861,12 @@ class Coordinator:
             f" {failure.message}"
             + (f" - {failure.hint}" if failure.hint else "")
             + (
-                f"; retry after {record.backoff_until.isoformat(timespec='seconds')}"
-                if record.backoff_until and not (finding or refused)
-                else ""
-            ),
-            "WARNING",
+                ""
+                if finding or refused
+                else scheduler.next_run_note(self._view(drone), self.clock())
+            )
+            + (f"\n{traceback}" if traceback else ""),
+            "ERROR" if traceback else "WARNING",
         )
         await self.port.fire_event(
             EVENT_FINISHED,
@@ -895,7 +943,6 @@ class Coordinator:
             await self._publish_drone(drone)
         for target in self.targets.values():
             await offsite.publish_target(self, target)
-        await self.publish(entities.progress_sensor(self.config.entity_prefix, self._progress))
         await self._publish_coordinator()
 
     async def _publish_drone(self, drone: Drone) -> None:
@@ -918,7 +965,13 @@ class Coordinator:
             names[self.cursor % len(names) :] + names[: self.cursor % len(names)] if names else []
         )
         targets = self.targets.values()
-        running = {d.name: d.agent_operation or "starting" for d in self.drones.values() if d.busy}
+        # A drone runs its first step from the decision on; once its outcome is recorded it
+        # has none, and is no longer shown as active while its task winds up.
+        running = {
+            d.name: d.agent_operation
+            for d in self.drones.values()
+            if d.busy and d.agent_operation is not None
+        }
         running |= {t.name: f"offsite {t.state.value}" for t in targets if t.busy}
         queue = [(d.name, op) for d in self.drones.values() for op in d.record.pending]
         queue += [(t.name, CopyOperation.OFFSITE.value) for t in targets if t.record.requested]
@@ -933,6 +986,12 @@ class Coordinator:
         )
         for publication in publications:
             await self.publish(publication)
+        await self._publish_progress()
+
+    async def _publish_progress(self) -> None:
+        """The coordinator's progress sensor: the most recently updated running work."""
+        latest = next(reversed(self._live.values()), None)
+        await self.publish(entities.progress_sensor(self.config.entity_prefix, latest))
 
     async def publish(self, publication: Publication) -> None:
         """Sends a sensor's state unless HA already shows exactly that (the tick republishes)."""
@@ -964,6 +1023,7 @@ class Coordinator:
             last_drill=drone.record.last_drill,
             last_drill_data=drone.record.last_drill_data,
             recent_archives=drone.record.recent_archives,
+            progress=self._live.get(drone.name),
         )
 
     async def save(self) -> None:
@@ -1026,9 +1086,11 @@ def _resting_state(record: DroneRecord) -> DroneState:
     return DroneState.ERROR
 
 
-def _previous_size(record: DroneRecord) -> int | None:
-    size = (record.last_archive or {}).get("original_size")
-    return size if isinstance(size, int) and size > 0 else None
+def _enter_step(drone: Drone, step_name: str) -> operations.Step:
+    """The drone is running ``step_name`` from now on."""
+    step = operations.STEPS[step_name]
+    drone.state, drone.agent_operation = step.busy_state, step.name
+    return step
 
 
 def _since(moment: datetime | None) -> str:
@@ -1061,13 +1123,14 @@ class RedactingPort:
         self._redactor = redactor
 
     async def publish(self, publication: Publication) -> None:
-        native = publication.native_state
         await self._port.publish(
-            Publication(
-                publication.entity_id,
-                self._redactor.text(publication.state),
-                self._scrub(publication.attributes),
-                None if native is None else self._redactor.text(native),
+            replace(
+                publication,
+                state=self._redactor.text(publication.state),
+                attributes=self._scrub(publication.attributes),
+                native_state=None
+                if publication.native_state is None
+                else self._redactor.text(publication.native_state),
             )
         )
 

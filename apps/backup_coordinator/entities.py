@@ -43,6 +43,7 @@ class Section(Enum):
     section's heading (the overview at the top has none)."""
 
     OVERVIEW = ""
+    PROGRESS = "Progress"
     REPOSITORY = "Repository"
     ACTIONS = "Actions"
     RETENTION = "Retention"
@@ -185,6 +186,7 @@ class DroneSnapshot:
     last_drill: datetime | None = None
     last_drill_data: Mapping[str, Any] | None = None
     recent_archives: Sequence[str] = ()
+    progress: ProgressSnapshot | None = None  # the running step's; None when idle
 
     @classmethod
     def empty(cls, name: str) -> DroneSnapshot:
@@ -196,6 +198,8 @@ class DroneSnapshot:
 
 @dataclass(frozen=True)
 class ProgressSnapshot:
+    """How far the running step of a drone (or an offsite target's copy) is."""
+
     drone: str
     operation: str
     nfiles: int
@@ -208,6 +212,14 @@ class ProgressSnapshot:
     final: bool
     repository: str | None = None  # an offsite copy's repository (its sizes are bytes sent)
     phase: str | None = None  # an offsite copy's phase: copy, verify
+    path: str = ""  # the file being read (a create's), as the archive stores it
+    expected_size: int | None = None  # what the run is estimated to read in all
+    expected_files: int | None = None
+
+    @classmethod
+    def unknown(cls, drone: str, operation: str) -> ProgressSnapshot:
+        """A step running that reports no progress (or has not yet)."""
+        return cls(drone, operation, 0, 0, 0, 0, None, None, None, False)
 
 
 @dataclass(frozen=True)
@@ -493,6 +505,71 @@ LAST_ERROR_SENSOR: SensorDescription[Troubled] = SensorDescription(
     },
 )
 
+
+def _live(snap: DroneSnapshot, read: Callable[[ProgressSnapshot], float | None]) -> float | None:
+    """A figure of the drone's running step, None when idle or not known."""
+    return None if snap.progress is None else read(snap.progress)
+
+
+def _number_or_unknown(value: float | None, decimals: int) -> str:
+    return "unknown" if value is None else f"{value:.{decimals}f}"
+
+
+# A drone's own progress, shown on its card whatever it is doing ("unknown" when idle).
+DRONE_PROGRESS_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
+    SensorDescription(
+        domain="sensor",
+        key="progress",
+        label="progress",
+        icon="mdi:progress-upload",
+        unit="%",
+        section=Section.PROGRESS,
+        value=lambda snap: percent_or_unknown(snap.progress),
+        attributes=lambda snap: {
+            "operation": snap.progress.operation if snap.progress else "none",
+            "files": _live(snap, lambda p: p.nfiles),
+            "expected_files": _live(snap, lambda p: p.expected_files),
+            "original_size": _live(snap, lambda p: p.original_size),
+            "expected_size": _live(snap, lambda p: p.expected_size),
+        },
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="speed",
+        label="speed",
+        icon="mdi:speedometer",
+        device_class="data_rate",
+        unit="MB/s",
+        section=Section.PROGRESS,
+        value=lambda snap: _number_or_unknown(_live(snap, lambda p: p.speed and p.speed / 1e6), 2),
+        native_value=lambda snap: _number_or_unknown(_live(snap, lambda p: p.speed), 0),
+        native_unit="B/s",
+        display_precision=1,
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="eta",
+        label="time left",
+        icon="mdi:timer-sand",
+        device_class="duration",
+        unit="min",
+        section=Section.PROGRESS,
+        value=lambda snap: _number_or_unknown(
+            _live(snap, lambda p: None if p.eta_seconds is None else p.eta_seconds / 60), 1
+        ),
+        native_value=lambda snap: _number_or_unknown(_live(snap, lambda p: p.eta_seconds), 0),
+        native_unit="s",
+    ),
+    SensorDescription(
+        domain="sensor",
+        key="current_file",
+        label="current file",
+        icon="mdi:file-arrow-up-down-outline",
+        section=Section.PROGRESS,
+        value=lambda snap: (snap.progress.path if snap.progress else "") or "unknown",
+    ),
+)
+
 DRONE_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
     SensorDescription(
         domain="sensor",
@@ -538,42 +615,69 @@ DRONE_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
     _repository_size("deduplicated_size", "deduplicated size"),
     PROBLEM_SENSOR,
     LAST_ERROR_SENSOR,
+    *DRONE_PROGRESS_SENSORS,
 )
 
 
-def _progress_percent(progress: ProgressSnapshot | None) -> str:
+def percent_or_unknown(progress: ProgressSnapshot | None) -> str:
     if progress is None or progress.percent is None:
         return "unknown"
     return f"{progress.percent:.1f}"
 
 
+def readable_speed(speed: float | None) -> str | None:
+    return None if speed is None else f"{speed / 1e6:.1f} MB/s"
+
+
+def readable_duration(seconds: float | None) -> str | None:
+    """``1 h 05 min``, ``3 min 12 s``, ``45 s``."""
+    if seconds is None:
+        return None
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
 def _progress_attributes(progress: ProgressSnapshot | None) -> dict[str, Any]:
+    """The coordinator's progress: what runs, how far, how fast, in words people read."""
     if progress is None:
         return {"drone": "none", "operation": "none"}
     return {
+        "unit_of_measurement": "%",  # only while something runs: "idle" is no percent
         "drone": progress.drone,
         "operation": progress.operation,
         "files": progress.nfiles,
         "original_size": progress.original_size,
         "compressed_size": progress.compressed_size,
         "deduplicated_size": progress.deduplicated_size,
-        "speed_bytes_per_s": None if progress.speed is None else round(progress.speed),
-        "eta_s": None if progress.eta_seconds is None else round(progress.eta_seconds),
+        "expected_size": progress.expected_size,
+        "expected_files": progress.expected_files,
+        "speed": readable_speed(progress.speed),
+        "time_left": readable_duration(progress.eta_seconds),
+        "current_file": progress.path,
         **({"repository": progress.repository} if progress.repository else {}),
         **({"phase": progress.phase} if progress.phase else {}),
     }
 
 
-# Published on every progress event, apart from the other coordinator sensors.
+# Published whenever the running work changes or reports progress: the most recent one.
 PROGRESS_SENSOR: SensorDescription[ProgressSnapshot | None] = SensorDescription(
     domain="sensor",
     key="progress",
     label="progress",
     icon="mdi:progress-upload",
-    unit="%",
-    value=_progress_percent,
+    value=lambda progress: "idle" if progress is None else percent_or_unknown(progress),
     attributes=_progress_attributes,
+    # Over MQTT a text sensor (it also reads "idle"), so the percent carries its sign.
+    native_value=lambda progress: (
+        "idle"
+        if progress is None
+        else (text if (text := percent_or_unknown(progress)) == "unknown" else f"{text} %")
+    ),
 )
+
 
 COORDINATOR_SENSORS: tuple[SensorDescription[CoordinatorSnapshot], ...] = (
     SensorDescription(
@@ -653,6 +757,11 @@ def _looks(description: SensorDescription[Any], friendly_name: str) -> dict[str,
 
 def drone_sensors(prefix: str, snap: DroneSnapshot) -> list[Publication]:
     return render_sensors(DRONE_SENSORS, prefix, snap.name, snap)
+
+
+def drone_progress_sensors(prefix: str, snap: DroneSnapshot) -> list[Publication]:
+    """The drone's progress rows alone (a subset of ``drone_sensors``), for each update."""
+    return render_sensors(DRONE_PROGRESS_SENSORS, prefix, snap.name, snap)
 
 
 def progress_sensor(prefix: str, progress: ProgressSnapshot | None) -> Publication:

@@ -35,6 +35,7 @@ from .model import (
 from .offsite_config import OffsiteRepository, OffsiteTargetConfig
 from .offsite_entities import TargetSnapshot, target_sensors
 from .ports import EVENT_FINISHED, EVENT_STARTED, AgentRunner, HomeAssistantPort
+from .progress import capped_percent
 from .protocol import (
     COPY_OPERATION,
     AgentEvent,
@@ -43,8 +44,6 @@ from .protocol import (
     OperationFailed,
 )
 from .store import CopyRecord, RunningOperation, clear_failures, count_failure
-
-PERCENT_CAP = 99.0  # 100 % only once the copy has ended
 
 
 class CopyHost(Protocol):
@@ -60,6 +59,8 @@ class CopyHost(Protocol):
     async def save(self) -> None: ...
     async def publish(self, publication: Publication) -> None: ...
     async def relay_progress(self, snapshot: ProgressSnapshot | None) -> None: ...
+    async def show_progress(self, snapshot: ProgressSnapshot) -> None: ...
+    async def end_progress(self, name: str) -> None: ...
     async def repository_changed(self, repository_key: str) -> None: ...
     async def update_problem(self, unit: Target) -> bool: ...
     @property
@@ -188,8 +189,14 @@ class CopyProgressRelay:
 
     target: str
     interval: float
+    repository: str
     _last_sent: float | None = None
     _latest: CopyProgress | None = None
+
+    def start(self) -> ProgressSnapshot:
+        """Before the tool's first report: nothing sent, how much there is not known yet."""
+        nothing = CopyProgress(0.0, self.repository, "copy", 0, None, None, None, 0, None)
+        return self._snapshot(nothing, final=False, finished=False)
 
     def update(self, progress: CopyProgress, now: float) -> ProgressSnapshot | None:
         self._latest = progress
@@ -204,11 +211,13 @@ class CopyProgressRelay:
         return self._snapshot(self._latest, final=True, finished=finished)
 
     def _snapshot(self, progress: CopyProgress, final: bool, finished: bool) -> ProgressSnapshot:
-        percent: float | None = None
-        if finished:
-            percent = 100.0
-        elif progress.total_bytes:
-            percent = min(PERCENT_CAP, 100.0 * progress.bytes / progress.total_bytes)
+        # The tool's total, while the copy has not outgrown it; else unknown, not a false 99 %.
+        fraction = (
+            progress.bytes / progress.total_bytes
+            if progress.total_bytes and progress.bytes <= progress.total_bytes
+            else None
+        )
+        percent = 100.0 if finished else capped_percent(fraction)
         return ProgressSnapshot(
             drone=self.target,
             operation=COPY_OPERATION,
@@ -218,10 +227,12 @@ class CopyProgressRelay:
             deduplicated_size=progress.bytes,
             percent=percent,
             speed=progress.speed,
-            eta_seconds=0.0 if finished else progress.eta,
+            eta_seconds=0.0 if finished else None if percent is None else progress.eta,
             final=final,
             repository=progress.repository,
             phase=progress.phase,
+            expected_size=progress.total_bytes,
+            expected_files=progress.total_files,
         )
 
 
@@ -232,6 +243,7 @@ async def run_copy(host: CopyHost, target: Target, requested: bool) -> None:
     """The task of one copy: every repository in turn, then the outcome recorded."""
     started = host.elapsed()
     copied: list[dict[str, Any]] = []
+    host.port.log(f"{target.name}: offsite copy started")  # its one start line
     try:
         target.record.last_attempt = host.now()
         await host.save()
@@ -239,15 +251,15 @@ async def run_copy(host: CopyHost, target: Target, requested: bool) -> None:
             EVENT_STARTED,
             {"drone": target.name, "operation": COPY_OPERATION, "requested": requested},
         )
-        host.port.log(f"{target.name}: offsite copy started")
         for repository in target.config.repositories:
             copied.append(await _copy_one(host, target, repository))
     except OperationFailed as failure:
         await _record_failure(host, target, failure, host.elapsed() - started, copied)
     except Exception as error:  # a bug must not leave the target stuck in "copying"
-        host.port.log(f"{target.name}: offsite copy crashed:\n{format_exc()}", "ERROR")
         crash = OperationFailed(FailureKind.AGENT, f"internal error: {error!r}")
-        await _record_failure(host, target, crash, host.elapsed() - started, copied)
+        await _record_failure(
+            host, target, crash, host.elapsed() - started, copied, traceback=format_exc()
+        )
     else:
         await _record_success(host, target, copied, host.elapsed() - started)
 
@@ -260,10 +272,11 @@ async def _copy_one(
     target.state, target.repository = CopyState.WAITING, repository.path
     await publish_target(host, target)
     await host.leases.hold(key, target.name, host.repository_busy)
-    relay = CopyProgressRelay(target.name, host.progress_interval)
+    relay = CopyProgressRelay(target.name, host.progress_interval, repository.path)
     try:
         target.state = CopyState.COPYING
         await publish_target(host, target)
+        await host.show_progress(relay.start())  # never the last repository's 100 %
         await host.repository_changed(key)
 
         async def on_event(event: AgentEvent) -> None:
@@ -282,9 +295,10 @@ async def _copy_one(
                 "raise max_runtime_minutes, or limit the copy with --bwlimit less",
             ) from None
         await host.relay_progress(relay.final(True))
-        relay = CopyProgressRelay(target.name, host.progress_interval)  # nothing left to close
+        relay = CopyProgressRelay(target.name, host.progress_interval, repository.path)
     finally:
-        await host.relay_progress(relay.final(False))
+        await host.relay_progress(relay.final(False))  # nothing when the copy finished
+        await host.end_progress(target.name)
         host.leases.release(key, target.name)
         await host.repository_changed(key)
     if target.record.running is not None:
@@ -356,7 +370,10 @@ async def _record_failure(
     failure: OperationFailed,
     duration: float,
     copied: list[dict[str, Any]],
+    traceback: str = "",
 ) -> None:
+    """The copy's end line says why it failed and when it runs next (with a crash's
+    traceback)."""
     record = target.record
     frequency = timedelta(minutes=target.settings.frequency_minutes)
     retry_at = host.now() + scheduler.backoff_delay(record.consecutive_failures + 1, frequency)
@@ -368,8 +385,9 @@ async def _record_failure(
         f"{target.name}: offsite copy of {failed_at} failed after {duration:.1f} s"
         f" ({failure.kind.value}): {failure.message}"
         + (f" - {failure.hint}" if failure.hint else "")
-        + f"; retry after {retry_at.isoformat(timespec='seconds')}",
-        "WARNING",
+        + scheduler.next_run_note(target.view(host.now()), host.now())
+        + (f"\n{traceback}" if traceback else ""),
+        "ERROR" if traceback else "WARNING",
     )
     await host.port.fire_event(
         EVENT_FINISHED,

@@ -1,7 +1,10 @@
 """Progress of a running create: percent and ETA estimated, updates throttled.
 
-borg cannot know how much is left, so the estimate compares the bytes read so far with the
-original size of the drone's previous archive (the best guess of this one's size).
+borg cannot know how much is left, so the estimate compares what was read so far with the
+drone's previous archive (the best guess of this one): its original size while this run has
+not read more bytes than that, else its file count while this run has not read more files,
+else nothing ("unknown", never a made-up 99 %). The expected totals shown grow to what has been
+seen, so they never claim less than what was already read.
 """
 
 from __future__ import annotations
@@ -13,7 +16,50 @@ from typing import Any
 from .entities import ProgressSnapshot
 from .protocol import Progress
 
-PERCENT_CAP = 99.0  # never claim 100 % before borg says it is finished
+PERCENT_CAP = 99.0  # never claim 100 % before the operation says it is finished
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a create is expected to read: the previous archive's totals (None: not known)."""
+
+    size: int | None = None
+    files: int | None = None
+
+    @classmethod
+    def of_archive(cls, archive: Mapping[str, Any] | None) -> Estimate:
+        archive = archive or {}
+        return cls(_positive(archive.get("original_size")), _positive(archive.get("nfiles")))
+
+    def grown(self, size: int, files: int) -> Estimate:
+        """The totals grown to what has been seen (a total not known stays unknown)."""
+        return Estimate(
+            None if self.size is None else max(self.size, size),
+            None if self.files is None else max(self.files, files),
+        )
+
+
+def fraction_done(size: int, files: int, expected: Estimate) -> float | None:
+    """How far a run that read ``size`` bytes in ``files`` files is: by bytes while it has not
+    outgrown the expected size, else by files while it has not outgrown the expected count,
+    else unknown."""
+    if expected.size and size <= expected.size:
+        return size / expected.size
+    if expected.files and files <= expected.files:
+        return files / expected.files
+    return None
+
+
+def capped_percent(fraction: float | None) -> float | None:
+    """The percent of a running operation: below 100 until it has finished."""
+    return None if fraction is None else min(PERCENT_CAP, 100.0 * fraction)
+
+
+def eta_seconds(fraction: float | None, elapsed: float) -> float | None:
+    """Time left if the rest goes as fast as what is done; unknown before anything is done."""
+    if not fraction:
+        return None
+    return max(0.0, elapsed * (1.0 - fraction) / fraction)
 
 
 @dataclass
@@ -21,10 +67,15 @@ class ProgressTracker:
     drone: str
     operation: str
     started: float  # monotonic seconds
-    expected_size: int | None  # original size of the previous archive, if any
+    expected: Estimate  # the previous archive's totals
     interval: float  # at most one published update per interval
     _last_sent: float | None = field(default=None, init=False)
     _latest: Progress | None = field(default=None, init=False)
+
+    def start(self) -> ProgressSnapshot:
+        """What the run shows before borg's first line: nothing read yet."""
+        empty = Progress(self.operation, 0.0, 0, 0, 0, 0)
+        return self._snapshot(empty, self.started, final=False)
 
     def update(self, progress: Progress, now: float) -> ProgressSnapshot | None:
         """The snapshot to publish now, or None while throttled."""
@@ -61,6 +112,8 @@ class ProgressTracker:
     ) -> ProgressSnapshot:
         elapsed = max(now - self.started, 1e-6)
         speed = progress.original_size / elapsed if progress.original_size else None
+        fraction = fraction_done(progress.original_size, progress.nfiles, self.expected)
+        grown = self.expected.grown(progress.original_size, progress.nfiles)
         return ProgressSnapshot(
             drone=self.drone,
             operation=self.operation,
@@ -68,27 +121,18 @@ class ProgressTracker:
             original_size=progress.original_size,
             compressed_size=progress.compressed_size,
             deduplicated_size=progress.deduplicated_size,
-            percent=100.0
-            if finished
-            else estimate_percent(progress.original_size, self.expected_size),
+            percent=100.0 if finished else capped_percent(fraction),
             speed=speed,
-            eta_seconds=0.0
-            if finished
-            else estimate_eta(progress.original_size, self.expected_size, speed),
+            eta_seconds=0.0 if finished else eta_seconds(fraction, elapsed),
             final=final,
+            path=progress.path,
+            expected_size=grown.size,
+            expected_files=grown.files,
         )
 
 
-def estimate_percent(done: int, expected: int | None) -> float | None:
-    if not expected:
-        return None
-    return min(PERCENT_CAP, 100.0 * done / expected)
-
-
-def estimate_eta(done: int, expected: int | None, speed: float | None) -> float | None:
-    if not expected or not speed:
-        return None
-    return max(0.0, (expected - done) / speed)
+def _positive(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _count(values: Mapping[str, Any], key: str, fallback: int) -> int:

@@ -39,7 +39,7 @@ class WorkView:
     frequency: timedelta
     busy: bool  # an operation is running on it
     last_success: datetime | None  # last successful backup (create) or copy
-    backoff_until: datetime | None
+    backoff_until: datetime | None  # set while failing: nothing scheduled starts before it
     pending: tuple[AnyOperation, ...]  # requested operations, oldest first
     due_operation: AnyOperation = Operation.SCHEDULED  # what runs when it is due
     waiting_for: tuple[str, ...] = ()  # not due before these drones have backed up
@@ -80,7 +80,9 @@ def is_due(drone: WorkView, now: datetime) -> bool:
 
 def due_operation(drone: WorkView, now: datetime) -> AnyOperation | None:
     """What the schedule starts now: the main work when its last success is at least a
-    frequency old (and no writer is waited for), else the first other schedule that is due."""
+    frequency old (and no writer is waited for), else the first other schedule that is due.
+    A failure's backoff only delays that: a failed prune or check after a recent backup waits
+    for the frequency, not for a retry of something else."""
     if drone.mode is not Mode.SCHEDULED or drone.busy or is_backing_off(drone, now):
         return None
     if not drone.waiting_for and _elapsed(drone.last_success, drone.frequency, now):
@@ -96,13 +98,23 @@ def _elapsed(last_success: datetime | None, frequency: timedelta, now: datetime)
 
 
 def next_due(drone: WorkView, now: datetime) -> datetime | None:
-    """When the next scheduled run is due (possibly already past); None unless scheduled."""
+    """When the next scheduled run is due (possibly already past); None unless scheduled.
+    A backoff that ends later than the frequency's due time moves it there."""
     if drone.mode is not Mode.SCHEDULED:
         return None
     due = now if drone.last_success is None else drone.last_success + drone.frequency
     if drone.backoff_until is not None and drone.backoff_until > due:
         return drone.backoff_until
     return due
+
+
+def next_run_note(drone: WorkView, now: datetime) -> str:
+    """``; next run at T`` for a failure's log line: when the schedule retries, as the next
+    backup sensor shows it (``next_due``)."""
+    due = next_due(drone, now)
+    if due is None:
+        return f"; not run again by the schedule (mode {drone.mode.value})"
+    return f"; next run at {max(due, now).isoformat(timespec='seconds')}"
 
 
 def writers_to_wait_for(

@@ -66,6 +66,10 @@ DRONE_SUFFIXES = {
         "compressed_size",
         "deduplicated_size",
         "last_error",
+        "progress",
+        "speed",
+        "eta",
+        "current_file",
     ),
     "binary_sensor": ("problem",),
 }
@@ -185,9 +189,10 @@ async def test_entities_of_both_drones_exist_with_their_looks(
     assert problem["attributes"]["consecutive_failures"] == "0"
     assert (await state_of(ha_client, "sensor.borg_alpha_state"))["state"] == "idle"
     assert (await state_of(ha_client, "input_select.borg_coordinator_mode"))["state"] == "running"
-    assert (await state_of(ha_client, "sensor.borg_progress"))["attributes"][
-        "unit_of_measurement"
-    ] == "%"
+    progress = await state_of(ha_client, "sensor.borg_progress")
+    assert progress["state"] == "idle"  # a percent (with its unit) only while something runs
+    assert "unit_of_measurement" not in progress["attributes"]
+    assert (await state_of(ha_client, "sensor.borg_alpha_progress"))["state"] == "unknown"
 
 
 async def test_an_empty_repository_shows_zero_sizes_not_missing_ones(

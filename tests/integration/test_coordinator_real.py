@@ -268,7 +268,8 @@ async def test_a_connection_dropped_mid_create_fails_borg_stops_and_the_next_run
         # It did not finish: no 100 % (and no previous archive to estimate a percentage from).
         assert closing["percent"] is None
         assert closing["eta_seconds"] is None
-        assert port.state("sensor.borg_progress") == "unknown"
+        assert port.state("sensor.borg_progress") == "idle"  # nothing runs any more
+        assert port.state("sensor.borg_nas_progress") == "unknown"
         assert coordinator.drones["nas"].record.last_backup is None
 
         await eventually(lambda: processes_gone(killed), "the killed sessions to be gone")
@@ -289,6 +290,47 @@ async def test_a_connection_dropped_mid_create_fails_borg_stops_and_the_next_run
         assert coordinator.drones["nas"].record.last_archive["name"] == archives[0]
         assert port.state("sensor.borg_nas_state") == "idle"
         assert port.state("binary_sensor.borg_nas_problem") == "off"
+        await coordinator.stop()
+
+
+async def test_a_real_create_shows_the_drones_progress_and_current_file_then_idle(
+    tmp_path: Path, big_data: Path
+) -> None:
+    with drone_hosts(tmp_path, ["nas"]) as hosts:
+        host = hosts["nas"]
+        link_big_data(big_data, host.data)
+        config = make_config(tmp_path, {"nas": drone_args(host, compression=SLOW_COMPRESSION)})
+        coordinator, port, runner = await started_coordinator(config, ShiftedClock())
+
+        await coordinator.tick()
+        assert port.state("sensor.borg_active") == "nas: create"  # at once, not "starting"
+        await runner.wait_for_progress()
+        await eventually(
+            lambda: "random-" in port.state("sensor.borg_nas_current_file"),
+            "the drone's current file to show one of the big files",
+        )
+        # A first backup: no previous archive to estimate from, so no percent, but a speed.
+        assert port.state("sensor.borg_nas_progress") == "unknown"
+        assert port.state("sensor.borg_progress") == "unknown"
+        assert port.states["sensor.borg_progress"].attributes["drone"] == "nas"
+        await eventually(
+            lambda: port.state("sensor.borg_nas_speed") != "unknown", "a speed to show"
+        )
+        assert float(port.state("sensor.borg_nas_speed")) >= 0
+        events = port.of(EVENT_PROGRESS)
+        assert any("random-" in str(e["path"]) for e in events)
+        await settle(coordinator)
+
+        assert runner.outcomes == [("nas", step, "ok") for step in SCHEDULED_STEPS]
+        assert port.of(EVENT_PROGRESS)[-1]["percent"] == 100.0
+        assert "100.0" in port.history("sensor.borg_nas_progress")
+        # Over: idle, and nothing of the finished run is left on the drone's progress sensors.
+        assert port.state("sensor.borg_active") == "idle"
+        assert port.state("sensor.borg_progress") == "idle"
+        assert "unit_of_measurement" not in port.states["sensor.borg_progress"].attributes
+        for key in ("progress", "speed", "eta", "current_file"):
+            assert port.state(f"sensor.borg_nas_{key}") == "unknown", key
+        assert PASSPHRASE not in all_output(port)
         await coordinator.stop()
 
 

@@ -175,7 +175,10 @@ async def test_start_publishes_every_sensor_with_nothing_known(tmp_path: Path) -
     assert port.state("sensor.borg_nas_last_backup") == "unknown"
     assert port.state("sensor.borg_nas_total_size") == "unknown"
     assert port.state("binary_sensor.borg_nas_problem") == "off"
-    assert port.state("sensor.borg_progress") == "unknown"
+    assert port.state("sensor.borg_progress") == "idle"
+    assert "unit_of_measurement" not in port.states["sensor.borg_progress"].attributes
+    assert port.state("sensor.borg_nas_progress") == "unknown"
+    assert port.state("sensor.borg_nas_current_file") == "unknown"
     assert port.state("sensor.borg_queue") == "0"
 
 
@@ -384,7 +387,36 @@ async def test_progress_is_throttled_and_the_final_update_always_sent(tmp_path: 
     # The closing update carries the finished archive's own totals, not borg's last line.
     assert (progress[-1]["nfiles"], progress[-1]["original_size"]) == (3, 1000)
     assert progress[-1]["percent"] == 100.0
-    assert port.state("sensor.borg_progress") == "100.0"
+    assert progress[-2]["path"] == "/data/9"
+    # The run showed 0 % at once, its updates, 100 % once finished, then idle again.
+    assert port.history("sensor.borg_progress") == [
+        "idle",
+        "0.0",
+        "5.0",
+        "25.0",
+        "45.0",
+        "100.0",
+        "idle",
+    ]
+    assert port.history("sensor.borg_nas_progress") == [
+        "unknown",
+        "0.0",
+        "5.0",
+        "25.0",
+        "45.0",
+        "100.0",
+        "unknown",
+    ]
+    assert port.history("sensor.borg_nas_current_file") == [
+        "unknown",
+        "/data/1",
+        "/data/5",
+        "/data/9",
+        "/data/10",
+        "unknown",
+    ]
+    assert port.state("sensor.borg_nas_speed") == "unknown"
+    assert port.state("sensor.borg_nas_eta") == "unknown"
 
 
 async def test_stop_mid_operation_leaves_it_to_be_retried_after_restart(tmp_path: Path) -> None:

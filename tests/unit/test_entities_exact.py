@@ -53,6 +53,21 @@ BUSY_SNAPSHOT = DroneSnapshot(
     last_error="x" * 300,  # longer than HA takes
     last_error_kind="borg_error",
     last_error_hint="run borg check",
+    progress=ProgressSnapshot(
+        "nas",
+        "create",
+        1234,
+        456_789_012,
+        400_000_000,
+        12_345,
+        56.789,
+        154_978_140.4,
+        3725.4,
+        False,
+        path="home/zoe/" + "d" * 300,  # a path longer than HA takes
+        expected_size=804_000_000,
+        expected_files=2000,
+    ),
 )
 
 MY_PC2_SETTINGS = DroneSettings(
@@ -80,9 +95,22 @@ def test_controls_of_the_coordinator() -> None:
 
 def test_progress_with_nothing_running_estimated_and_final() -> None:
     assert progress_sensor("borg", None) == NO_PROGRESS
-    running = ProgressSnapshot("nas", "create", 0, 10, 5, 0, 12.345, 1234.6, None, False)
+    running = ProgressSnapshot(
+        "nas",
+        "create",
+        0,
+        10,
+        5,
+        0,
+        12.345,
+        1234.6,
+        None,
+        False,
+        path="home/zoe/notes.txt",
+        expected_size=81,
+    )
     assert progress_sensor("borg", running) == PROGRESS
-    final = ProgressSnapshot("nas", "scheduled", 3, 10, 5, 1, None, None, 7.5, True)
+    final = ProgressSnapshot("nas", "scheduled", 3, 10, 5, 1, None, None, 3725.4, True)
     assert progress_sensor("borg", final) == FINAL_PROGRESS
 
 
@@ -105,7 +133,12 @@ def test_attribute_order_is_kept() -> None:
         *drone_sensors("borg", DroneSnapshot.empty("nas")),
         *drone_sensors("home_backup", BUSY_SNAPSHOT),
         progress_sensor("borg", None),
-        progress_sensor("borg", ProgressSnapshot("nas", "create", 0, 10, 5, 0, 1, 1, 1, False)),
+        progress_sensor(
+            "borg",
+            ProgressSnapshot(
+                "nas", "create", 0, 10, 5, 0, 1, 1, 1, False, path="a", expected_size=1
+            ),
+        ),
         *coordinator_sensors("borg", {}, [], [], [], "running"),
     ]
     expected = [*EMPTY_NAS, *BUSY_NAS, NO_PROGRESS, PROGRESS, *IDLE_COORDINATOR]
@@ -170,6 +203,11 @@ NAS_CARD = {
             "attribute": "hint",
             "name": "What to do",
         },
+        {"type": "section", "label": "Progress"},
+        {"entity": "sensor.borg_nas_progress", "name": "Progress"},
+        {"entity": "sensor.borg_nas_speed", "name": "Speed"},
+        {"entity": "sensor.borg_nas_eta", "name": "Time left"},
+        {"entity": "sensor.borg_nas_current_file", "name": "Current file"},
         {"type": "section", "label": "Repository"},
         {"entity": "sensor.borg_nas_total_size", "name": "Total size"},
         {"entity": "sensor.borg_nas_compressed_size", "name": "Compressed size"},
@@ -334,6 +372,50 @@ EMPTY_NAS = [
             "hint": "",
         },
     ),
+    Publication(
+        entity_id="sensor.borg_nas_progress",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas progress",
+            "icon": "mdi:progress-upload",
+            "unit_of_measurement": "%",
+            "operation": "none",
+            "files": None,
+            "expected_files": None,
+            "original_size": None,
+            "expected_size": None,
+        },
+    ),
+    Publication(
+        entity_id="sensor.borg_nas_speed",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas speed",
+            "icon": "mdi:speedometer",
+            "device_class": "data_rate",
+            "unit_of_measurement": "MB/s",
+        },
+        native_state="unknown",
+    ),
+    Publication(
+        entity_id="sensor.borg_nas_eta",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas time left",
+            "icon": "mdi:timer-sand",
+            "device_class": "duration",
+            "unit_of_measurement": "min",
+        },
+        native_state="unknown",
+    ),
+    Publication(
+        entity_id="sensor.borg_nas_current_file",
+        state="unknown",
+        attributes={
+            "friendly_name": "nas current file",
+            "icon": "mdi:file-arrow-up-down-outline",
+        },
+    ),
 ]
 
 BUSY_NAS = [
@@ -474,6 +556,50 @@ BUSY_NAS = [
             "icon": "mdi:alert-circle-outline",
             "kind": "borg_error",
             "hint": "run borg check",
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_progress",
+        state="56.8",
+        attributes={
+            "friendly_name": "nas progress",
+            "icon": "mdi:progress-upload",
+            "unit_of_measurement": "%",
+            "operation": "create",
+            "files": 1234,
+            "expected_files": 2000,
+            "original_size": 456789012,
+            "expected_size": 804000000,
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_speed",
+        state="154.98",
+        attributes={
+            "friendly_name": "nas speed",
+            "icon": "mdi:speedometer",
+            "device_class": "data_rate",
+            "unit_of_measurement": "MB/s",
+        },
+        native_state="154978140",
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_eta",
+        state="62.1",
+        attributes={
+            "friendly_name": "nas time left",
+            "icon": "mdi:timer-sand",
+            "device_class": "duration",
+            "unit_of_measurement": "min",
+        },
+        native_state="3725",
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_current_file",
+        state="home/zoe/" + "d" * 245 + "…",
+        attributes={
+            "friendly_name": "nas current file",
+            "icon": "mdi:file-arrow-up-down-outline",
         },
     ),
 ]
@@ -657,14 +783,14 @@ COORDINATOR_HELPERS = [
 
 NO_PROGRESS = Publication(
     entity_id="sensor.borg_progress",
-    state="unknown",
+    state="idle",
     attributes={
         "friendly_name": "Borg progress",
         "icon": "mdi:progress-upload",
-        "unit_of_measurement": "%",
         "drone": "none",
         "operation": "none",
     },
+    native_state="idle",
 )
 
 PROGRESS = Publication(
@@ -680,9 +806,13 @@ PROGRESS = Publication(
         "original_size": 10,
         "compressed_size": 5,
         "deduplicated_size": 0,
-        "speed_bytes_per_s": 1235,
-        "eta_s": None,
+        "expected_size": 81,
+        "expected_files": None,
+        "speed": "0.0 MB/s",
+        "time_left": None,
+        "current_file": "home/zoe/notes.txt",
     },
+    native_state="12.3 %",
 )
 
 FINAL_PROGRESS = Publication(
@@ -698,9 +828,13 @@ FINAL_PROGRESS = Publication(
         "original_size": 10,
         "compressed_size": 5,
         "deduplicated_size": 1,
-        "speed_bytes_per_s": None,
-        "eta_s": 8,
+        "expected_size": None,
+        "expected_files": None,
+        "speed": None,
+        "time_left": "1 h 02 min",
+        "current_file": "",
     },
+    native_state="unknown",
 )
 
 IDLE_COORDINATOR = [

@@ -113,8 +113,9 @@ def test_a_size_is_sent_in_bytes_for_home_assistant_to_convert(tmp_path: Path) -
         ("nas", "state", "no such state", UNKNOWN_PAYLOAD),
         ("nas", "problem", "on", "on"),
         ("nas", "last_error", "none", "none"),
-        (None, "progress", "idle", UNKNOWN_PAYLOAD),
-        (None, "progress", "42.0", "42.0"),
+        (None, "progress", "idle", "idle"),
+        ("nas", "progress", "unknown", UNKNOWN_PAYLOAD),
+        ("nas", "progress", "42.0", "42.0"),
     ],
 )
 def test_states_home_assistant_would_refuse_become_unknown(

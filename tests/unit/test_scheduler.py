@@ -21,6 +21,7 @@ from backup_coordinator.scheduler import (
     is_due,
     is_overdue,
     next_due,
+    next_run_note,
     writers_to_wait_for,
 )
 
@@ -96,6 +97,32 @@ def test_next_due_is_now_without_any_backup_and_none_unless_scheduled() -> None:
 def test_next_due_waits_for_the_backoff() -> None:
     later = NOW + timedelta(hours=2)
     assert next_due(drone("a", last_success=NOW - 2 * DAY, backoff_until=later), NOW) == later
+
+
+def test_a_failure_after_a_recent_success_waits_for_the_frequency_and_says_so() -> None:
+    """A prune that failed after a good create: the backup is not due before it is a
+    frequency old; the next due time and the log's note say when that is."""
+    failing = drone(
+        "a", last_success=NOW - timedelta(minutes=5), backoff_until=NOW + timedelta(minutes=1)
+    )
+    due = NOW - timedelta(minutes=5) + failing.frequency
+    assert next_due(failing, NOW) == due
+    assert not is_due(failing, NOW + timedelta(minutes=2))
+    assert is_due(failing, due)
+    assert next_run_note(failing, NOW) == f"; next run at {due.isoformat(timespec='seconds')}"
+
+
+def test_a_failed_backup_is_retried_when_the_backoff_ends() -> None:
+    retry = NOW + timedelta(minutes=1)
+    failing = drone("a", last_success=None, backoff_until=retry)
+    assert next_due(failing, NOW) == retry
+    assert not is_due(failing, NOW)
+    assert is_due(failing, retry)
+
+
+def test_the_next_run_note_of_a_drone_the_schedule_does_not_run() -> None:
+    manual = drone("a", mode=Mode.MANUAL, backoff_until=NOW + timedelta(minutes=1))
+    assert next_run_note(manual, NOW) == "; not run again by the schedule (mode manual)"
 
 
 # --- backoff_delay -------------------------------------------------------------------------
