@@ -155,6 +155,18 @@ async def test_devices_and_entities_appear_with_unique_ids(
     assert state["attributes"]["device_class"] == "enum"
     size = await state_of(ha_client, "sensor.borg_alpha_total_size")
     assert size["attributes"]["device_class"] == "data_size"
+    # Progress as entities with units; nothing runs, so nothing is claimed.
+    for key, unit, device_class in (
+        ("progress", "%", None),
+        ("speed", "B/s", "data_rate"),
+        ("eta", "s", "duration"),
+    ):
+        progress = await state_of(ha_client, f"sensor.borg_alpha_{key}")
+        assert progress["state"] == "unknown"
+        assert progress["attributes"]["unit_of_measurement"] == unit
+        assert progress["attributes"].get("device_class") == device_class
+    assert (await state_of(ha_client, "sensor.borg_progress"))["state"] == "idle"
+    assert (await state_of(ha_client, "sensor.borg_active"))["state"] == "idle"
     assert float((await state_of(ha_client, "number.borg_alpha_keep_daily"))["state"]) == 7
     assert (await state_of(ha_client, "select.borg_alpha_mode"))["state"] == "manual"
     # A clean first start: nothing to warn about.
@@ -175,6 +187,9 @@ async def test_a_button_pressed_in_home_assistant_backs_up(
     done = await finished.wait_for(lambda e: e["data"]["drone"] == "alpha", TIMEOUT)
     assert done["data"]["ok"] is True, done["data"]
     assert done["data"]["results"]["create"]["archive"]["name"] in drone.archives()
+    # The run is over: its progress entities say nothing, the coordinator's is idle.
+    await ha_client.wait_for_state("sensor.borg_progress", lambda s: s["state"] == "idle", TIMEOUT)
+    assert (await state_of(ha_client, "sensor.borg_alpha_progress"))["state"] == "unknown"
     last = await ha_client.wait_for_state(
         "sensor.borg_alpha_last_backup", lambda s: s["state"] not in ("unknown",), TIMEOUT
     )
