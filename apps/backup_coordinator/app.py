@@ -198,7 +198,11 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         namespace = config.mqtt.namespace
         self.adapter = HomeAssistantAdapter(self, config.notify)
         self.mqtt = MqttEntities(
-            config, self._mqtt_client_status(namespace), self._mqtt_publisher(namespace), self.log
+            config,
+            self._mqtt_client_status(namespace),
+            self._mqtt_publisher(namespace),
+            self.log,
+            await self._home_assistant_version(),
         )
         await self.mqtt.announce()
         timer.done(f"announce {len(self.mqtt.entries)} entities")
@@ -214,6 +218,12 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         )
         for topic in (self.mqtt.topics.commands, self.mqtt.topics.home_assistant_status):
             await self.call_service("mqtt/subscribe", topic=topic, namespace=namespace)
+
+    async def _home_assistant_version(self) -> str | None:
+        """HA's version as the HASS plugin read it (MQTT discovery names entity ids by it)."""
+        ha_config = await self.get_plugin_config()
+        version = ha_config.get("version") if isinstance(ha_config, Mapping) else None
+        return version if isinstance(version, str) else None
 
     def _mqtt_client_status(self, namespace: str) -> ClientStatus:
         """Where AppDaemon's MQTT client announces itself: every entity's availability."""

@@ -5,8 +5,8 @@ state, attributes and commands travel (``Topics``), the discovery config that ma
 it (``discovery_config``), and the payloads of its state. ``mqtt_entities`` sends them.
 
 One device per drone and per offsite target, each under the coordinator's device
-(``via_device``). Entity ids are predictable: HA 2025.x takes ``object_id``, 2026.x
-``default_entity_id``; both are sent and each version ignores the key it does not know.
+(``via_device``). Entity ids are predictable: ``object_id`` names them up to HA 2025.9,
+``default_entity_id`` from 2025.10 (``entity_id_keys`` picks by HA's version).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ UNKNOWN_PAYLOAD = "None"  # HA's MQTT sensors show this payload as unknown
 BUTTON_PRESS = "PRESS"
 ONLINE, OFFLINE = "online", "offline"
 ORIGIN = {"name": "backup-coordinator", "sw_version": __version__}
+# HA 2025.10 introduced default_entity_id and deprecated object_id (removed in 2026.4).
+DEFAULT_ENTITY_ID_SINCE = (2025, 10)
+BOTH_ID_KEYS = frozenset({"object_id", "default_entity_id"})
 MANUFACTURER = "backup-coordinator"
 # Device classes whose states HA reads as numbers (a sensor with a unit is numeric as well).
 NUMERIC_DEVICE_CLASSES = frozenset({"data_size", "data_rate", "duration"})
@@ -167,18 +170,42 @@ def entity_name(entry: Entry) -> str:
     return label[:1].upper() + label[1:]
 
 
+def entity_id_keys(home_assistant_version: str | None) -> frozenset[str]:
+    """How the discovery config names the entity id: ``object_id`` before HA 2025.10,
+    ``default_entity_id`` from then on (2026.4 no longer reads ``object_id``), both when the
+    version is not known (each version ignores the key it does not read)."""
+    version = _year_and_month(home_assistant_version)
+    if version is None:
+        return BOTH_ID_KEYS
+    if version < DEFAULT_ENTITY_ID_SINCE:
+        return frozenset({"object_id"})
+    return frozenset({"default_entity_id"})
+
+
+def _year_and_month(version: str | None) -> tuple[int, int] | None:
+    parts = (version or "").split(".")
+    if len(parts) < 2 or not parts[0].isdigit():
+        return None
+    month = "".join(char for char in parts[1] if char.isdigit())  # 10b1 -> 10
+    return (int(parts[0]), int(month)) if month else None
+
+
 def discovery_config(
-    entry: Entry, prefix: str, topics: Topics, status: ClientStatus
+    entry: Entry,
+    prefix: str,
+    topics: Topics,
+    status: ClientStatus,
+    id_keys: frozenset[str] = BOTH_ID_KEYS,
 ) -> dict[str, Any]:
     """The retained config that makes HA create the entity (and its device)."""
     description = entry.description
     platform = entities.platform(description.domain, EntityBackend.MQTT)
     object_id = entry.object_id(prefix)
+    names_entity_id = {"object_id": object_id, "default_entity_id": f"{platform}.{object_id}"}
     config: dict[str, Any] = {
         "name": entity_name(entry),
         "unique_id": f"backup_coordinator_{object_id}",
-        "object_id": object_id,
-        "default_entity_id": f"{platform}.{object_id}",
+        **{key: value for key, value in names_entity_id.items() if key in id_keys},
         "device": device(entry, prefix),
         "origin": ORIGIN,
         "availability": availability(entry, topics, status),

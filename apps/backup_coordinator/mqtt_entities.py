@@ -31,6 +31,7 @@ from .mqtt_discovery import (
     control_value,
     discovery_config,
     encode,
+    entity_id_keys,
     state_payload,
 )
 from .ports import HomeAssistantPort
@@ -55,8 +56,10 @@ class MqttEntities:
         status: ClientStatus,
         publish: Publish,
         log: Callable[..., None],
+        home_assistant_version: str | None = None,
     ) -> None:
         self.prefix = config.entity_prefix
+        self.id_keys = entity_id_keys(home_assistant_version)
         self.topics = Topics(config.mqtt.base_topic, config.mqtt.discovery_prefix)
         self.status = status
         self._publish = publish
@@ -80,7 +83,9 @@ class MqttEntities:
             (
                 self._publish(
                     self.topics.discovery(entry, self.prefix),
-                    encode(discovery_config(entry, self.prefix, self.topics, self.status)),
+                    encode(
+                        discovery_config(entry, self.prefix, self.topics, self.status, self.id_keys)
+                    ),
                 )
                 for entry in self.entries
             ),

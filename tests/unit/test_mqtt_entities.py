@@ -20,6 +20,7 @@ from backup_coordinator.mqtt_discovery import (
     Topics,
     catalogue,
     discovery_config,
+    entity_id_keys,
     state_payload,
 )
 from backup_coordinator.mqtt_entities import MqttEntities, MqttPort
@@ -76,6 +77,28 @@ def test_every_entity_has_a_unique_id_and_the_entity_id_its_object_id_gives(
         "select.borg_coordinator_mode",
         "sensor.borg_progress",
     }
+
+
+@pytest.mark.parametrize(
+    ("version", "keys"),
+    [
+        ("2025.4.4", {"object_id"}),
+        ("2025.9.3", {"object_id"}),
+        ("2025.10.0b1", {"default_entity_id"}),
+        ("2026.11.0", {"default_entity_id"}),
+        (None, {"object_id", "default_entity_id"}),
+        ("dev", {"object_id", "default_entity_id"}),
+    ],
+)
+def test_the_entity_id_key_is_the_one_home_assistants_version_reads(
+    tmp_path: Path, version: str | None, keys: set[str]
+) -> None:
+    assert entity_id_keys(version) == keys
+    state = entry(config_with_target(tmp_path), "nas", "state")
+    discovered = discovery_config(state, "borg", TOPICS, STATUS, entity_id_keys(version))
+    assert {"object_id", "default_entity_id"} & discovered.keys() == keys
+    assert discovered.get("object_id", "borg_nas_state") == "borg_nas_state"
+    assert discovered.get("default_entity_id", "sensor.borg_nas_state") == "sensor.borg_nas_state"
 
 
 def test_drones_and_targets_are_devices_under_the_coordinator(tmp_path: Path) -> None:
