@@ -155,7 +155,9 @@ def object_id(prefix: str, drone: str | None, suffix: str) -> str:
 
 
 def entity_name(prefix: str, drone: str | None, label: str) -> str:
-    """``Borg nas keep weekly``: slugs to the object id, reads well in HA."""
+    """``Borg nas keep weekly``: every entity's name, helpers' and sensors' alike. A helper's
+    must slug to its object id (HA derives the entity id from it), so the label reads like the
+    key."""
     return " ".join(part for part in (title(prefix), drone, label) if part)
 
 
@@ -614,15 +616,14 @@ def render_sensors(
 ) -> list[Publication]:
     """The sensors of one drone (or of the coordinator, ``drone`` None) for ``source``.
 
-    A drone's sensors are named after the drone alone (``nas state``), the coordinator's after
-    the prefix (``Borg queue``). Attributes: the name and looks first, then the values."""
-    owner = drone if drone is not None else title(prefix)
+    Named like the helpers (``Borg nas last backup``, ``Borg queue``), so a drone's entities
+    read alike. Attributes: the name and looks first, then the values."""
     return [
         Publication(
             description.entity_id(prefix, drone),
             truncate(description.value(source)),
             {
-                **_looks(description, f"{owner} {description.label}"),
+                **_looks(description, entity_name(prefix, drone, description.label)),
                 **description.attributes(source),
             },
             None if description.native_value is None else description.native_value(source),

@@ -218,7 +218,7 @@ def test_a_table_with_an_extra_row_renders_it_like_the_others() -> None:
         "sensor.borg_nas_archives",
         "7",
         {
-            "friendly_name": "nas archives",
+            "friendly_name": "Borg nas archives",
             "icon": "mdi:archive",
             "state_class": "measurement",
             "drone": "nas",

@@ -199,7 +199,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_state",
         state="idle",
         attributes={
-            "friendly_name": "nas state",
+            "friendly_name": "Borg nas state",
             "icon": "mdi:state-machine",
             "device_class": "enum",
             "options": [
@@ -221,7 +221,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_backup",
         state="unknown",
         attributes={
-            "friendly_name": "nas last backup",
+            "friendly_name": "Borg nas last backup",
             "icon": "mdi:history",
             "device_class": "timestamp",
             "archive": "",
@@ -235,7 +235,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_prune",
         state="unknown",
         attributes={
-            "friendly_name": "nas last prune",
+            "friendly_name": "Borg nas last prune",
             "icon": "mdi:content-cut",
             "device_class": "timestamp",
         },
@@ -244,7 +244,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_verified_restore",
         state="unknown",
         attributes={
-            "friendly_name": "nas last verified restore",
+            "friendly_name": "Borg nas last verified restore",
             "icon": "mdi:file-check-outline",
             "device_class": "timestamp",
             "archive": "",
@@ -258,7 +258,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_check",
         state="unknown",
         attributes={
-            "friendly_name": "nas last check",
+            "friendly_name": "Borg nas last check",
             "icon": "mdi:shield-check-outline",
             "device_class": "timestamp",
             "findings": None,
@@ -270,7 +270,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_next_backup",
         state="unknown",
         attributes={
-            "friendly_name": "nas next backup",
+            "friendly_name": "Borg nas next backup",
             "icon": "mdi:calendar-clock",
             "device_class": "timestamp",
         },
@@ -279,7 +279,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_total_size",
         state="unknown",
         attributes={
-            "friendly_name": "nas total size",
+            "friendly_name": "Borg nas total size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -292,7 +292,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_compressed_size",
         state="unknown",
         attributes={
-            "friendly_name": "nas compressed size",
+            "friendly_name": "Borg nas compressed size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -305,7 +305,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_deduplicated_size",
         state="unknown",
         attributes={
-            "friendly_name": "nas deduplicated size",
+            "friendly_name": "Borg nas deduplicated size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -318,7 +318,7 @@ EMPTY_NAS = [
         entity_id="binary_sensor.borg_nas_problem",
         state="off",
         attributes={
-            "friendly_name": "nas problem",
+            "friendly_name": "Borg nas problem",
             "device_class": "problem",
             "reason": "none",
             "consecutive_failures": 0,
@@ -328,7 +328,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_error",
         state="none",
         attributes={
-            "friendly_name": "nas last error",
+            "friendly_name": "Borg nas last error",
             "icon": "mdi:alert-circle-outline",
             "kind": "none",
             "hint": "",
@@ -341,7 +341,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_state",
         state="creating",
         attributes={
-            "friendly_name": "nas state",
+            "friendly_name": "Home backup nas state",
             "icon": "mdi:state-machine",
             "device_class": "enum",
             "options": [
@@ -363,7 +363,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_backup",
         state="2026-11-01T12:30:05+00:00",
         attributes={
-            "friendly_name": "nas last backup",
+            "friendly_name": "Home backup nas last backup",
             "icon": "mdi:history",
             "device_class": "timestamp",
             "archive": "nas-2026-11-01T12:30:05",
@@ -377,7 +377,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_prune",
         state="2026-10-31T23:00:00+02:00",
         attributes={
-            "friendly_name": "nas last prune",
+            "friendly_name": "Home backup nas last prune",
             "icon": "mdi:content-cut",
             "device_class": "timestamp",
         },
@@ -386,7 +386,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_verified_restore",
         state="unknown",
         attributes={
-            "friendly_name": "nas last verified restore",
+            "friendly_name": "Home backup nas last verified restore",
             "icon": "mdi:file-check-outline",
             "device_class": "timestamp",
             "archive": "",
@@ -400,7 +400,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_check",
         state="unknown",
         attributes={
-            "friendly_name": "nas last check",
+            "friendly_name": "Home backup nas last check",
             "icon": "mdi:shield-check-outline",
             "device_class": "timestamp",
             "findings": None,
@@ -412,7 +412,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_next_backup",
         state="2026-11-02T12:30:05+00:00",
         attributes={
-            "friendly_name": "nas next backup",
+            "friendly_name": "Home backup nas next backup",
             "icon": "mdi:calendar-clock",
             "device_class": "timestamp",
         },
@@ -421,7 +421,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_total_size",
         state="5.00",
         attributes={
-            "friendly_name": "nas total size",
+            "friendly_name": "Home backup nas total size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -434,7 +434,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_compressed_size",
         state="0.00",
         attributes={
-            "friendly_name": "nas compressed size",
+            "friendly_name": "Home backup nas compressed size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -447,7 +447,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_deduplicated_size",
         state="unknown",
         attributes={
-            "friendly_name": "nas deduplicated size",
+            "friendly_name": "Home backup nas deduplicated size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -460,7 +460,7 @@ BUSY_NAS = [
         entity_id="binary_sensor.home_backup_nas_problem",
         state="on",
         attributes={
-            "friendly_name": "nas problem",
+            "friendly_name": "Home backup nas problem",
             "device_class": "problem",
             "reason": "overdue: no backup for 3 days; keep within rejected: '7x'",
             "consecutive_failures": 2,
@@ -470,7 +470,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_error",
         state="x" * 254 + "…",
         attributes={
-            "friendly_name": "nas last error",
+            "friendly_name": "Home backup nas last error",
             "icon": "mdi:alert-circle-outline",
             "kind": "borg_error",
             "hint": "run borg check",
