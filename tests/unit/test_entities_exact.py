@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from backup_coordinator.config import parse_config
-from backup_coordinator.dashboard import coordinator_card, dashboard, drone_card
+from backup_coordinator.config import EntityBackend, parse_config
+from backup_coordinator.dashboard import coordinator_section, dashboard, drone_section
 from backup_coordinator.entities import (
     DroneSnapshot,
     HelperSpec,
@@ -53,6 +53,8 @@ BUSY_SNAPSHOT = DroneSnapshot(
     last_error="x" * 300,  # longer than HA takes
     last_error_kind="borg_error",
     last_error_hint="run borg check",
+    agent_version="1.4.0",
+    borg_version="1.2.4",
 )
 
 MY_PC2_SETTINGS = DroneSettings(
@@ -113,12 +115,13 @@ def test_attribute_order_is_kept() -> None:
         assert list(publication.attributes) == list(wanted.attributes), wanted.entity_id
 
 
-def test_dashboard_card_of_a_drone() -> None:
-    assert drone_card("borg", "nas") == NAS_CARD
+def test_dashboard_section_of_a_drone() -> None:
+    assert drone_section("borg", "nas", EntityBackend.HELPERS) == NAS_SECTION
 
 
-def test_dashboard_of_two_drones() -> None:
+def test_dashboard_of_two_drones_over_mqtt() -> None:
     args: dict[str, Any] = {
+        "entities": "mqtt",
         "ssh": {"client_key": "keys/coordinator", "known_hosts": "/etc/backup/known_hosts"},
         "drones": {
             name: {"host": f"{name}.lan", "repository": f"/srv/borg/{name}", "paths": ["/home"]}
@@ -132,62 +135,131 @@ def test_dashboard_of_two_drones() -> None:
             {
                 "title": "Backups",
                 "path": "backups",
-                "cards": [coordinator_card("borg"), NAS_CARD, drone_card("borg", "pc")],
+                "type": "sections",
+                "max_columns": 3,
+                "sections": [
+                    coordinator_section("borg", EntityBackend.MQTT),
+                    drone_section("borg", "nas", EntityBackend.MQTT),
+                    drone_section("borg", "pc", EntityBackend.MQTT),
+                ],
             }
         ],
     }
-    assert coordinator_card("borg") == {
-        "type": "entities",
-        "title": "Borg coordinator",
-        "entities": [
-            "input_select.borg_coordinator_mode",
-            "sensor.borg_active",
-            "sensor.borg_progress",
-            "sensor.borg_queue",
-            "sensor.borg_failing",
+    assert coordinator_section("borg", EntityBackend.MQTT) == {
+        "type": "grid",
+        "cards": [
+            {
+                "type": "heading",
+                "heading": "Borg coordinator",
+                "heading_style": "title",
+                "icon": "mdi:backup-restore",
+            },
+            {
+                "type": "entities",
+                "state_color": True,
+                "entities": [
+                    {"entity": "select.borg_coordinator_mode", "name": "Coordinator mode"},
+                    {"entity": "sensor.borg_active", "name": "Active"},
+                    {"entity": "sensor.borg_progress", "name": "Progress"},
+                    {"entity": "sensor.borg_queue", "name": "Queue"},
+                    {"entity": "sensor.borg_failing", "name": "Failing drones"},
+                ],
+            },
         ],
     }
+    nas = drone_section("borg", "nas", EntityBackend.MQTT)
+    controls = nas["cards"][-1]["entities"]
+    assert {"entity": "button.borg_nas_create", "name": "Create"} in controls
+    assert {"entity": "select.borg_nas_mode", "name": "Mode"} in controls
+    assert {"entity": "number.borg_nas_keep_hourly", "name": "Keep hourly"} in controls
+    assert {"entity": "text.borg_nas_keep_within", "name": "Keep within"} in controls
 
 
-NAS_CARD = {
-    "type": "entities",
-    "title": "nas",
-    "state_color": True,
-    "entities": [
-        {"entity": "input_number.borg_nas_frequency", "name": "Frequency"},
-        {"entity": "input_select.borg_nas_mode", "name": "Mode"},
-        {"entity": "sensor.borg_nas_state", "name": "State"},
-        {"entity": "sensor.borg_nas_last_backup", "name": "Last backup"},
-        {"entity": "sensor.borg_nas_last_prune", "name": "Last prune"},
-        {"entity": "sensor.borg_nas_last_verified_restore", "name": "Last verified restore"},
-        {"entity": "sensor.borg_nas_last_check", "name": "Last check"},
-        {"entity": "sensor.borg_nas_next_backup", "name": "Next backup"},
-        {"entity": "binary_sensor.borg_nas_problem", "name": "Problem"},
-        {"entity": "sensor.borg_nas_last_error", "name": "Last error"},
+QUIET = "['none', 'unknown', 'unavailable', '']"
+NAS_SECTION = {
+    "type": "grid",
+    "cards": [
+        {"type": "heading", "heading": "nas", "heading_style": "title", "icon": "mdi:server"},
         {
-            "type": "attribute",
-            "entity": "sensor.borg_nas_last_error",
-            "attribute": "hint",
-            "name": "What to do",
+            "type": "entities",
+            "state_color": True,
+            "entities": [
+                {"entity": "sensor.borg_nas_state", "name": "State"},
+                {"entity": "sensor.borg_nas_last_backup", "name": "Last backup"},
+                {"entity": "sensor.borg_nas_next_backup", "name": "Next backup"},
+                {"entity": "binary_sensor.borg_nas_problem", "name": "Problem"},
+            ],
         },
-        {"type": "section", "label": "Repository"},
-        {"entity": "sensor.borg_nas_total_size", "name": "Total size"},
-        {"entity": "sensor.borg_nas_compressed_size", "name": "Compressed size"},
-        {"entity": "sensor.borg_nas_deduplicated_size", "name": "Deduplicated size"},
-        {"type": "section", "label": "Actions"},
-        {"entity": "input_button.borg_nas_create", "name": "Create"},
-        {"entity": "input_button.borg_nas_prune", "name": "Prune"},
-        {"entity": "input_button.borg_nas_update_stats", "name": "Update stats"},
-        {"entity": "input_button.borg_nas_check", "name": "Check"},
-        {"entity": "input_button.borg_nas_restore_drill", "name": "Restore drill"},
-        {"entity": "input_button.borg_nas_scheduled_backup", "name": "Scheduled backup"},
-        {"type": "section", "label": "Retention"},
-        {"entity": "input_text.borg_nas_keep_within", "name": "Keep within"},
-        {"entity": "input_number.borg_nas_keep_hourly", "name": "Keep hourly"},
-        {"entity": "input_number.borg_nas_keep_daily", "name": "Keep daily"},
-        {"entity": "input_number.borg_nas_keep_weekly", "name": "Keep weekly"},
-        {"entity": "input_number.borg_nas_keep_monthly", "name": "Keep monthly"},
-        {"entity": "input_number.borg_nas_keep_yearly", "name": "Keep yearly"},
+        {
+            "type": "conditional",
+            "conditions": [
+                {
+                    "condition": "or",
+                    "conditions": [
+                        {
+                            "condition": "state",
+                            "entity": "binary_sensor.borg_nas_problem",
+                            "state": "on",
+                        },
+                        {
+                            "condition": "state",
+                            "entity": "sensor.borg_nas_last_error",
+                            "state_not": ["none", "unknown", "unavailable", ""],
+                        },
+                        {
+                            "condition": "state",
+                            "entity": "sensor.borg_nas_hint",
+                            "state_not": ["none", "unknown", "unavailable", ""],
+                        },
+                    ],
+                }
+            ],
+            "card": {
+                "type": "markdown",
+                "content": "{% if is_state('binary_sensor.borg_nas_problem', 'on') %}**Problem:**"
+                " {{ state_attr('binary_sensor.borg_nas_problem', 'reason') }}{% endif %}\n\n"
+                "{% set text = states('sensor.borg_nas_last_error') %}"
+                f"{{% if text not in {QUIET} %}}**Last error:** {{{{ text }}}}{{% endif %}}\n\n"
+                "{% set text = states('sensor.borg_nas_hint') %}"
+                f"{{% if text not in {QUIET} %}}**What to do:** {{{{ text }}}}{{% endif %}}",
+            },
+        },
+        {
+            "type": "entities",
+            "state_color": True,
+            "entities": [
+                {"type": "section", "label": "Actions"},
+                {"entity": "input_button.borg_nas_create", "name": "Create"},
+                {"entity": "input_button.borg_nas_prune", "name": "Prune"},
+                {"entity": "input_button.borg_nas_update_stats", "name": "Update stats"},
+                {"entity": "input_button.borg_nas_check", "name": "Check"},
+                {"entity": "input_button.borg_nas_restore_drill", "name": "Restore drill"},
+                {"entity": "input_button.borg_nas_scheduled_backup", "name": "Scheduled backup"},
+                {"type": "section", "label": "Settings"},
+                {"entity": "input_select.borg_nas_mode", "name": "Mode"},
+                {"entity": "input_number.borg_nas_frequency", "name": "Frequency"},
+                {"type": "section", "label": "Retention"},
+                {"entity": "input_text.borg_nas_keep_within", "name": "Keep within"},
+                {"entity": "input_number.borg_nas_keep_hourly", "name": "Keep hourly"},
+                {"entity": "input_number.borg_nas_keep_daily", "name": "Keep daily"},
+                {"entity": "input_number.borg_nas_keep_weekly", "name": "Keep weekly"},
+                {"entity": "input_number.borg_nas_keep_monthly", "name": "Keep monthly"},
+                {"entity": "input_number.borg_nas_keep_yearly", "name": "Keep yearly"},
+                {"type": "section", "label": "Repository"},
+                {"entity": "sensor.borg_nas_last_prune", "name": "Last prune"},
+                {
+                    "entity": "sensor.borg_nas_last_verified_restore",
+                    "name": "Last verified restore",
+                },
+                {"entity": "sensor.borg_nas_last_check", "name": "Last check"},
+                {"entity": "sensor.borg_nas_total_size", "name": "Total size"},
+                {"entity": "sensor.borg_nas_compressed_size", "name": "Compressed size"},
+                {"entity": "sensor.borg_nas_deduplicated_size", "name": "Deduplicated size"},
+                {"type": "section", "label": "Diagnostics"},
+                {"entity": "sensor.borg_nas_agent_version", "name": "Agent version"},
+                {"entity": "sensor.borg_nas_borg_version", "name": "Borg version"},
+            ],
+        },
     ],
 }
 
@@ -334,6 +406,24 @@ EMPTY_NAS = [
             "hint": "",
         },
     ),
+    Publication(
+        entity_id="sensor.borg_nas_hint",
+        state="none",
+        attributes={"friendly_name": "Borg nas what to do", "icon": "mdi:lightbulb-on-outline"},
+    ),
+    Publication(
+        entity_id="sensor.borg_nas_agent_version",
+        state="unknown",
+        attributes={"friendly_name": "Borg nas agent version", "icon": "mdi:tag-outline"},
+    ),
+    Publication(
+        entity_id="sensor.borg_nas_borg_version",
+        state="unknown",
+        attributes={
+            "friendly_name": "Borg nas borg version",
+            "icon": "mdi:package-variant-closed",
+        },
+    ),
 ]
 
 BUSY_NAS = [
@@ -476,9 +566,41 @@ BUSY_NAS = [
             "hint": "run borg check",
         },
     ),
+    Publication(
+        entity_id="sensor.home_backup_nas_hint",
+        state="run borg check",
+        attributes={
+            "friendly_name": "Home backup nas what to do",
+            "icon": "mdi:lightbulb-on-outline",
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_agent_version",
+        state="1.4.0",
+        attributes={"friendly_name": "Home backup nas agent version", "icon": "mdi:tag-outline"},
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_borg_version",
+        state="1.2.4",
+        attributes={
+            "friendly_name": "Home backup nas borg version",
+            "icon": "mdi:package-variant-closed",
+        },
+    ),
 ]
 
 MY_PC2_HELPERS = [
+    HelperSpec(
+        domain="input_select",
+        object_id="borg_my_pc2_mode",
+        name="Borg my_pc2 mode",
+        icon="mdi:cog-outline",
+        create_fields={"options": ["scheduled", "manual", "disabled"]},
+        first_value="manual",
+        drone="my_pc2",
+        setting="mode",
+        operation=None,
+    ),
     HelperSpec(
         domain="input_number",
         object_id="borg_my_pc2_frequency",
@@ -494,17 +616,6 @@ MY_PC2_HELPERS = [
         first_value=60,
         drone="my_pc2",
         setting="frequency",
-        operation=None,
-    ),
-    HelperSpec(
-        domain="input_select",
-        object_id="borg_my_pc2_mode",
-        name="Borg my_pc2 mode",
-        icon="mdi:cog-outline",
-        create_fields={"options": ["scheduled", "manual", "disabled"]},
-        first_value="manual",
-        drone="my_pc2",
-        setting="mode",
         operation=None,
     ),
     HelperSpec(
