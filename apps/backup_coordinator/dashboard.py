@@ -116,15 +116,13 @@ def _problem_card(problem: str | None, texts: Iterable[tuple[str, str]]) -> dict
     lines: list[str] = []
     shown_when: list[dict[str, Any]] = []
     if problem is not None:
-        lines.append(
-            f"{{% if is_state('{problem}', 'on') %}}"
-            f"**Problem:** {{{{ state_attr('{problem}', 'reason') }}}}{{% endif %}}"
-        )
+        reason = _plain(f"state_attr('{problem}', 'reason')")
+        lines.append(f"{{% if is_state('{problem}', 'on') %}}**Problem:** {reason}{{% endif %}}")
         shown_when.append({"condition": "state", "entity": problem, "state": "on"})
     for label, entity_id in texts:
         lines.append(
             f"{{% set text = states('{entity_id}') %}}{{% if text not in {list(QUIET_STATES)} %}}"
-            f"**{_name(label)}:** {{{{ text }}}}{{% endif %}}"
+            f"**{_name(label)}:** {_plain('text')}{{% endif %}}"
         )
         shown_when.append(
             {"condition": "state", "entity": entity_id, "state_not": list(QUIET_STATES)}
@@ -136,6 +134,12 @@ def _problem_card(problem: str | None, texts: Iterable[tuple[str, str]]) -> dict
         "conditions": [{"condition": "or", "conditions": shown_when}],
         "card": {"type": "markdown", "content": "\n\n".join(lines)},
     }
+
+
+def _plain(expression: str) -> str:
+    """A template printing ``expression`` with ``[`` escaped: a drone's text (an error naming
+    a file) must not become a link or an image the browser loads."""
+    return f"{{{{ {expression} | replace('[', '\\\\[') }}}}"
 
 
 def _row(entity_id: str, label: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from backup_coordinator import entities
 from backup_coordinator.config import EntityBackend, parse_config
@@ -195,16 +196,46 @@ def test_the_problem_card_shows_the_reason_the_last_error_and_what_to_do_in_full
     ]
     assert card["card"]["type"] == "markdown"
     paragraphs = card["card"]["content"].split("\n\n")
+    plain = "| replace('[', '\\\\[')"
     assert paragraphs == [
-        "{% if is_state('binary_sensor.borg_nas_problem', 'on') %}"
-        "**Problem:** {{ state_attr('binary_sensor.borg_nas_problem', 'reason') }}{% endif %}",
+        "{% if is_state('binary_sensor.borg_nas_problem', 'on') %}**Problem:**"
+        f" {{{{ state_attr('binary_sensor.borg_nas_problem', 'reason') {plain} }}}}{{% endif %}}",
         "{% set text = states('sensor.borg_nas_last_error') %}"
         "{% if text not in ['none', 'unknown', 'unavailable', ''] %}"
-        "**Last error:** {{ text }}{% endif %}",
+        f"**Last error:** {{{{ text {plain} }}}}{{% endif %}}",
         "{% set text = states('sensor.borg_nas_hint') %}"
         "{% if text not in ['none', 'unknown', 'unavailable', ''] %}"
-        "**What to do:** {{ text }}{% endif %}",
+        f"**What to do:** {{{{ text {plain} }}}}{{% endif %}}",
     ]
+
+
+def render(content: str, states: dict[str, tuple[str, dict[str, str]]]) -> str:
+    """The markdown a template gives in a sandbox like Home Assistant's, with these states."""
+    environment = ImmutableSandboxedEnvironment()
+    environment.globals["states"] = lambda entity: states[entity][0]
+    environment.globals["is_state"] = lambda entity, state: states[entity][0] == state
+    environment.globals["state_attr"] = lambda entity, name: states[entity][1].get(name)
+    return environment.from_string(content).render()
+
+
+def test_the_problem_card_says_only_what_there_is_and_never_makes_a_drones_text_a_link() -> None:
+    content = problem_card(drone_section("borg", "nas", EntityBackend.HELPERS))["card"]["content"]
+    failing = {
+        "binary_sensor.borg_nas_problem": ("on", {"reason": "2 failures in a row"}),
+        "sensor.borg_nas_last_error": ("cannot read /srv/![x](http://host/p.png)", {}),
+        "sensor.borg_nas_hint": ("none", {}),
+    }
+    shown = [line for line in render(content, failing).split("\n") if line]
+    assert shown == [
+        "**Problem:** 2 failures in a row",
+        "**Last error:** cannot read /srv/!\\[x](http://host/p.png)",
+    ]
+    overdue = {
+        "binary_sensor.borg_nas_problem": ("on", {"reason": "overdue: no backup for 3 days"}),
+        "sensor.borg_nas_last_error": ("none", {}),
+        "sensor.borg_nas_hint": ("none", {}),
+    }
+    assert render(content, overdue).strip() == "**Problem:** overdue: no backup for 3 days"
 
 
 def test_the_problem_card_follows_the_backend() -> None:

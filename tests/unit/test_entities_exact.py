@@ -217,11 +217,14 @@ NAS_SECTION = {
             "card": {
                 "type": "markdown",
                 "content": "{% if is_state('binary_sensor.borg_nas_problem', 'on') %}**Problem:**"
-                " {{ state_attr('binary_sensor.borg_nas_problem', 'reason') }}{% endif %}\n\n"
+                " {{ state_attr('binary_sensor.borg_nas_problem', 'reason')"
+                " | replace('[', '\\\\[') }}{% endif %}\n\n"
                 "{% set text = states('sensor.borg_nas_last_error') %}"
-                f"{{% if text not in {QUIET} %}}**Last error:** {{{{ text }}}}{{% endif %}}\n\n"
+                f"{{% if text not in {QUIET} %}}**Last error:**"
+                " {{ text | replace('[', '\\\\[') }}{% endif %}\n\n"
                 "{% set text = states('sensor.borg_nas_hint') %}"
-                f"{{% if text not in {QUIET} %}}**What to do:** {{{{ text }}}}{{% endif %}}",
+                f"{{% if text not in {QUIET} %}}**What to do:**"
+                " {{ text | replace('[', '\\\\[') }}{% endif %}",
             },
         },
         {
