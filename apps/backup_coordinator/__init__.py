@@ -4,4 +4,4 @@ Everything here except ``app.py`` is plain Python with no AppDaemon import, so t
 used and tested on its own (see ``__main__.py`` for the CLI).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -21,14 +21,18 @@ import aiohttp
 import appdaemon.plugins.hass.hassapi as hass
 
 from . import entities
-from .config import Config, ConfigError, parse_config
+from .config import Config, ConfigError, EntityBackend, parse_config
 from .coordinator import Coordinator
 from .entities import HelperSpec, Publication
+from .mqtt_discovery import ClientStatus
+from .mqtt_entities import MqttEntities, MqttPort, Publish
 from .offsite_entities import target_helpers
 from .ports import EVENT_RESTORE
 from .publishing import HomeAssistantUnavailable, SensorPublisher, StatePoster, bounded
 from .transport import Connections
 
+MQTT_EVENT = "MQTT_MESSAGE"  # AppDaemon's MQTT plugin's event for each message received
+MQTT_RECONNECTED = "Connected"  # ...and its data["state"] when it has connected again
 HELPER_DOMAINS = ("input_number", "input_select", "input_text", "input_button")
 APPDAEMON_EVENT_KEYS = frozenset({"metadata"})  # added by AppDaemon to every HA event's data
 NOT_A_VALUE = ("unknown", "unavailable", None)  # "" is a value: an empty keep within
@@ -49,6 +53,7 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
 
     coordinator: Coordinator | None = None
     adapter: HomeAssistantAdapter | None = None
+    mqtt: MqttEntities | None = None  # with ``entities: mqtt``
     connections: Connections | None = None
     helpers_by_entity: dict[str, HelperSpec]
     _starting: asyncio.Task[None] | None = None
@@ -83,12 +88,15 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         if self.connections is not None:
             await self.connections.close()
         self.connections = None
-        if self.adapter is not None:
+        for publisher in self._publishers():
             # What the stopped operations published last, if HA takes it in a moment.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.adapter.sensors.drain(), DRAIN_ON_STOP_SECONDS)
-            await self.adapter.sensors.close()
-        self.adapter = None
+                await asyncio.wait_for(publisher.drain(), DRAIN_ON_STOP_SECONDS)
+            await publisher.close()
+        self.adapter = self.mqtt = None
+
+    def _publishers(self) -> list[SensorPublisher]:
+        return [owner.sensors for owner in (self.adapter, self.mqtt) if owner is not None]
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -127,12 +135,31 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         if self.coordinator is not None:
             await self.coordinator.stop()
             self.coordinator = None
-        if self.adapter is not None:
-            await self.adapter.sensors.close()
-            self.adapter = None
+        for publisher in self._publishers():
+            await publisher.close()
+        self.adapter = self.mqtt = None
 
     async def _start(self, config: Config, attempt: int) -> None:
         timer = _PhaseTimer()
+        if config.entities is EntityBackend.MQTT:
+            await self._start_with_mqtt(config, timer)
+        else:
+            await self._start_with_helpers(config, timer)
+        self._listeners.append(await self.listen_event(self._on_restore, EVENT_RESTORE))
+        self._timers.append(await self.run_every(self._on_tick, "now", config.tick_seconds))
+        # run_every's first call is one interval away
+        self._timers.append(await self.run_in(self._on_tick, 0))
+        names = [d.name for d in config.drones]
+        shown_names = ", ".join(names[:NAMES_LOGGED]) + (
+            f" and {len(names) - NAMES_LOGGED} more" if len(names) > NAMES_LOGGED else ""
+        )
+        self.log(
+            f"watching {len(names)} drone(s): {shown_names}; tick every {config.tick_seconds:g} s;"
+            f" entities through {config.entities.value}; started in {timer.summary()}"
+            + (f" at attempt {attempt}" if attempt > 1 else "")
+        )
+
+    async def _start_with_helpers(self, config: Config, timer: _PhaseTimer) -> None:
         helpers = (
             entities.coordinator_helpers(config.entity_prefix)
             + [
@@ -164,17 +191,52 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         await self.adapter.sensors.flush()
         timer.done(f"publish ({self.adapter.unchanged} unchanged)")
         await self._listen_to_helpers()
-        self._timers.append(await self.run_every(self._on_tick, "now", config.tick_seconds))
-        # run_every's first call is one interval away
-        self._timers.append(await self.run_in(self._on_tick, 0))
-        names = [d.name for d in config.drones]
-        shown_names = ", ".join(names[:NAMES_LOGGED]) + (
-            f" and {len(names) - NAMES_LOGGED} more" if len(names) > NAMES_LOGGED else ""
+
+    async def _start_with_mqtt(self, config: Config, timer: _PhaseTimer) -> None:
+        """Entities through MQTT discovery: announce them, then run the coordinator with a
+        port that sends sensor states to the broker (settings come from the state file)."""
+        namespace = config.mqtt.namespace
+        self.adapter = HomeAssistantAdapter(self, config.notify)
+        self.mqtt = MqttEntities(
+            config, self._mqtt_client_status(namespace), self._mqtt_publisher(namespace), self.log
         )
-        self.log(
-            f"watching {len(names)} drone(s): {shown_names}; tick every {config.tick_seconds:g} s;"
-            f" started in {timer.summary()}" + (f" at attempt {attempt}" if attempt > 1 else "")
+        await self.mqtt.announce()
+        timer.done(f"announce {len(self.mqtt.entries)} entities")
+        self.connections = Connections(limits=config.limits)
+        port = MqttPort(self.mqtt, self.adapter)
+        self.coordinator = Coordinator(config, port, self.connections.run_agent)
+        await self.coordinator.start({})
+        await self.mqtt.show_controls(self.coordinator)
+        await self.mqtt.sensors.flush()
+        timer.done("publish")
+        self._listeners.append(
+            await self.listen_event(self._on_mqtt_message, MQTT_EVENT, namespace=namespace)
         )
+        for topic in (self.mqtt.topics.commands, self.mqtt.topics.home_assistant_status):
+            await self.call_service("mqtt/subscribe", topic=topic, namespace=namespace)
+
+    def _mqtt_client_status(self, namespace: str) -> ClientStatus:
+        """Where AppDaemon's MQTT client announces itself: every entity's availability."""
+        plugin = self.AD.plugins.get_plugin_object(namespace)
+        config = getattr(plugin, "config", None)
+        if config is None or not hasattr(config, "will_topic"):
+            raise HomeAssistantUnavailable(
+                f"AppDaemon has no MQTT plugin in namespace {namespace!r}: add one to"
+                " appdaemon.yaml (README: entities through MQTT) or set mqtt.namespace"
+            )
+        if not getattr(plugin, "mqtt_connected", False):
+            raise HomeAssistantUnavailable("AppDaemon's MQTT plugin is not connected to the broker")
+        return ClientStatus(config.will_topic, config.birth_payload, config.will_payload)
+
+    def _mqtt_publisher(self, namespace: str) -> Publish:
+        async def publish(topic: str, payload: str) -> None:
+            sent = await self.call_service(
+                "mqtt/publish", topic=topic, payload=payload, retain=True, namespace=namespace
+            )
+            if sent is None or getattr(sent, "rc", 0) != 0:  # None: the client is disconnected
+                raise HomeAssistantUnavailable(f"the MQTT broker did not take {topic}")
+
+        return publish
 
     async def _listen_to_helpers(self) -> None:
         # One listener filtered by a set lookup: AppDaemon checks every event against every
@@ -189,7 +251,6 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
                 entity_id=lambda entity_id: entity_id in helpers,
             )
         )
-        self._listeners.append(await self.listen_event(self._on_restore, EVENT_RESTORE))
 
     async def _states_in_home_assistant(self) -> dict[str, Any]:
         """AppDaemon's mirror of HA's states (read, never changed): no request to HA."""
@@ -217,6 +278,17 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
                 await self.coordinator.request(helper.drone, helper.operation)
         elif helper.setting is not None:
             await self.coordinator.apply_setting(helper.drone, helper.setting, new)
+
+    async def _on_mqtt_message(
+        self, _event: str, data: Mapping[str, Any], _kwargs: Mapping[str, Any]
+    ) -> None:
+        if self.coordinator is None or self.mqtt is None:
+            return
+        topic, payload = data.get("topic"), data.get("payload")
+        if isinstance(topic, str) and isinstance(payload, str):
+            await self.mqtt.on_message(topic, payload, self.coordinator)
+        elif data.get("state") == MQTT_RECONNECTED:  # what the broker lost is sent again
+            await self.mqtt.announce_again(self.coordinator)
 
     async def _on_restore(
         self, _event: str, data: Mapping[str, Any], _kwargs: Mapping[str, Any]

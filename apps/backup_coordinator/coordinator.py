@@ -199,6 +199,7 @@ class Coordinator:
             self.targets[target_config.name] = self._restored_target(
                 target_config, loaded.copies.get(target_config.name), now
             )
+        self._apply_saved_settings()
         for drone_name, values in helper_values.items():
             for setting, raw in values.items():
                 self._apply(drone_name, setting, raw)
@@ -304,8 +305,8 @@ class Coordinator:
         a problem; it never reaches borg. Returns whether it was accepted.
         """
         accepted = self._apply(drone_name, setting, raw)
+        await self.save()  # an accepted value is kept for the next start
         if drone_name is None:
-            await self.save()
             await self._publish_coordinator()
         elif drone_name in self.targets:
             await offsite.publish_target(self, self.targets[drone_name])
@@ -330,6 +331,7 @@ class Coordinator:
             self.port.log(f"{drone.name}: {setting} value {raw!r} rejected: {error}", "WARNING")
             return False
         drone.setting_problems.pop(setting, None)
+        drone.record.settings[setting] = str(raw)
         return True
 
     def _apply_to_target(self, target: Target, setting: str, raw: object) -> bool:
@@ -340,7 +342,18 @@ class Coordinator:
             self.port.log(f"{target.name}: {setting} value {raw!r} rejected: {error}", "WARNING")
             return False
         target.setting_problems.pop(setting, None)
+        target.record.settings[setting] = str(raw)
         return True
+
+    def _apply_saved_settings(self) -> None:
+        """The values last set from HA, over apps.yaml's. One no longer valid is dropped (its
+        rejection logged) and apps.yaml's value stays."""
+        units: list[Drone | Target] = [*self.drones.values(), *self.targets.values()]
+        for unit in units:
+            for setting, raw in list(unit.record.settings.items()):
+                if not self._apply(unit.name, setting, raw):
+                    del unit.record.settings[setting]
+                    unit.setting_problems.pop(setting, None)
 
     async def request(self, drone_name: str, operation: AnyOperation) -> str:
         """A button press: start now, or queue ahead of scheduled work. Returns the outcome."""
@@ -1062,11 +1075,13 @@ class RedactingPort:
         self._redactor = redactor
 
     async def publish(self, publication: Publication) -> None:
+        native = publication.native_state
         await self._port.publish(
             Publication(
                 publication.entity_id,
                 self._redactor.text(publication.state),
                 self._scrub(publication.attributes),
+                None if native is None else self._redactor.text(native),
             )
         )
 

@@ -348,7 +348,8 @@ def button_descriptions(
 
 DRONE_BUTTONS = button_descriptions(OPERATIONS.values())
 
-COORDINATOR_HELPERS: tuple[HelperDescription[None], ...] = (
+# Their source is the coordinator's global mode.
+COORDINATOR_HELPERS: tuple[HelperDescription[str], ...] = (
     HelperDescription(
         domain="input_select",
         key="coordinator_mode",
@@ -357,7 +358,7 @@ COORDINATOR_HELPERS: tuple[HelperDescription[None], ...] = (
         category=EntityCategory.CONFIG,
         create_fields={"options": list(GLOBAL_MODES)},
         setting="global_mode",
-        first_value=lambda _: DEFAULT_GLOBAL_MODE,
+        first_value=lambda global_mode: global_mode,
     ),
 )
 
@@ -391,7 +392,7 @@ def drone_helpers(prefix: str, drone: str, settings: DroneSettings) -> list[Help
 
 
 def coordinator_helpers(prefix: str) -> list[HelperSpec]:
-    return render_helpers(COORDINATOR_HELPERS, prefix, None, None)
+    return render_helpers(COORDINATOR_HELPERS, prefix, None, DEFAULT_GLOBAL_MODE)
 
 
 # --- the sensors ------------------------------------------------------------------------------
@@ -688,6 +689,13 @@ def render_sensors(
         )
         for description in table
     ]
+
+
+# Attributes that say how HA shows a sensor, not what it measures (a backend with discovery
+# configs sends these there).
+LOOK_KEYS = frozenset(
+    {"friendly_name", "icon", "device_class", "unit_of_measurement", "state_class", "options"}
+)
 
 
 def _looks(description: SensorDescription[Any], friendly_name: str) -> dict[str, Any]:

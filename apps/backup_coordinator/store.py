@@ -77,6 +77,9 @@ class DroneRecord:
     restore_request: dict[str, Any] | None = None  # archive, restore_paths, destination
     agent_version: str | None = None  # from the hello of the drone's last agent session
     borg_version: str | None = None
+    # setting -> the last valid value HA set; replaces apps.yaml's at a restart (the MQTT
+    # backend has no helpers that keep values in HA)
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class CopyRecord:
     running: RunningOperation | None = None  # a copy running; ``done``: repositories copied
     problem: str | None = None
     first_seen: datetime | None = None
+    settings: dict[str, str] = field(default_factory=dict)  # as DroneRecord.settings
 
 
 def count_failure(
@@ -187,6 +191,7 @@ def encode_record(record: DroneRecord, redactor: Redactor | None = None) -> dict
         "restore_request": scrub(record.restore_request),
         "agent_version": scrub(record.agent_version),
         "borg_version": scrub(record.borg_version),
+        "settings": dict(record.settings),
     }
 
 
@@ -205,6 +210,7 @@ def encode_copy_record(record: CopyRecord, redactor: Redactor | None = None) -> 
         "running": _encode_running(record.running),
         "problem": scrub(record.problem),
         "first_seen": _encode_time(record.first_seen),
+        "settings": dict(record.settings),
     }
 
 
@@ -357,6 +363,7 @@ def decode_record(data: object, warnings: list[str] | None = None) -> DroneRecor
         restore_request=_field(data, "restore_request", _is_object, "an object"),
         agent_version=_field(data, "agent_version", _is_text, "text"),
         borg_version=_field(data, "borg_version", _is_text, "text"),
+        settings=_text_mapping(data, "settings"),
     )
 
 
@@ -369,6 +376,13 @@ def _text_list(data: Mapping[str, Any], key: str) -> list[str]:
     if not all(isinstance(item, str) for item in value):
         raise CorruptState(f"{key} must list names, got {value!r}")
     return list(value)
+
+
+def _text_mapping(data: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = _field(data, key, _is_object, "an object") or {}
+    if not all(isinstance(item, str) for item in value.values()):
+        raise CorruptState(f"{key} must map names to text, got {value!r}")
+    return dict(value)
 
 
 def _failed_checks(data: Mapping[str, Any]) -> dict[str, dict[str, str]]:
@@ -398,6 +412,7 @@ def decode_copy_record(data: object) -> CopyRecord:
         running=None if running is None else _decode_copy_running(running),
         problem=_field(data, "problem", _is_text, "text"),
         first_seen=_decode_time(data, "first_seen"),
+        settings=_text_mapping(data, "settings"),
     )
 
 

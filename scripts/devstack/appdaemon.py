@@ -7,12 +7,16 @@ are collapsed) and no rotation, so byte offsets into them stay valid for `wait_f
 AppDaemon retries a lost HA connection every second (default 5 s) so HA restarts in tests are
 followed quickly. The HASS plugin accepts websocket messages up to `WS_MAX_MSG_SIZE` (AppDaemon's
 default of 4 MiB is smaller than HA's state dump with many hundreds of drones: see the README).
+With `mqtt_port`, AppDaemon's MQTT plugin joins in (namespace `mqtt`, no topics subscribed
+up front: apps subscribe to what they need). Its birth and will topic is `mqtt_status_topic`,
+retained "online" while connected and "offline" after a clean stop or a lost connection.
 The blocking methods have `async_` twins for async tests.
 """
 
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 from devstack.process import ServerProcess, file_size, read_from, read_text, tail
@@ -38,7 +42,7 @@ appdaemon:
       token: !env_var HA_TOKEN
       retry_secs: 1
       ws_max_msg_size: {ws_max_msg_size}
-http:
+{mqtt_plugin}http:
   url: http://127.0.0.1:{port}
 api:
 logs:
@@ -50,6 +54,18 @@ logs:
     filename: {error_log}
     filter_threshold: 0
     log_size: {log_size}
+"""
+
+MQTT_NAMESPACE = "mqtt"
+# "NONE": no subscription up front; AppDaemon's default would subscribe to every topic ("#").
+MQTT_PLUGIN_TEMPLATE = """\
+    MQTT:
+      type: mqtt
+      namespace: {namespace}
+      client_host: 127.0.0.1
+      client_port: {port}
+      client_id: {client_id}
+      client_topics: NONE
 """
 
 
@@ -74,6 +90,8 @@ class AppDaemon(ServerProcess):
         port: int | None = None,
         time_zone: str = "UTC",
         secrets: str = "",
+        mqtt_port: int | None = None,
+        mqtt_client_id: str | None = None,
     ) -> None:
         super().__init__()
         self.config_dir = config_dir
@@ -82,6 +100,10 @@ class AppDaemon(ServerProcess):
         self.port = port if port is not None else free_port()
         self.time_zone = time_zone
         self._token = token
+        self.mqtt_port = mqtt_port
+        self.mqtt_client_id = (
+            (mqtt_client_id or f"appdaemon-{uuid.uuid4().hex[:12]}") if mqtt_port else None
+        )
         # Mark 0 is "from the very beginning"; see log_mark().
         self._marks: list[tuple[int, int]] = [(0, 0)]
         self._write_config(apps_source, apps_yaml, secrets)
@@ -89,6 +111,11 @@ class AppDaemon(ServerProcess):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def mqtt_status_topic(self) -> str | None:
+        """The MQTT plugin's birth and will topic (AppDaemon's default), None without MQTT."""
+        return f"{self.mqtt_client_id}/status" if self.mqtt_client_id else None
 
     @property
     def apps_dir(self) -> Path:
@@ -114,6 +141,7 @@ class AppDaemon(ServerProcess):
                 ha_url=self.ha_url,
                 port=self.port,
                 ws_max_msg_size=WS_MAX_MSG_SIZE,
+                mqtt_plugin=self._mqtt_plugin_yaml(),
                 main_log=self.main_log_path,
                 error_log=self.error_log_path,
                 log_size=NO_ROTATION_BYTES,
@@ -124,6 +152,13 @@ class AppDaemon(ServerProcess):
         if apps_source is not None:
             copy_app_package(apps_source, self.apps_dir / apps_source.name)
         self.update_apps_yaml(apps_yaml)
+
+    def _mqtt_plugin_yaml(self) -> str:
+        if self.mqtt_port is None:
+            return ""
+        return MQTT_PLUGIN_TEMPLATE.format(
+            namespace=MQTT_NAMESPACE, port=self.mqtt_port, client_id=self.mqtt_client_id
+        )
 
     def update_apps_yaml(self, text: str) -> None:
         """Replaces apps.yaml; a running AppDaemon notices and reloads the apps by itself."""

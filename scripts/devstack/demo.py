@@ -1,5 +1,6 @@
-"""The whole stack on this machine: Home Assistant, AppDaemon running the app, two local drones
-and an offsite target copying their repositories into a local folder.
+"""The whole stack on this machine: a Mosquitto broker, Home Assistant with its MQTT
+integration, AppDaemon running the app (entities through MQTT discovery: a device per drone),
+two local drones and an offsite target copying their repositories into a local folder.
 
 Run through ``scripts/demo`` (which installs what is missing first). Everything it starts
 listens on 127.0.0.1 and is stopped when it ends (Ctrl-C, or after ``--smoke``).
@@ -25,7 +26,8 @@ from .appdaemon import AppDaemon
 from .borg import PROJECT_ROOT, list_archives
 from .drones import LocalDrone, app_config, make_local_drone, offsite_target
 from .haclient import HaClient
-from .homeassistant import HomeAssistant
+from .homeassistant import HomeAssistant, run_coroutine_blocking
+from .mosquitto import Mosquitto
 
 DEMO_ROOT = PROJECT_ROOT / ".stack" / "demo"
 USERNAME = "demo"
@@ -36,6 +38,10 @@ DRONES = {"laptop": 8 * 1024 * 1024, "nas": 32 * 1024 * 1024}
 # stand-in for a cloud bucket) once both have been backed up.
 TARGET = "vault"
 OFFSITE_DESTINATION = DEMO_ROOT / "offsite"
+MQTT_CLIENT_ID = (
+    "appdaemon-demo"  # AppDaemon's MQTT client; <id>/status is every entity's availability
+)
+MIB = 1024 * 1024
 
 
 def main() -> int:
@@ -44,13 +50,15 @@ def main() -> int:
     args = parser.parse_args()
     hass_bin = Path(os.environ["BACKUP_COORDINATOR_HASS"])
     appdaemon_bin = Path(os.environ["BACKUP_COORDINATOR_APPDAEMON"])
+    mosquitto_bin = Path(os.environ["BACKUP_COORDINATOR_MOSQUITTO"])
     shutil.rmtree(DEMO_ROOT, ignore_errors=True)
     DEMO_ROOT.mkdir(parents=True)
     with ExitStack() as running:
         started = time.monotonic()
-        ha = running.enter_context(home_assistant(hass_bin))
+        broker = running.enter_context(mqtt_broker(mosquitto_bin))
+        ha = running.enter_context(home_assistant(hass_bin, broker))
         drones = [running.enter_context(local_drone(name, size)) for name, size in DRONES.items()]
-        appdaemon = running.enter_context(coordinator_app(appdaemon_bin, ha, drones))
+        appdaemon = running.enter_context(coordinator_app(appdaemon_bin, ha, broker, drones))
         ok = asyncio.run(first_round(ha, drones, appdaemon))
         elapsed = time.monotonic() - started
         say(f"stack up and first round {'done' if ok else 'FAILED'} in {elapsed:.0f} s")
@@ -67,12 +75,28 @@ def say(text: str) -> None:
 
 
 @contextmanager
-def home_assistant(hass_bin: Path) -> Iterator[HomeAssistant]:
+def mqtt_broker(mosquitto_bin: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(DEMO_ROOT / "mosquitto", mosquitto_bin)
+    say(f"starting Mosquitto on 127.0.0.1:{broker.port}")
+    with broker.running():
+        yield broker
+
+
+@contextmanager
+def home_assistant(hass_bin: Path, broker: Mosquitto) -> Iterator[HomeAssistant]:
     ha = HomeAssistant(DEMO_ROOT / "homeassistant", hass_bin, username=USERNAME, password=PASSWORD)
     ha.write_config(with_frontend=True)
     say(f"starting Home Assistant on {ha.url}")
     with ha.running():
+        run_coroutine_blocking(set_up_mqtt(ha, broker))
         yield ha
+
+
+async def set_up_mqtt(ha: HomeAssistant, broker: Mosquitto) -> None:
+    """HA's MQTT integration on the demo's broker, as Settings > Devices & services would."""
+    async with HaClient(ha.url, ha.ensure_token()) as client:
+        await client.setup_mqtt(broker.port)
+    say("Home Assistant's MQTT integration is set up (discovery on)")
 
 
 @contextmanager
@@ -87,7 +111,7 @@ def local_drone(name: str, data_bytes: int) -> Iterator[LocalDrone]:
 
 @contextmanager
 def coordinator_app(
-    appdaemon_bin: Path, ha: HomeAssistant, drones: list[LocalDrone]
+    appdaemon_bin: Path, ha: HomeAssistant, broker: Mosquitto, drones: list[LocalDrone]
 ) -> Iterator[AppDaemon]:
     apps_yaml, secrets = app_config(
         drones,
@@ -102,6 +126,7 @@ def coordinator_app(
                 drones[-1], drones, OFFSITE_DESTINATION, frequency=120, keep_replaced=True
             )
         },
+        entities="mqtt",
     )
     appdaemon = AppDaemon(
         DEMO_ROOT / "appdaemon",
@@ -111,8 +136,10 @@ def coordinator_app(
         apps_source=PROJECT_ROOT / "apps" / "backup_coordinator",
         apps_yaml=apps_yaml,
         secrets=secrets,
+        mqtt_port=broker.port,
+        mqtt_client_id=MQTT_CLIENT_ID,
     )
-    say("starting AppDaemon with the backup_coordinator app")
+    say("starting AppDaemon (HASS and MQTT plugins) with the backup_coordinator app")
     try:
         appdaemon.start()
         appdaemon.wait_for_log("watching 2 drone(s)", 60)
@@ -152,9 +179,7 @@ async def first_drills(client: HaClient, drones: list[LocalDrone]) -> bool:
     ok = True
     for drone in drones:
         await client.call_service(
-            "input_button",
-            "press",
-            {"entity_id": f"input_button.borg_{drone.name}_restore_drill"},
+            "button", "press", {"entity_id": f"button.borg_{drone.name}_restore_drill"}
         )
     for drone in drones:
         try:
@@ -191,7 +216,8 @@ async def first_offsite_copy(client: HaClient) -> bool:
     attributes = last.get("attributes", {})
     say(
         f"{TARGET}: offsite copy at {last.get('state')} of"
-        f" {', '.join(attributes.get('repositories', []))}: {size.get('state')} MiB transferred,"
+        f" {', '.join(attributes.get('repositories', []))}:"
+        f" {mib(size.get('attributes', {}).get('bytes'))} transferred,"
         f" verified {attributes.get('verified')}"
     )
     return str(attributes.get("verified")).lower() == "true"  # the app sends booleans as text
@@ -211,11 +237,19 @@ async def report_drone(client: HaClient, name: str) -> bool:
     values: dict[str, Any] = {k: (v or {}).get("state") for k, v in states.items()}
     say(
         f"{name}: state {values['state']}, last backup {values['last_backup']},"
-        f" total {values['total_size']} MiB, deduplicated {values['deduplicated_size']} MiB,"
+        f" total {mib(values['total_size'])}, deduplicated {mib(values['deduplicated_size'])},"
         f" problem {values['problem']}"
     )
     sized = values["total_size"] not in (None, "unknown")
     return values["problem"] == "off" and sized
+
+
+def mib(size: object) -> str:
+    """A size HA shows in bytes (MQTT sensors: HA converts them for people) as MiB."""
+    try:
+        return f"{float(str(size)) / MIB:.2f} MiB"
+    except ValueError:
+        return str(size)
 
 
 def dashboard_config(appdaemon: AppDaemon) -> dict[str, Any]:
@@ -261,6 +295,8 @@ def show_what_to_try(ha: HomeAssistant, appdaemon: AppDaemon) -> None:
         f"""
 Home Assistant is running: {ha.url}/lovelace/backups
   login: {USERNAME} / {PASSWORD}
+  Settings > Devices & services > MQTT: a device per drone and for the offsite target, under
+  "Borg coordinator" (rename entities, give them areas, show sizes in GiB).
 
 Try:
   - press "Create backup" on a drone and watch its state and the coordinator's progress;

@@ -125,13 +125,16 @@ def app_config(
     progress_interval: float = 1,
     drone_settings: dict[str, dict[str, Any]] | None = None,
     offsite: dict[str, dict[str, Any]] | None = None,
+    **options: Any,
 ) -> tuple[str, str]:
     """(apps.yaml, secrets.yaml) texts: the app entry, passphrases only in secrets;
-    ``offsite``: the offsite targets, as apps.yaml's ``offsite:`` section."""
+    ``offsite``: the offsite targets, as apps.yaml's ``offsite:`` section; ``options``: more
+    top-level keys (``entities="mqtt"``)."""
     drone_settings = drone_settings or {}
     app: dict[str, Any] = {
         "module": "backup_coordinator.app",
         "class": "BackupCoordinator",
+        **options,
         "state_file": str(state_file),
         "tick_seconds": tick_seconds,
         "progress_interval": progress_interval,

@@ -215,6 +215,50 @@ class HaClient:
         except TimeoutError as error:
             raise TimeoutError(f"{error}; last seen: {last_seen[0]}") from None
 
+    # --- integrations -----------------------------------------------------------------------
+
+    async def setup_mqtt(
+        self, broker_port: int, broker_host: str = "127.0.0.1", timeout: float = 30.0
+    ) -> str:
+        """Sets up HA's MQTT integration against a broker, as the UI does, through the config
+        flow; returns the config entry's id once the entry is loaded.
+
+        HA allows one MQTT entry: an existing one is kept as it is (it is in `.storage`, so a
+        restarted HA has it again). Discovery is on by default, prefix "homeassistant".
+        """
+        if not await self.config_entries("mqtt"):
+            await self._create_mqtt_entry(broker_host, broker_port)
+
+        async def loaded_entry() -> str | None:
+            entries = await self.config_entries("mqtt")
+            loaded = [entry for entry in entries if entry["state"] == "loaded"]
+            return str(loaded[0]["entry_id"]) if loaded else None
+
+        try:
+            return await async_wait_until(loaded_entry, "the MQTT entry to load", timeout)
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}; entries: {await self.config_entries('mqtt')}") from None
+
+    async def config_entries(self, domain: str) -> list[dict[str, Any]]:
+        """The integration's config entries (entry_id, state, title, ...)."""
+        entries: list[dict[str, Any]] = await self._rest(
+            "GET", f"/api/config/config_entries/entry?domain={domain}"
+        )
+        return entries
+
+    async def _create_mqtt_entry(self, broker_host: str, broker_port: int) -> None:
+        flow = await self._rest("POST", "/api/config/config_entries/flow", json={"handler": "mqtt"})
+        # Without a supervisor, HA 2025.4 goes straight to the broker form.
+        if flow.get("step_id") != "broker":
+            raise HaError(f"the MQTT config flow did not ask for a broker: {flow}")
+        answer = await self._rest(
+            "POST",
+            f"/api/config/config_entries/flow/{flow['flow_id']}",
+            json={"broker": broker_host, "port": broker_port},
+        )
+        if answer.get("type") != "create_entry":
+            raise HaError(f"the MQTT config flow did not create an entry: {answer}")
+
     # --- websocket --------------------------------------------------------------------------
 
     async def ws_command(self, type_: str, **fields: Any) -> Any:

@@ -8,6 +8,9 @@ STACK_CACHE=${BACKUP_COORDINATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/backup-c
 HA_VERSION=2025.4.4
 HA_FRONTEND_VERSION=20250411.0
 APPDAEMON_VERSION=4.5.13
+# Packages HA would install at runtime, installed up front (hass runs with --skip-pip):
+# paho-mqtt is what HA's mqtt integration needs.
+HA_EXTRAS=(pyotp==2.8.0 PyQRCode==1.2.1 'pycares<5' paho-mqtt==2.1.0)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -76,22 +79,31 @@ ensure_home_assistant() {
     rm -rf "$venv"
     uv venv -q --python "$py" "$venv"
     uv pip install -q --compile-bytecode --python "$venv/bin/python" "homeassistant==$HA_VERSION"
-    local constraints
-    constraints=$("$venv/bin/python" -c 'import homeassistant, os; print(os.path.join(os.path.dirname(homeassistant.__file__), "package_constraints.txt"))')
-    uv pip install -q --compile-bytecode --python "$venv/bin/python" -c "$constraints" \
-      "homeassistant==$HA_VERSION" "home-assistant-frontend==$HA_FRONTEND_VERSION" \
-      pyotp==2.8.0 PyQRCode==1.2.1 'pycares<5'
+    install_home_assistant_extras "$venv"
     touch "$venv/.installed"
   fi
+  # A venv cached before an extra was added gets just the missing extras.
+  [ "$(cat "$venv/.extras" 2>/dev/null)" = "${HA_EXTRAS[*]}" ] || install_home_assistant_extras "$venv"
   HA_BIN="$venv/bin/hass"
+}
+
+# The frontend and HA_EXTRAS, under HA's own constraints; records them in VENV/.extras.
+install_home_assistant_extras() {
+  local venv=$1 constraints
+  log "installing Home Assistant's extras: ${HA_EXTRAS[*]}"
+  constraints=$("$venv/bin/python" -c 'import homeassistant, os; print(os.path.join(os.path.dirname(homeassistant.__file__), "package_constraints.txt"))')
+  uv pip install -q --compile-bytecode --python "$venv/bin/python" -c "$constraints" \
+    "homeassistant==$HA_VERSION" "home-assistant-frontend==$HA_FRONTEND_VERSION" "${HA_EXTRAS[@]}"
+  printf '%s\n' "${HA_EXTRAS[*]}" >"$venv/.extras"
 }
 
 # Everything the tests and the demo run on: Debian packages, the project venv (with AppDaemon),
 # Home Assistant. Exports the binaries' paths for the Python side.
 ensure_stack() {
-  ensure_apt_packages borgbackup openssh-server rsync rclone
+  ensure_apt_packages borgbackup openssh-server rsync rclone mosquitto
   ensure_project_venv
   ensure_home_assistant
   export BACKUP_COORDINATOR_HASS="$HA_BIN"
   export BACKUP_COORDINATOR_APPDAEMON="$PROJECT_ROOT/.venv/bin/appdaemon"
+  export BACKUP_COORDINATOR_MOSQUITTO=/usr/sbin/mosquitto
 }

@@ -23,6 +23,7 @@ from tests.e2e.stack_support import (
     ha_token_fixture,  # noqa: F401
     hass_binary,
     home_assistant_fixture,  # noqa: F401
+    state_is,
 )
 
 pytestmark = pytest.mark.e2e
@@ -75,10 +76,6 @@ def probe_package(tmp_path: Path) -> Path:
 
 def probe_yaml(value: str = "42") -> str:
     return PROBE_APPS_YAML.format(value=value)
-
-
-def state_is(value: str) -> Any:
-    return lambda state: state["state"] == value
 
 
 def helper_persisted(home_assistant: HomeAssistant) -> Callable[[], Awaitable[bool]]:
