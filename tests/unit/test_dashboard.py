@@ -3,9 +3,7 @@ first; long texts in a card that wraps them."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,9 @@ from backup_coordinator.dashboard import (
 from backup_coordinator.entities import DroneSnapshot, HelperSpec, Publication
 from backup_coordinator.model import CopySettings, CopyState, DroneSettings
 from backup_coordinator.offsite_entities import TargetSnapshot, target_helpers, target_sensors
+from tests.dashboard_support import TEMPLATE_ENTITY, referenced
 
 BACKENDS = list(EntityBackend)
-# An entity id a markdown card's template reads.
-TEMPLATE_ENTITY = re.compile(r"(?:states|is_state|state_attr)\('([a-z_]+\.[a-z0-9_]+)'")
 EMPTY_TARGET = TargetSnapshot(
     "cloud", CopyState.IDLE, None, None, None, None, (), (), 0, None, None, None
 )
@@ -75,21 +72,6 @@ def texts(section: dict[str, Any]) -> list[str]:
     """The entities its markdown cards read, in order, each once per card."""
     markdown = [card["content"] for card in cards(section) if card["type"] == "markdown"]
     return [e for content in markdown for e in dict.fromkeys(TEMPLATE_ENTITY.findall(content))]
-
-
-def referenced(value: object) -> Iterator[str]:
-    """Every entity id anywhere in a piece of dashboard: rows, conditions, templates."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "entity" and isinstance(item, str):
-                yield item
-            elif key == "content" and isinstance(item, str):
-                yield from TEMPLATE_ENTITY.findall(item)
-            else:
-                yield from referenced(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from referenced(item)
 
 
 def problem_card(section: dict[str, Any]) -> dict[str, Any]:
