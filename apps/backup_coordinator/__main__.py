@@ -92,9 +92,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_drone_command(args, drone, config))
     document = dashboard(config, args.title)
     print(
-        json.dumps(document, indent=2) if args.json else yaml.safe_dump(document, sort_keys=False)
+        json.dumps(document, indent=2)
+        if args.json
+        else yaml.dump(document, Dumper=DashboardDumper, sort_keys=False)
     )
     return EXIT_OK
+
+
+class DashboardDumper(yaml.SafeDumper):
+    """YAML for people to read and paste: a multi-line text (a markdown card's template) as a
+    literal block rather than a quoted string."""
+
+
+def _text_node(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+    )
+
+
+DashboardDumper.add_representer(str, _text_node)
 
 
 def _parser() -> argparse.ArgumentParser:

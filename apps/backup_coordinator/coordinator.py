@@ -54,6 +54,7 @@ from .progress import Estimate, ProgressTracker
 from .protocol import (
     AgentEvent,
     FailureKind,
+    Hello,
     OperationFailed,
     Outcome,
     Progress,
@@ -677,7 +678,9 @@ class Coordinator:
         deadline = asyncio.timeout(max_runtime)
 
         async def on_event(event: AgentEvent) -> None:
-            if isinstance(event, Progress) and session.tracker is not None:
+            if isinstance(event, Hello):
+                await self._heard_hello(drone, event)
+            elif isinstance(event, Progress) and session.tracker is not None:
                 await self.relay_progress(session.tracker.update(event, self.monotonic()))
             elif isinstance(event, StepResult) and event.ok:
                 await self._step_done(drone, session, event)
@@ -703,6 +706,15 @@ class Coordinator:
             if session.tracker is not None:  # the step streaming progress did not end
                 await self.relay_progress(session.tracker.final(self.monotonic(), False))
         return session.results
+
+    async def _heard_hello(self, drone: Drone, hello: Hello) -> None:
+        """Every session opens with the agent's hello: keep its versions, show a change."""
+        versions = (hello.agent_version or None, hello.borg_version or None)
+        if versions == (drone.record.agent_version, drone.record.borg_version):
+            return
+        drone.record.agent_version, drone.record.borg_version = versions
+        await self.save()
+        await self._publish_drone(drone)
 
     async def _begin_step(self, drone: Drone, session: _Session) -> None:
         """Show the step as running at once: the drone's state, the coordinator's active work
@@ -1024,6 +1036,8 @@ class Coordinator:
             last_drill_data=drone.record.last_drill_data,
             recent_archives=drone.record.recent_archives,
             progress=self._live.get(drone.name),
+            agent_version=drone.record.agent_version,
+            borg_version=drone.record.borg_version,
         )
 
     async def save(self) -> None:

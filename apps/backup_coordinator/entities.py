@@ -39,14 +39,19 @@ Source = TypeVar("Source", contravariant=True)
 
 
 class Section(Enum):
-    """Where a drone's entity sits on its dashboard card, in card order; the value is the
-    section's heading (the overview at the top has none)."""
+    """Where a drone's entity sits on its dashboard, in order; the value is the section's
+    heading. The status at the top has none, then the progress of what runs; the problem's
+    texts are shown wrapped under it (they can be long), then come the buttons, the settings,
+    the repository, the diagnostics."""
 
     OVERVIEW = ""
     PROGRESS = "Progress"
-    REPOSITORY = "Repository"
+    PROBLEM = "Problem"
     ACTIONS = "Actions"
+    SETTINGS = "Settings"
     RETENTION = "Retention"
+    REPOSITORY = "Repository"
+    DIAGNOSTICS = "Diagnostics"
 
 
 class EntityCategory(StrEnum):
@@ -114,7 +119,6 @@ class SensorDescription(EntityDescription, Generic[Source]):
     native_value: Callable[[Source], str] | None = None
     native_unit: str | None = None
     display_precision: int | None = None  # decimals HA shows of a converted native value
-    card_attributes: tuple[tuple[str, str], ...] = ()  # (attribute, label) rows on the card
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,9 @@ def object_id(prefix: str, drone: str | None, suffix: str) -> str:
 
 
 def entity_name(prefix: str, drone: str | None, label: str) -> str:
-    """``Borg nas keep weekly``: slugs to the object id, reads well in HA."""
+    """``Borg nas keep weekly``: every entity's name, helpers' and sensors' alike. A helper's
+    must slug to its object id (HA derives the entity id from it), so the label reads like the
+    key."""
     return " ".join(part for part in (title(prefix), drone, label) if part)
 
 
@@ -187,6 +193,8 @@ class DroneSnapshot:
     last_drill_data: Mapping[str, Any] | None = None
     recent_archives: Sequence[str] = ()
     progress: ProgressSnapshot | None = None  # the running step's; None when idle
+    agent_version: str | None = None  # as the drone's last agent session said hello
+    borg_version: str | None = None
 
     @classmethod
     def empty(cls, name: str) -> DroneSnapshot:
@@ -291,6 +299,7 @@ FREQUENCY_HELPER: HelperDescription[Scheduled] = HelperDescription(
     key="frequency",
     label="frequency",
     icon="mdi:timer-sync-outline",
+    section=Section.SETTINGS,
     category=EntityCategory.CONFIG,
     create_fields=number_fields(FREQUENCY_MINUTES_RANGE, "min"),
     setting="frequency",
@@ -301,6 +310,7 @@ MODE_HELPER: HelperDescription[Scheduled] = HelperDescription(
     key="mode",
     label="mode",
     icon="mdi:cog-outline",
+    section=Section.SETTINGS,
     category=EntityCategory.CONFIG,
     create_fields={"options": [m.value for m in Mode]},
     setting="mode",
@@ -309,8 +319,8 @@ MODE_HELPER: HelperDescription[Scheduled] = HelperDescription(
 
 # A drone's settings: every rule prune applies is shown and can be changed.
 DRONE_HELPERS: tuple[HelperDescription[DroneSettings], ...] = (
-    FREQUENCY_HELPER,
     MODE_HELPER,
+    FREQUENCY_HELPER,
     HelperDescription(
         domain="input_text",
         key="keep_within",
@@ -402,13 +412,18 @@ def coordinator_helpers(prefix: str) -> list[HelperSpec]:
 
 
 def _timestamp(
-    key: str, label: str, icon: str, moment: Callable[[DroneSnapshot], datetime | None]
+    key: str,
+    label: str,
+    icon: str,
+    moment: Callable[[DroneSnapshot], datetime | None],
+    section: Section = Section.OVERVIEW,
 ) -> SensorDescription[DroneSnapshot]:
     return SensorDescription(
         domain="sensor",
         key=key,
         label=label,
         icon=icon,
+        section=section,
         device_class="timestamp",
         value=lambda snap: iso_or_unknown(moment(snap)),
     )
@@ -449,34 +464,41 @@ def byte_count(size: object) -> int | None:
     return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
-def _repository_size(key: str, label: str) -> SensorDescription[DroneSnapshot]:
-    """A data_size sensor in MiB; the exact byte count is the ``bytes`` attribute."""
+def size_sensor(
+    key: str, label: str, icon: str, size: Callable[[Source], int | None]
+) -> SensorDescription[Source]:
+    """A data_size sensor of the repository section in MiB; the exact byte count is the
+    ``bytes`` attribute and the native value (HA converts it to the unit the user picks)."""
 
-    def size(snap: DroneSnapshot) -> int | None:
-        return byte_count((snap.repository or {}).get(key))
-
-    def state(snap: DroneSnapshot) -> str:
-        exact = size(snap)
+    def state(source: Source) -> str:
+        exact = size(source)
         return "unknown" if exact is None else f"{exact / MIB:.2f}"
 
-    def native(snap: DroneSnapshot) -> str:
-        exact = size(snap)
+    def native(source: Source) -> str:
+        exact = size(source)
         return "unknown" if exact is None else str(exact)
 
     return SensorDescription(
         domain="sensor",
         key=key,
         label=label,
-        icon="mdi:harddisk",
+        icon=icon,
         device_class="data_size",
         unit="MiB",
         state_class="measurement",
         section=Section.REPOSITORY,
         value=state,
-        attributes=lambda snap: {"bytes": size(snap)},
+        attributes=lambda source: {"bytes": size(source)},
         native_value=native,
         native_unit="B",
         display_precision=2,
+    )
+
+
+def _repository_size(key: str, label: str) -> SensorDescription[DroneSnapshot]:
+    """One of the repository's totals (borg's cache.stats)."""
+    return size_sensor(
+        key, label, "mdi:harddisk", lambda snap: byte_count((snap.repository or {}).get(key))
     )
 
 
@@ -496,14 +518,39 @@ LAST_ERROR_SENSOR: SensorDescription[Troubled] = SensorDescription(
     key="last_error",
     label="last error",
     icon="mdi:alert-circle-outline",
+    section=Section.PROBLEM,
     category=EntityCategory.DIAGNOSTIC,
-    card_attributes=(("hint", "what to do"),),
     value=lambda snap: snap.last_error or "none",
     attributes=lambda snap: {
         "kind": snap.last_error_kind or "none",
-        "hint": snap.last_error_hint or "",
+        "hint": snap.last_error_hint or "",  # kept for automations; the hint sensor shows it
     },
 )
+# What to do about the last error, as a sensor of its own so a card can show it.
+HINT_SENSOR: SensorDescription[Troubled] = SensorDescription(
+    domain="sensor",
+    key="hint",
+    label="what to do",
+    icon="mdi:lightbulb-on-outline",
+    section=Section.PROBLEM,
+    category=EntityCategory.DIAGNOSTIC,
+    value=lambda snap: snap.last_error_hint or "none",
+)
+
+
+def _version(
+    key: str, label: str, icon: str, version: Callable[[DroneSnapshot], str | None]
+) -> SensorDescription[DroneSnapshot]:
+    """A version the drone's agent reported in its last session's hello."""
+    return SensorDescription(
+        domain="sensor",
+        key=key,
+        label=label,
+        icon=icon,
+        section=Section.DIAGNOSTICS,
+        category=EntityCategory.DIAGNOSTIC,
+        value=lambda snap: version(snap) or "unknown",
+    )
 
 
 def _live(snap: DroneSnapshot, read: Callable[[ProgressSnapshot], float | None]) -> float | None:
@@ -590,12 +637,19 @@ DRONE_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
         value=lambda snap: iso_or_unknown(snap.last_backup),
         attributes=_last_backup_attributes,
     ),
-    _timestamp("last_prune", "last prune", "mdi:content-cut", lambda snap: snap.last_prune),
+    _timestamp(
+        "last_prune",
+        "last prune",
+        "mdi:content-cut",
+        lambda snap: snap.last_prune,
+        Section.REPOSITORY,
+    ),
     SensorDescription(
         domain="sensor",
         key="last_verified_restore",
         label="last verified restore",
         icon="mdi:file-check-outline",
+        section=Section.REPOSITORY,
         device_class="timestamp",
         value=lambda snap: iso_or_unknown(snap.last_drill),
         attributes=_last_drill_attributes,
@@ -605,6 +659,7 @@ DRONE_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
         key="last_check",
         label="last check",
         icon="mdi:shield-check-outline",
+        section=Section.REPOSITORY,
         device_class="timestamp",
         value=lambda snap: iso_or_unknown(snap.last_check),
         attributes=_last_check_attributes,
@@ -616,6 +671,11 @@ DRONE_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
     PROBLEM_SENSOR,
     LAST_ERROR_SENSOR,
     *DRONE_PROGRESS_SENSORS,
+    HINT_SENSOR,
+    _version("agent_version", "agent version", "mdi:tag-outline", lambda s: s.agent_version),
+    _version(
+        "borg_version", "borg version", "mdi:package-variant-closed", lambda s: s.borg_version
+    ),
 )
 
 
@@ -719,15 +779,14 @@ def render_sensors(
 ) -> list[Publication]:
     """The sensors of one drone (or of the coordinator, ``drone`` None) for ``source``.
 
-    A drone's sensors are named after the drone alone (``nas state``), the coordinator's after
-    the prefix (``Borg queue``). Attributes: the name and looks first, then the values."""
-    owner = drone if drone is not None else title(prefix)
+    Named like the helpers (``Borg nas last backup``, ``Borg queue``), so a drone's entities
+    read alike. Attributes: the name and looks first, then the values."""
     return [
         Publication(
             description.entity_id(prefix, drone),
             truncate(description.value(source)),
             {
-                **_looks(description, f"{owner} {description.label}"),
+                **_looks(description, entity_name(prefix, drone, description.label)),
                 **description.attributes(source),
             },
             None if description.native_value is None else description.native_value(source),

@@ -1,8 +1,9 @@
 """The entities of an offsite target, in the style of a drone's (see ``entities``).
 
 Per target ``T``: its controls (frequency, mode, sync now) and its sensors (state, last
-offsite copy, next copy, bytes transferred in the last copy, problem, last error). Its progress
-goes through the coordinator's progress sensor and events, with the repository being copied.
+offsite copy, next copy, bytes transferred in the last copy, problem, last error, what to do).
+Its progress goes through the coordinator's progress sensor and events, with the repository
+being copied.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from .entities import (
     FREQUENCY_HELPER,
+    HINT_SENSOR,
     LAST_ERROR_SENSOR,
     MODE_HELPER,
     PROBLEM_SENSOR,
@@ -26,8 +28,9 @@ from .entities import (
     iso_or_unknown,
     render_helpers,
     render_sensors,
+    size_sensor,
 )
-from .model import MIB, CopyOperation, CopySettings, CopyState
+from .model import CopyOperation, CopySettings, CopyState
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,8 @@ class TargetSnapshot:
 
 
 TARGET_HELPERS: tuple[HelperDescription[CopySettings], ...] = (
-    FREQUENCY_HELPER,
     MODE_HELPER,
+    FREQUENCY_HELPER,
     HelperDescription(
         domain="input_button",
         key="sync_now",
@@ -108,22 +111,10 @@ TARGET_SENSORS: tuple[SensorDescription[TargetSnapshot], ...] = (
         value=lambda snap: iso_or_unknown(snap.next_copy),
         attributes=lambda snap: {"waiting_for": list(snap.waiting_for)},
     ),
-    SensorDescription(
-        domain="sensor",
-        key="last_copy_size",
-        label="last copy transferred",
-        icon="mdi:cloud-upload",
-        device_class="data_size",
-        unit="MiB",
-        state_class="measurement",
-        section=Section.REPOSITORY,
-        value=lambda snap: (
-            "unknown" if (size := _copied_bytes(snap)) is None else f"{size / MIB:.2f}"
-        ),
-        attributes=lambda snap: {"bytes": _copied_bytes(snap)},
-    ),
+    size_sensor("last_copy_size", "last copy transferred", "mdi:cloud-upload", _copied_bytes),
     PROBLEM_SENSOR,
     LAST_ERROR_SENSOR,
+    HINT_SENSOR,
 )
 
 

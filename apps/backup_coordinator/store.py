@@ -75,6 +75,8 @@ class DroneRecord:
     # check or drill -> {"message", "at"}: its last run found a problem (cleared when one passes)
     failed_checks: dict[str, dict[str, str]] = field(default_factory=dict)
     restore_request: dict[str, Any] | None = None  # archive, restore_paths, destination
+    agent_version: str | None = None  # from the hello of the drone's last agent session
+    borg_version: str | None = None
     # setting -> the last valid value HA set; replaces apps.yaml's at a restart (the MQTT
     # backend has no helpers that keep values in HA)
     settings: dict[str, str] = field(default_factory=dict)
@@ -187,6 +189,8 @@ def encode_record(record: DroneRecord, redactor: Redactor | None = None) -> dict
         "recent_archives": scrub(list(record.recent_archives)),
         "failed_checks": scrub(record.failed_checks),
         "restore_request": scrub(record.restore_request),
+        "agent_version": scrub(record.agent_version),
+        "borg_version": scrub(record.borg_version),
         "settings": dict(record.settings),
     }
 
@@ -357,6 +361,8 @@ def decode_record(data: object, warnings: list[str] | None = None) -> DroneRecor
         recent_archives=_text_list(data, "recent_archives"),
         failed_checks=_failed_checks(data),
         restore_request=_field(data, "restore_request", _is_object, "an object"),
+        agent_version=_field(data, "agent_version", _is_text, "text"),
+        borg_version=_field(data, "borg_version", _is_text, "text"),
         settings=_text_mapping(data, "settings"),
     )
 

@@ -178,6 +178,15 @@ class HaClient:
         """HA's answer (the changed states). A 200 proves nothing: read the state back."""
         return await self._rest("POST", f"/api/services/{domain}/{service}", json=data or {})
 
+    async def render_template(self, template: str) -> str:
+        """What HA's template engine makes of ``template`` (as a markdown card shows it)."""
+        path = "/api/template"
+        async with self._http().post(f"{self.url}{path}", json={"template": template}) as response:
+            text = await response.text()
+            if response.status >= 400:
+                raise HaHttpError(f"POST {path}", response.status, text)
+            return text
+
     async def fire_event(self, event_type: str, data: dict[str, Any]) -> None:
         """Fires an event on HA's bus, as a script or automation would."""
         await self._rest("POST", f"/api/events/{event_type}", json=data)

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from backup_coordinator.config import EntityBackend
+from backup_coordinator.dashboard import drone_section
 from devstack.appdaemon import AppDaemon
 from devstack.borg import list_archives, run_borg
 from devstack.drones import LocalDrone, app_config, make_local_drone, offsite_target
@@ -70,6 +72,9 @@ DRONE_SUFFIXES = {
         "speed",
         "eta",
         "current_file",
+        "hint",
+        "agent_version",
+        "borg_version",
     ),
     "binary_sensor": ("problem",),
 }
@@ -244,6 +249,10 @@ async def test_create_button_makes_an_archive_with_progress_and_events(
     assert float(total["state"]) == pytest.approx(
         int(total["attributes"]["bytes"]) / 2**20, abs=0.01
     )
+    # The session's hello told which agent and borg the drone runs.
+    agent_version = await state_of(ha_client, "sensor.borg_alpha_agent_version")
+    assert agent_version["state"][:1].isdigit(), agent_version
+    assert (await state_of(ha_client, "sensor.borg_alpha_borg_version"))["state"][:1].isdigit()
     assert "passphrase" not in app.main_log().lower()
     assert stack.drones["alpha"].passphrase not in app.main_log() + app.error_log()
     assert "alpha: create finished" in app.main_log()
@@ -497,6 +506,14 @@ async def test_unreachable_drone_raises_a_problem_cleared_after_recovery(
         assert raised["data"]["raised"] is True
         error = await state_of(ha_client, "sensor.borg_beta_last_error")
         assert error["attributes"]["kind"] == "unreachable"
+        hint = await state_of(ha_client, "sensor.borg_beta_hint")
+        assert hint["state"] == error["attributes"]["hint"] != ""
+        # The dashboard's problem card, as HA's template engine renders it.
+        card = drone_section("borg", "beta", EntityBackend.HELPERS)["cards"][2]["card"]
+        shown = await ha_client.render_template(card["content"])
+        assert "**Problem:** " in shown
+        assert "**Last error:** " in shown
+        assert f"**What to do:** {hint['state']}" in shown
         assert "borg_beta_problem" in await notification_ids(ha_client)
     finally:
         beta.sshd.start()

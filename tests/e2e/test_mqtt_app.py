@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from backup_coordinator.config import load_config_file
+from backup_coordinator.dashboard import dashboard
 from devstack.appdaemon import AppDaemon
 from devstack.drones import LocalDrone, app_config, make_local_drone, offsite_target
 from devstack.haclient import HaClient, HaError
@@ -25,6 +27,7 @@ from devstack.homeassistant import HomeAssistant
 from devstack.mosquitto import Mosquitto
 from devstack.mqttclient import MqttClient, async_wait_for_retained
 from devstack.waiting import async_wait_until
+from tests.dashboard_support import referenced
 from tests.e2e.stack_support import (
     PROJECT_ROOT,
     AppDaemonFactory,
@@ -142,6 +145,14 @@ async def test_devices_and_entities_appear_with_unique_ids(
     ):
         assert entity_id in entries
     assert entries["sensor.borg_alpha_last_error"]["entity_category"] == "diagnostic"
+    for key in ("hint", "agent_version", "borg_version"):
+        assert entries[f"sensor.borg_alpha_{key}"]["entity_category"] == "diagnostic"
+    assert "sensor.borg_vault_hint" in entries
+    # Every entity the CLI's dashboard for this apps.yaml shows is one HA has.
+    config = load_config_file(app.apps_dir / "apps.yaml")
+    shown = set(referenced(dashboard(config)))
+    assert "button.borg_alpha_create" in shown
+    assert shown <= set(entries)
 
     devices = {d["id"]: d for d in await ha_client.ws_command("config/device_registry/list")}
     by_name = {d["name"]: d for d in devices.values()}
@@ -199,6 +210,11 @@ async def test_a_button_pressed_in_home_assistant_backs_up(
     )
     assert size["attributes"]["unit_of_measurement"] == "B"
     assert int(size["state"]) == size["attributes"]["bytes"] > 0  # bytes: HA converts them
+    # The session's hello told which agent and borg the drone runs.
+    version = await ha_client.wait_for_state(
+        "sensor.borg_alpha_agent_version", lambda s: s["state"][:1].isdigit(), TIMEOUT
+    )
+    assert version["attributes"]["friendly_name"] == "alpha Agent version"
     assert "alpha: create finished" in app.main_log()
 
 

@@ -258,10 +258,19 @@ def test_dashboard_prints_yaml_with_a_card_per_drone(setup: CliSetup) -> None:
     done = cli(setup, "dashboard")
     assert done.returncode == 0, done.stdout + done.stderr
     document = yaml.safe_load(done.stdout)
-    cards = document["views"][0]["cards"]
-    assert [card["title"] for card in cards] == ["Borg coordinator", *DRONES]
-    for drone, card in zip(DRONES, cards[1:], strict=True):
-        shown = {entity["entity"] for entity in card["entities"] if "entity" in entity}
+    sections = document["views"][0]["sections"]
+    headings = [section["cards"][0]["heading"] for section in sections]
+    assert headings == ["Borg coordinator", *DRONES]
+    for drone, section in zip(DRONES, sections[1:], strict=True):
+        shown = {
+            row["entity"]
+            for card in section["cards"]
+            if card["type"] == "entities"
+            for row in card["entities"]
+            if "entity" in row
+        }
+        problem_text = section["cards"][2]["card"]["content"]
+        assert f"states('sensor.borg_{drone}_hint')" in problem_text
         assert f"sensor.borg_{drone}_state" in shown
         assert f"sensor.borg_{drone}_last_backup" in shown
         assert f"binary_sensor.borg_{drone}_problem" in shown

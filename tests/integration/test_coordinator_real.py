@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from backup_coordinator.model import MIB
 from backup_coordinator.ports import EVENT_FINISHED, EVENT_PROBLEM, EVENT_PROGRESS
+from devstack.borg import AGENT_PATH
 from tests.integration.coordinator_support import (
     BIG_DATA_MEGABYTES,
     SLOW_COMPRESSION,
@@ -64,6 +67,14 @@ def assert_sizes_published(port: MemoryPort, drone: str) -> None:
         assert sensor.attributes["device_class"] == "data_size"
 
 
+def installed_versions() -> tuple[str, str]:
+    """The agent's version as its file declares it, and the version the host's borg reports."""
+    declared = re.search(r'^AGENT_VERSION = "([^"]+)"$', AGENT_PATH.read_text(), re.MULTILINE)
+    assert declared is not None
+    borg = subprocess.run(["borg", "--version"], capture_output=True, text=True, check=True)
+    return declared.group(1), borg.stdout.split()[-1]
+
+
 def last_error_of(port: MemoryPort, drone: str) -> dict[str, object]:
     finished = port.of(EVENT_FINISHED)[-1]
     assert finished["drone"] == drone
@@ -102,7 +113,13 @@ async def test_three_due_drones_are_backed_up_one_at_a_time_in_round_robin(
             (name, "scheduled", True) for name in names
         ]
         state = saved_state(config)
+        agent_version, borg_version = installed_versions()
         for name, host in hosts.items():
+            # Each session's hello told which agent and borg the drone runs.
+            assert port.state(f"sensor.borg_{name}_agent_version") == agent_version
+            assert port.state(f"sensor.borg_{name}_borg_version") == borg_version
+            assert state["drones"][name]["agent_version"] == agent_version
+            assert state["drones"][name]["borg_version"] == borg_version
             archives = host.archives()
             assert len(archives) == 1
             assert archives[0].startswith(f"{name}-")
@@ -219,6 +236,8 @@ async def test_a_wrong_host_key_fails_before_any_session_and_backs_off(tmp_path:
         last_error = port.states["sensor.borg_nas_last_error"]
         assert last_error.attributes["kind"] == "host_key"
         assert "ssh-keyscan" in last_error.attributes["hint"]
+        assert port.state("sensor.borg_nas_hint") == error["hint"]
+        assert port.state("sensor.borg_nas_agent_version") == "unknown"  # no session, no hello
         assert port.state("sensor.borg_nas_state") == "error"
         assert port.state("binary_sensor.borg_nas_problem") == "on"
 

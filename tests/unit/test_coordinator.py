@@ -19,6 +19,7 @@ from backup_coordinator.protocol import (
     SEQUENCE_OPERATION,
     AgentEvent,
     FailureKind,
+    Hello,
     OperationFailed,
     Progress,
     Result,
@@ -203,6 +204,44 @@ async def test_tick_runs_a_due_drone_create_prune_stats_and_records_it(tmp_path:
     await coordinator.tick()
     await coordinator.wait_idle()
     assert len(runner.calls) == 3
+
+
+def saying_hello(agent: str, borg: str, then: Behaviour | None = None) -> Behaviour:
+    """The agent's hello (the transport passes it on first), then ``then`` or success."""
+
+    async def behave(operation: str, job: Mapping[str, Any], on_event: Any) -> Result:
+        await on_event(Hello(1, agent, borg, "host", operation))
+        return ok_result(operation) if then is None else await then(operation, job, on_event)
+
+    return behave
+
+
+async def test_the_versions_a_session_says_hello_with_are_recorded_shown_and_kept(
+    tmp_path: Path,
+) -> None:
+    runner, clock = ScriptedRunner(), Clock()
+    config = make_config(tmp_path, nas={"mode": "manual"})
+    coordinator, port = await started(config, runner, clock)
+    assert port.state("sensor.borg_nas_agent_version") == "unknown"
+    runner.behaviours[("nas", "stats")] = saying_hello("1.4.0", "1.2.4")
+    await coordinator.request("nas", Operation.STATS)
+    await coordinator.wait_idle()
+    assert port.state("sensor.borg_nas_agent_version") == "1.4.0"
+    assert port.state("sensor.borg_nas_borg_version") == "1.2.4"
+    # A session that fails still said hello first: an upgrade shows even then.
+    failure = failing(FailureKind.BORG_ERROR)
+    runner.behaviours[("nas", "stats")] = saying_hello("1.5.0", "1.4.1", failure)
+    await coordinator.request("nas", Operation.STATS)
+    await coordinator.wait_idle()
+    assert port.state("sensor.borg_nas_agent_version") == "1.5.0"
+    assert port.state("sensor.borg_nas_borg_version") == "1.4.1"
+    assert port.state("sensor.borg_nas_hint") == "a hint"
+    saved = json.loads((tmp_path / "state.json").read_text())["drones"]["nas"]
+    assert (saved["agent_version"], saved["borg_version"]) == ("1.5.0", "1.4.1")
+    await coordinator.stop()
+    # After a restart they are shown before any session.
+    _, again = await started(config, ScriptedRunner(), clock)
+    assert again.state("sensor.borg_nas_agent_version") == "1.5.0"
 
 
 async def test_jobs_carry_the_drone_settings_and_never_the_wrong_fields(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from backup_coordinator import entities
-from backup_coordinator.dashboard import drone_card
+from backup_coordinator.config import EntityBackend
+from backup_coordinator.dashboard import drone_section
 from backup_coordinator.entities import (
     DRONE_HELPERS,
     DRONE_SENSORS,
@@ -30,7 +31,8 @@ from backup_coordinator.entities import (
     render_helpers,
     render_sensors,
 )
-from backup_coordinator.model import DroneSettings, DroneState, Operation
+from backup_coordinator.model import MIB, CopyState, DroneSettings, DroneState, Operation
+from backup_coordinator.offsite_entities import TARGET_SENSORS, TargetSnapshot, target_sensors
 from backup_coordinator.operations import OPERATIONS, Button, OperationSpec
 
 
@@ -173,9 +175,9 @@ def test_no_state_is_longer_than_ha_takes() -> None:
     assert all(len(p.state) <= entities.STATE_MAX_LENGTH for p in sensors)
 
 
-def test_only_the_last_error_is_diagnostic_and_only_settings_are_configuration() -> None:
+def test_the_error_hint_and_versions_are_diagnostic_and_only_settings_are_configuration() -> None:
     diagnostic = [d.key for d in DRONE_SENSORS if d.category is EntityCategory.DIAGNOSTIC]
-    assert diagnostic == ["last_error"]
+    assert diagnostic == ["last_error", "hint", "agent_version", "borg_version"]
     helpers: tuple[HelperDescription[Any], ...] = (
         *DRONE_HELPERS,
         *entities.DRONE_BUTTONS,
@@ -183,6 +185,69 @@ def test_only_the_last_error_is_diagnostic_and_only_settings_are_configuration()
     )
     for helper in helpers:
         assert (helper.category is EntityCategory.CONFIG) == (helper.setting is not None)
+
+
+def test_what_to_do_and_the_versions_are_sensors_of_their_own() -> None:
+    sensors = {
+        p.entity_id: p.state
+        for p in drone_sensors(
+            "borg",
+            snapshot(
+                last_error="lock timeout",
+                last_error_hint="wait for the other borg",
+                agent_version="1.7.0",
+                borg_version="1.4.1",
+            ),
+        )
+    }
+    assert sensors["sensor.borg_nas_hint"] == "wait for the other borg"
+    assert sensors["sensor.borg_nas_agent_version"] == "1.7.0"
+    assert sensors["sensor.borg_nas_borg_version"] == "1.4.1"
+    quiet = {p.entity_id: p.state for p in drone_sensors("borg", snapshot())}
+    assert quiet["sensor.borg_nas_hint"] == "none"
+    assert quiet["sensor.borg_nas_agent_version"] == "unknown"
+
+
+def target(**changes: object) -> TargetSnapshot:
+    values: dict[str, object] = {
+        "name": "cloud",
+        "state": CopyState.IDLE,
+        "repository": None,
+        "last_copy": None,
+        "last_copy_data": None,
+        "next_copy": None,
+        "waiting_for": (),
+        "problems": (),
+        "consecutive_failures": 0,
+        "last_error": None,
+        "last_error_kind": None,
+        "last_error_hint": None,
+    }
+    return TargetSnapshot(**(values | changes))  # type: ignore[arg-type]
+
+
+def test_an_offsite_target_has_a_hint_and_its_copy_size_in_bytes_too() -> None:
+    sensors = {
+        p.entity_id: p
+        for p in target_sensors(
+            "borg",
+            target(
+                last_error="rclone failed",
+                last_error_hint="check the remote",
+                last_copy_data={"bytes": 3 * MIB},
+            ),
+        )
+    }
+    assert sensors["sensor.borg_cloud_hint"].state == "check the remote"
+    assert sensors["sensor.borg_cloud_hint"].attributes["friendly_name"] == "Borg cloud what to do"
+    size = sensors["sensor.borg_cloud_last_copy_size"]
+    assert (size.state, size.native_state) == ("3.00", str(3 * MIB))
+    assert size.attributes["friendly_name"] == "Borg cloud last copy transferred"
+    (description,) = [d for d in TARGET_SENSORS if d.key == "last_copy_size"]
+    assert (description.native_unit, description.display_precision) == ("B", 2)
+    idle = {p.entity_id: p for p in target_sensors("borg", target())}
+    assert idle["sensor.borg_cloud_last_copy_size"].native_state == "unknown"
+    assert idle["sensor.borg_cloud_hint"].state == "none"
 
 
 # --- a new entity is a row --------------------------------------------------------------------
@@ -218,7 +283,7 @@ def test_a_table_with_an_extra_row_renders_it_like_the_others() -> None:
         "sensor.borg_nas_archives",
         "7",
         {
-            "friendly_name": "nas archives",
+            "friendly_name": "Borg nas archives",
             "icon": "mdi:archive",
             "state_class": "measurement",
             "drone": "nas",
@@ -246,10 +311,14 @@ def test_a_row_added_to_the_drone_tables_reaches_sensors_helpers_and_dashboard(
     assert sensors["sensor.borg_nas_archives"].state == "3"
     helpers = {h.entity_id: h for h in drone_helpers("borg", "nas", DroneSettings())}
     assert helpers["input_number.borg_nas_keep_daily"].setting == "keep_daily"
-    rows = drone_card("borg", "nas")["entities"]
-    assert {"entity": "sensor.borg_nas_archives", "name": "Archives"} in rows
-    # a retention control lands in the retention section, the last one of the card
-    assert rows[-1] == {"entity": "input_number.borg_nas_keep_daily", "name": "Keep daily"}
+    rows = drone_section("borg", "nas", EntityBackend.HELPERS)["cards"][-1]["entities"]
+    repository = rows.index({"type": "section", "label": "Repository"})
+    assert rows.index({"entity": "sensor.borg_nas_archives", "name": "Archives"}) > repository
+    # a retention control lands at the end of the retention section
+    assert rows[repository - 1] == {
+        "entity": "input_number.borg_nas_keep_daily",
+        "name": "Keep daily",
+    }
 
 
 def test_a_button_added_to_the_operation_registry_becomes_an_input_button() -> None:

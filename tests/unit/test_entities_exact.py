@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from backup_coordinator.config import parse_config
-from backup_coordinator.dashboard import coordinator_card, dashboard, drone_card
+from backup_coordinator.config import EntityBackend, parse_config
+from backup_coordinator.dashboard import coordinator_section, dashboard, drone_section
 from backup_coordinator.entities import (
     DroneSnapshot,
     HelperSpec,
@@ -68,6 +68,8 @@ BUSY_SNAPSHOT = DroneSnapshot(
         expected_size=804_000_000,
         expected_files=2000,
     ),
+    agent_version="1.4.0",
+    borg_version="1.2.4",
 )
 
 MY_PC2_SETTINGS = DroneSettings(
@@ -146,12 +148,13 @@ def test_attribute_order_is_kept() -> None:
         assert list(publication.attributes) == list(wanted.attributes), wanted.entity_id
 
 
-def test_dashboard_card_of_a_drone() -> None:
-    assert drone_card("borg", "nas") == NAS_CARD
+def test_dashboard_section_of_a_drone() -> None:
+    assert drone_section("borg", "nas", EntityBackend.HELPERS) == NAS_SECTION
 
 
-def test_dashboard_of_two_drones() -> None:
+def test_dashboard_of_two_drones_over_mqtt() -> None:
     args: dict[str, Any] = {
+        "entities": "mqtt",
         "ssh": {"client_key": "keys/coordinator", "known_hosts": "/etc/backup/known_hosts"},
         "drones": {
             name: {"host": f"{name}.lan", "repository": f"/srv/borg/{name}", "paths": ["/home"]}
@@ -165,67 +168,139 @@ def test_dashboard_of_two_drones() -> None:
             {
                 "title": "Backups",
                 "path": "backups",
-                "cards": [coordinator_card("borg"), NAS_CARD, drone_card("borg", "pc")],
+                "type": "sections",
+                "max_columns": 3,
+                "sections": [
+                    coordinator_section("borg", EntityBackend.MQTT),
+                    drone_section("borg", "nas", EntityBackend.MQTT),
+                    drone_section("borg", "pc", EntityBackend.MQTT),
+                ],
             }
         ],
     }
-    assert coordinator_card("borg") == {
-        "type": "entities",
-        "title": "Borg coordinator",
-        "entities": [
-            "input_select.borg_coordinator_mode",
-            "sensor.borg_active",
-            "sensor.borg_progress",
-            "sensor.borg_queue",
-            "sensor.borg_failing",
+    assert coordinator_section("borg", EntityBackend.MQTT) == {
+        "type": "grid",
+        "cards": [
+            {
+                "type": "heading",
+                "heading": "Borg coordinator",
+                "heading_style": "title",
+                "icon": "mdi:backup-restore",
+            },
+            {
+                "type": "entities",
+                "state_color": True,
+                "entities": [
+                    {"entity": "select.borg_coordinator_mode", "name": "Coordinator mode"},
+                    {"entity": "sensor.borg_active", "name": "Active"},
+                    {"entity": "sensor.borg_progress", "name": "Progress"},
+                    {"entity": "sensor.borg_queue", "name": "Queue"},
+                    {"entity": "sensor.borg_failing", "name": "Failing drones"},
+                ],
+            },
         ],
     }
+    nas = drone_section("borg", "nas", EntityBackend.MQTT)
+    controls = nas["cards"][-1]["entities"]
+    assert {"entity": "button.borg_nas_create", "name": "Create"} in controls
+    assert {"entity": "select.borg_nas_mode", "name": "Mode"} in controls
+    assert {"entity": "number.borg_nas_keep_hourly", "name": "Keep hourly"} in controls
+    assert {"entity": "text.borg_nas_keep_within", "name": "Keep within"} in controls
 
 
-NAS_CARD = {
-    "type": "entities",
-    "title": "nas",
-    "state_color": True,
-    "entities": [
-        {"entity": "input_number.borg_nas_frequency", "name": "Frequency"},
-        {"entity": "input_select.borg_nas_mode", "name": "Mode"},
-        {"entity": "sensor.borg_nas_state", "name": "State"},
-        {"entity": "sensor.borg_nas_last_backup", "name": "Last backup"},
-        {"entity": "sensor.borg_nas_last_prune", "name": "Last prune"},
-        {"entity": "sensor.borg_nas_last_verified_restore", "name": "Last verified restore"},
-        {"entity": "sensor.borg_nas_last_check", "name": "Last check"},
-        {"entity": "sensor.borg_nas_next_backup", "name": "Next backup"},
-        {"entity": "binary_sensor.borg_nas_problem", "name": "Problem"},
-        {"entity": "sensor.borg_nas_last_error", "name": "Last error"},
+QUIET = "['none', 'unknown', 'unavailable', '']"
+NAS_SECTION = {
+    "type": "grid",
+    "cards": [
+        {"type": "heading", "heading": "nas", "heading_style": "title", "icon": "mdi:server"},
         {
-            "type": "attribute",
-            "entity": "sensor.borg_nas_last_error",
-            "attribute": "hint",
-            "name": "What to do",
+            "type": "entities",
+            "state_color": True,
+            "entities": [
+                {"entity": "sensor.borg_nas_state", "name": "State"},
+                {"entity": "sensor.borg_nas_last_backup", "name": "Last backup"},
+                {"entity": "sensor.borg_nas_next_backup", "name": "Next backup"},
+                {"entity": "binary_sensor.borg_nas_problem", "name": "Problem"},
+                {"type": "section", "label": "Progress"},
+                {"entity": "sensor.borg_nas_progress", "name": "Progress"},
+                {"entity": "sensor.borg_nas_speed", "name": "Speed"},
+                {"entity": "sensor.borg_nas_eta", "name": "Time left"},
+                {"entity": "sensor.borg_nas_current_file", "name": "Current file"},
+            ],
         },
-        {"type": "section", "label": "Progress"},
-        {"entity": "sensor.borg_nas_progress", "name": "Progress"},
-        {"entity": "sensor.borg_nas_speed", "name": "Speed"},
-        {"entity": "sensor.borg_nas_eta", "name": "Time left"},
-        {"entity": "sensor.borg_nas_current_file", "name": "Current file"},
-        {"type": "section", "label": "Repository"},
-        {"entity": "sensor.borg_nas_total_size", "name": "Total size"},
-        {"entity": "sensor.borg_nas_compressed_size", "name": "Compressed size"},
-        {"entity": "sensor.borg_nas_deduplicated_size", "name": "Deduplicated size"},
-        {"type": "section", "label": "Actions"},
-        {"entity": "input_button.borg_nas_create", "name": "Create"},
-        {"entity": "input_button.borg_nas_prune", "name": "Prune"},
-        {"entity": "input_button.borg_nas_update_stats", "name": "Update stats"},
-        {"entity": "input_button.borg_nas_check", "name": "Check"},
-        {"entity": "input_button.borg_nas_restore_drill", "name": "Restore drill"},
-        {"entity": "input_button.borg_nas_scheduled_backup", "name": "Scheduled backup"},
-        {"type": "section", "label": "Retention"},
-        {"entity": "input_text.borg_nas_keep_within", "name": "Keep within"},
-        {"entity": "input_number.borg_nas_keep_hourly", "name": "Keep hourly"},
-        {"entity": "input_number.borg_nas_keep_daily", "name": "Keep daily"},
-        {"entity": "input_number.borg_nas_keep_weekly", "name": "Keep weekly"},
-        {"entity": "input_number.borg_nas_keep_monthly", "name": "Keep monthly"},
-        {"entity": "input_number.borg_nas_keep_yearly", "name": "Keep yearly"},
+        {
+            "type": "conditional",
+            "conditions": [
+                {
+                    "condition": "or",
+                    "conditions": [
+                        {
+                            "condition": "state",
+                            "entity": "binary_sensor.borg_nas_problem",
+                            "state": "on",
+                        },
+                        {
+                            "condition": "state",
+                            "entity": "sensor.borg_nas_last_error",
+                            "state_not": ["none", "unknown", "unavailable", ""],
+                        },
+                        {
+                            "condition": "state",
+                            "entity": "sensor.borg_nas_hint",
+                            "state_not": ["none", "unknown", "unavailable", ""],
+                        },
+                    ],
+                }
+            ],
+            "card": {
+                "type": "markdown",
+                "content": "{% if is_state('binary_sensor.borg_nas_problem', 'on') %}**Problem:**"
+                " {{ state_attr('binary_sensor.borg_nas_problem', 'reason')"
+                " | replace('[', '\\\\[') }}{% endif %}\n\n"
+                "{% set text = states('sensor.borg_nas_last_error') %}"
+                f"{{% if text not in {QUIET} %}}**Last error:**"
+                " {{ text | replace('[', '\\\\[') }}{% endif %}\n\n"
+                "{% set text = states('sensor.borg_nas_hint') %}"
+                f"{{% if text not in {QUIET} %}}**What to do:**"
+                " {{ text | replace('[', '\\\\[') }}{% endif %}",
+            },
+        },
+        {
+            "type": "entities",
+            "state_color": True,
+            "entities": [
+                {"type": "section", "label": "Actions"},
+                {"entity": "input_button.borg_nas_create", "name": "Create"},
+                {"entity": "input_button.borg_nas_prune", "name": "Prune"},
+                {"entity": "input_button.borg_nas_update_stats", "name": "Update stats"},
+                {"entity": "input_button.borg_nas_check", "name": "Check"},
+                {"entity": "input_button.borg_nas_restore_drill", "name": "Restore drill"},
+                {"entity": "input_button.borg_nas_scheduled_backup", "name": "Scheduled backup"},
+                {"type": "section", "label": "Settings"},
+                {"entity": "input_select.borg_nas_mode", "name": "Mode"},
+                {"entity": "input_number.borg_nas_frequency", "name": "Frequency"},
+                {"type": "section", "label": "Retention"},
+                {"entity": "input_text.borg_nas_keep_within", "name": "Keep within"},
+                {"entity": "input_number.borg_nas_keep_hourly", "name": "Keep hourly"},
+                {"entity": "input_number.borg_nas_keep_daily", "name": "Keep daily"},
+                {"entity": "input_number.borg_nas_keep_weekly", "name": "Keep weekly"},
+                {"entity": "input_number.borg_nas_keep_monthly", "name": "Keep monthly"},
+                {"entity": "input_number.borg_nas_keep_yearly", "name": "Keep yearly"},
+                {"type": "section", "label": "Repository"},
+                {"entity": "sensor.borg_nas_last_prune", "name": "Last prune"},
+                {
+                    "entity": "sensor.borg_nas_last_verified_restore",
+                    "name": "Last verified restore",
+                },
+                {"entity": "sensor.borg_nas_last_check", "name": "Last check"},
+                {"entity": "sensor.borg_nas_total_size", "name": "Total size"},
+                {"entity": "sensor.borg_nas_compressed_size", "name": "Compressed size"},
+                {"entity": "sensor.borg_nas_deduplicated_size", "name": "Deduplicated size"},
+                {"type": "section", "label": "Diagnostics"},
+                {"entity": "sensor.borg_nas_agent_version", "name": "Agent version"},
+                {"entity": "sensor.borg_nas_borg_version", "name": "Borg version"},
+            ],
+        },
     ],
 }
 
@@ -237,7 +312,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_state",
         state="idle",
         attributes={
-            "friendly_name": "nas state",
+            "friendly_name": "Borg nas state",
             "icon": "mdi:state-machine",
             "device_class": "enum",
             "options": [
@@ -259,7 +334,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_backup",
         state="unknown",
         attributes={
-            "friendly_name": "nas last backup",
+            "friendly_name": "Borg nas last backup",
             "icon": "mdi:history",
             "device_class": "timestamp",
             "archive": "",
@@ -273,7 +348,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_prune",
         state="unknown",
         attributes={
-            "friendly_name": "nas last prune",
+            "friendly_name": "Borg nas last prune",
             "icon": "mdi:content-cut",
             "device_class": "timestamp",
         },
@@ -282,7 +357,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_verified_restore",
         state="unknown",
         attributes={
-            "friendly_name": "nas last verified restore",
+            "friendly_name": "Borg nas last verified restore",
             "icon": "mdi:file-check-outline",
             "device_class": "timestamp",
             "archive": "",
@@ -296,7 +371,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_check",
         state="unknown",
         attributes={
-            "friendly_name": "nas last check",
+            "friendly_name": "Borg nas last check",
             "icon": "mdi:shield-check-outline",
             "device_class": "timestamp",
             "findings": None,
@@ -308,7 +383,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_next_backup",
         state="unknown",
         attributes={
-            "friendly_name": "nas next backup",
+            "friendly_name": "Borg nas next backup",
             "icon": "mdi:calendar-clock",
             "device_class": "timestamp",
         },
@@ -317,7 +392,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_total_size",
         state="unknown",
         attributes={
-            "friendly_name": "nas total size",
+            "friendly_name": "Borg nas total size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -330,7 +405,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_compressed_size",
         state="unknown",
         attributes={
-            "friendly_name": "nas compressed size",
+            "friendly_name": "Borg nas compressed size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -343,7 +418,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_deduplicated_size",
         state="unknown",
         attributes={
-            "friendly_name": "nas deduplicated size",
+            "friendly_name": "Borg nas deduplicated size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -356,7 +431,7 @@ EMPTY_NAS = [
         entity_id="binary_sensor.borg_nas_problem",
         state="off",
         attributes={
-            "friendly_name": "nas problem",
+            "friendly_name": "Borg nas problem",
             "device_class": "problem",
             "reason": "none",
             "consecutive_failures": 0,
@@ -366,7 +441,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_last_error",
         state="none",
         attributes={
-            "friendly_name": "nas last error",
+            "friendly_name": "Borg nas last error",
             "icon": "mdi:alert-circle-outline",
             "kind": "none",
             "hint": "",
@@ -376,7 +451,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_progress",
         state="unknown",
         attributes={
-            "friendly_name": "nas progress",
+            "friendly_name": "Borg nas progress",
             "icon": "mdi:progress-upload",
             "unit_of_measurement": "%",
             "operation": "none",
@@ -390,7 +465,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_speed",
         state="unknown",
         attributes={
-            "friendly_name": "nas speed",
+            "friendly_name": "Borg nas speed",
             "icon": "mdi:speedometer",
             "device_class": "data_rate",
             "unit_of_measurement": "MB/s",
@@ -401,7 +476,7 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_eta",
         state="unknown",
         attributes={
-            "friendly_name": "nas time left",
+            "friendly_name": "Borg nas time left",
             "icon": "mdi:timer-sand",
             "device_class": "duration",
             "unit_of_measurement": "min",
@@ -412,8 +487,26 @@ EMPTY_NAS = [
         entity_id="sensor.borg_nas_current_file",
         state="unknown",
         attributes={
-            "friendly_name": "nas current file",
+            "friendly_name": "Borg nas current file",
             "icon": "mdi:file-arrow-up-down-outline",
+        },
+    ),
+    Publication(
+        entity_id="sensor.borg_nas_hint",
+        state="none",
+        attributes={"friendly_name": "Borg nas what to do", "icon": "mdi:lightbulb-on-outline"},
+    ),
+    Publication(
+        entity_id="sensor.borg_nas_agent_version",
+        state="unknown",
+        attributes={"friendly_name": "Borg nas agent version", "icon": "mdi:tag-outline"},
+    ),
+    Publication(
+        entity_id="sensor.borg_nas_borg_version",
+        state="unknown",
+        attributes={
+            "friendly_name": "Borg nas borg version",
+            "icon": "mdi:package-variant-closed",
         },
     ),
 ]
@@ -423,7 +516,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_state",
         state="creating",
         attributes={
-            "friendly_name": "nas state",
+            "friendly_name": "Home backup nas state",
             "icon": "mdi:state-machine",
             "device_class": "enum",
             "options": [
@@ -445,7 +538,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_backup",
         state="2026-11-01T12:30:05+00:00",
         attributes={
-            "friendly_name": "nas last backup",
+            "friendly_name": "Home backup nas last backup",
             "icon": "mdi:history",
             "device_class": "timestamp",
             "archive": "nas-2026-11-01T12:30:05",
@@ -459,7 +552,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_prune",
         state="2026-10-31T23:00:00+02:00",
         attributes={
-            "friendly_name": "nas last prune",
+            "friendly_name": "Home backup nas last prune",
             "icon": "mdi:content-cut",
             "device_class": "timestamp",
         },
@@ -468,7 +561,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_verified_restore",
         state="unknown",
         attributes={
-            "friendly_name": "nas last verified restore",
+            "friendly_name": "Home backup nas last verified restore",
             "icon": "mdi:file-check-outline",
             "device_class": "timestamp",
             "archive": "",
@@ -482,7 +575,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_check",
         state="unknown",
         attributes={
-            "friendly_name": "nas last check",
+            "friendly_name": "Home backup nas last check",
             "icon": "mdi:shield-check-outline",
             "device_class": "timestamp",
             "findings": None,
@@ -494,7 +587,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_next_backup",
         state="2026-11-02T12:30:05+00:00",
         attributes={
-            "friendly_name": "nas next backup",
+            "friendly_name": "Home backup nas next backup",
             "icon": "mdi:calendar-clock",
             "device_class": "timestamp",
         },
@@ -503,7 +596,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_total_size",
         state="5.00",
         attributes={
-            "friendly_name": "nas total size",
+            "friendly_name": "Home backup nas total size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -516,7 +609,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_compressed_size",
         state="0.00",
         attributes={
-            "friendly_name": "nas compressed size",
+            "friendly_name": "Home backup nas compressed size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -529,7 +622,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_deduplicated_size",
         state="unknown",
         attributes={
-            "friendly_name": "nas deduplicated size",
+            "friendly_name": "Home backup nas deduplicated size",
             "icon": "mdi:harddisk",
             "device_class": "data_size",
             "unit_of_measurement": "MiB",
@@ -542,7 +635,7 @@ BUSY_NAS = [
         entity_id="binary_sensor.home_backup_nas_problem",
         state="on",
         attributes={
-            "friendly_name": "nas problem",
+            "friendly_name": "Home backup nas problem",
             "device_class": "problem",
             "reason": "overdue: no backup for 3 days; keep within rejected: '7x'",
             "consecutive_failures": 2,
@@ -552,7 +645,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_last_error",
         state="x" * 254 + "…",
         attributes={
-            "friendly_name": "nas last error",
+            "friendly_name": "Home backup nas last error",
             "icon": "mdi:alert-circle-outline",
             "kind": "borg_error",
             "hint": "run borg check",
@@ -562,7 +655,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_progress",
         state="56.8",
         attributes={
-            "friendly_name": "nas progress",
+            "friendly_name": "Home backup nas progress",
             "icon": "mdi:progress-upload",
             "unit_of_measurement": "%",
             "operation": "create",
@@ -576,7 +669,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_speed",
         state="154.98",
         attributes={
-            "friendly_name": "nas speed",
+            "friendly_name": "Home backup nas speed",
             "icon": "mdi:speedometer",
             "device_class": "data_rate",
             "unit_of_measurement": "MB/s",
@@ -587,7 +680,7 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_eta",
         state="62.1",
         attributes={
-            "friendly_name": "nas time left",
+            "friendly_name": "Home backup nas time left",
             "icon": "mdi:timer-sand",
             "device_class": "duration",
             "unit_of_measurement": "min",
@@ -598,13 +691,45 @@ BUSY_NAS = [
         entity_id="sensor.home_backup_nas_current_file",
         state="home/zoe/" + "d" * 245 + "…",
         attributes={
-            "friendly_name": "nas current file",
+            "friendly_name": "Home backup nas current file",
             "icon": "mdi:file-arrow-up-down-outline",
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_hint",
+        state="run borg check",
+        attributes={
+            "friendly_name": "Home backup nas what to do",
+            "icon": "mdi:lightbulb-on-outline",
+        },
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_agent_version",
+        state="1.4.0",
+        attributes={"friendly_name": "Home backup nas agent version", "icon": "mdi:tag-outline"},
+    ),
+    Publication(
+        entity_id="sensor.home_backup_nas_borg_version",
+        state="1.2.4",
+        attributes={
+            "friendly_name": "Home backup nas borg version",
+            "icon": "mdi:package-variant-closed",
         },
     ),
 ]
 
 MY_PC2_HELPERS = [
+    HelperSpec(
+        domain="input_select",
+        object_id="borg_my_pc2_mode",
+        name="Borg my_pc2 mode",
+        icon="mdi:cog-outline",
+        create_fields={"options": ["scheduled", "manual", "disabled"]},
+        first_value="manual",
+        drone="my_pc2",
+        setting="mode",
+        operation=None,
+    ),
     HelperSpec(
         domain="input_number",
         object_id="borg_my_pc2_frequency",
@@ -620,17 +745,6 @@ MY_PC2_HELPERS = [
         first_value=60,
         drone="my_pc2",
         setting="frequency",
-        operation=None,
-    ),
-    HelperSpec(
-        domain="input_select",
-        object_id="borg_my_pc2_mode",
-        name="Borg my_pc2 mode",
-        icon="mdi:cog-outline",
-        create_fields={"options": ["scheduled", "manual", "disabled"]},
-        first_value="manual",
-        drone="my_pc2",
-        setting="mode",
         operation=None,
     ),
     HelperSpec(

@@ -44,6 +44,8 @@ def full_record() -> DroneRecord:
         pending=["prune", "stats"],
         problem="overdue: no backup for 3 days",
         first_seen=WHEN - timedelta(days=30),
+        agent_version="1.4.0",
+        borg_version="1.2.4",
     )
 
 
@@ -207,6 +209,18 @@ def test_unknown_extra_keys_are_tolerated(tmp_path: Path) -> None:
 def test_missing_fields_take_their_defaults(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text('{"version": 1, "drones": {"nas": {}}}')
     assert Store(tmp_path / "state.json").load() == LoadResult(records={"nas": DroneRecord()})
+
+
+def test_a_file_from_before_versions_were_recorded_loads_them_as_unknown(tmp_path: Path) -> None:
+    document = json.loads(encode_state({"nas": full_record()}, 0, "running"))
+    for key in ("agent_version", "borg_version"):
+        del document["drones"]["nas"][key]
+    (tmp_path / "state.json").write_text(json.dumps(document))
+    loaded = Store(tmp_path / "state.json").load()
+    assert loaded.problem is None
+    record = full_record()
+    record.agent_version = record.borg_version = None
+    assert loaded.records == {"nas": record}
 
 
 def test_no_passphrase_field_exists_to_be_saved() -> None:
