@@ -380,7 +380,8 @@ class Coordinator:
                 if drone.busy and operation.value not in drone.record.pending
                 else "queued"
             )
-        self.port.log(f"{drone.name}: {operation.value} requested: {outcome}")
+        if outcome != "started":  # else the start line says it, "on request"
+            self.port.log(f"{drone.name}: {operation.value} requested: {outcome}")
         await self.port.fire_event(
             EVENT_REQUEST, {"drone": drone.name, "operation": operation.value, "outcome": outcome}
         )
@@ -400,7 +401,8 @@ class Coordinator:
             await self.save()
             self._start_what_is_due()
             outcome = "started" if target.busy else "queued"
-        self.port.log(f"{target.name}: offsite requested: {outcome}")
+        if outcome != "started":  # else the start line says it, "on request"
+            self.port.log(f"{target.name}: offsite requested: {outcome}")
         await self.port.fire_event(
             EVENT_REQUEST,
             {"drone": target.name, "operation": CopyOperation.OFFSITE.value, "outcome": outcome},
@@ -552,7 +554,7 @@ class Coordinator:
     async def _run(self, drone: Drone, operation: Operation, requested: bool) -> None:
         started = self.monotonic()
         # The operation's one start line; its one end line is logged by whatever ends it.
-        self.port.log(f"{drone.name}: {operation.value} started")
+        self.port.log(f"{drone.name}: {operation.value} started{_on_request(requested)}")
         try:
             drone.record.last_attempt = self.clock()
             await self.save()
@@ -1164,6 +1166,11 @@ class RedactingPort:
 
     def _scrub(self, values: Mapping[str, Any]) -> dict[str, Any]:
         return {key: self._redactor.value(value) for key, value in values.items()}
+
+
+def _on_request(requested: bool) -> str:
+    """How a start line says a button (or event) asked for the operation."""
+    return " on request" if requested else ""
 
 
 def _steps_begin(steps: tuple[str, ...], done: list[str]) -> bool:

@@ -243,7 +243,8 @@ async def run_copy(host: CopyHost, target: Target, requested: bool) -> None:
     """The task of one copy: every repository in turn, then the outcome recorded."""
     started = host.elapsed()
     copied: list[dict[str, Any]] = []
-    host.port.log(f"{target.name}: offsite copy started")  # its one start line
+    on_request = " on request" if requested else ""
+    host.port.log(f"{target.name}: offsite copy started{on_request}")  # its one start line
     try:
         target.record.last_attempt = host.now()
         await host.save()

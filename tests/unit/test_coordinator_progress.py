@@ -227,7 +227,7 @@ async def test_a_finished_operation_logs_one_start_and_one_end_line(
 ) -> None:
     port = await run_once(tmp_path, operation, None)
     start, end = lines_of(port, "nas", operation)
-    assert start == f"INFO nas: {operation} started"
+    assert start == f"INFO nas: {operation} started on request"
     assert end.startswith(f"INFO nas: {operation} finished in ")
 
 
@@ -237,7 +237,7 @@ async def test_a_failed_operation_logs_one_start_and_one_end_line_saying_why(
 ) -> None:
     port = await run_once(tmp_path, operation, failing(FailureKind.UNREACHABLE, "host down"))
     start, end = lines_of(port, "nas", operation)
-    assert start == f"INFO nas: {operation} started"
+    assert start == f"INFO nas: {operation} started on request"
     assert end.startswith(f"WARNING nas: {operation} failed after ")
     assert "(unreachable): host down" in end
 
@@ -245,7 +245,8 @@ async def test_a_failed_operation_logs_one_start_and_one_end_line_saying_why(
 async def test_a_crash_is_one_end_line_with_its_traceback(tmp_path: Path) -> None:
     port = await run_once(tmp_path, "create", _crash)
     start, end = lines_of(port, "nas", "create")
-    assert start == "INFO nas: create started"
+    assert start == "INFO nas: create started on request"
+    assert not [line for line in port.lines if "requested: started" in line]  # one start line
     assert end.startswith("ERROR nas: create failed after ")
     assert "internal error: RuntimeError('a bug')" in end
     assert "Traceback (most recent call last)" in end
@@ -271,7 +272,7 @@ async def test_an_offsite_copy_logs_one_start_and_one_end_line_and_ends_idle(
     await coordinator.request("cloud", CopyOperation.OFFSITE)
     await coordinator.wait_idle()
     start, ending = lines_of(port, "cloud", "offsite copy")
-    assert start == "INFO cloud: offsite copy started"
+    assert start == "INFO cloud: offsite copy started on request"
     assert ending.startswith(end)
     shown = port.history("sensor.borg_progress")
     assert shown[-1] == "idle"
