@@ -167,6 +167,9 @@ def wait_for_next_second(previous: str) -> None:
 async def test_entities_of_both_drones_exist_with_their_looks(
     stack: Stack, app: AppDaemon, ha_client: HaClient
 ) -> None:
+    # A clean first start (every helper created just now): nothing to warn about.
+    assert " WARNING " not in app.main_log()
+    assert " ERROR " not in app.main_log()
     for drone in stack.drones:
         for domain, suffixes in DRONE_SUFFIXES.items():
             for suffix in suffixes:

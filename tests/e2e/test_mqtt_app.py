@@ -182,7 +182,7 @@ async def test_devices_and_entities_appear_with_unique_ids(
     assert (await state_of(ha_client, "select.borg_alpha_mode"))["state"] == "manual"
     # A clean first start: nothing to warn about.
     assert " WARNING " not in app.main_log()
-    assert "ERROR" not in app.main_log()
+    assert " ERROR " not in app.main_log()
 
 
 async def _registry_with(client: HaClient, entity_id: str) -> dict[str, dict[str, Any]] | None:
