@@ -25,7 +25,7 @@ from devstack.drones import LocalDrone, app_config, make_local_drone, offsite_ta
 from devstack.haclient import HaClient, HaError
 from devstack.homeassistant import HomeAssistant
 from devstack.mosquitto import Mosquitto
-from devstack.mqttclient import MqttClient, async_wait_for_retained
+from devstack.mqttclient import MqttClient, async_read_retained, async_wait_for_retained
 from devstack.waiting import async_wait_until
 from tests.dashboard_support import referenced
 from tests.e2e.stack_support import (
@@ -271,6 +271,29 @@ async def test_an_invalid_keep_within_is_refused_and_reported(
         "binary_sensor.borg_alpha_problem", lambda s: s["state"] == "off", TIMEOUT
     )
     assert (await state_of(ha_client, keep_within))["state"] == "3d"
+
+
+async def test_a_broker_restarted_empty_gets_everything_again_from_the_app(
+    app: AppDaemon, ha_client: HaClient, mqtt_broker: Mosquitto
+) -> None:
+    config_topic = "homeassistant/sensor/borg_alpha_last_backup/config"
+    last_backup = (await state_of(ha_client, "sensor.borg_alpha_last_backup"))["state"]
+    mqtt_broker.persistence = False  # it comes back without what it retained
+    await mqtt_broker.async_restart()
+    assert await async_read_retained(mqtt_broker.port, "borg/alpha/last_backup/state") in (
+        None,
+        last_backup,  # the app may have been quicker than this read
+    )
+    # AppDaemon's MQTT client reconnects and the app sends configs, settings and states again.
+    await async_wait_for_retained(
+        mqtt_broker.port, "borg/alpha/last_backup/state", last_backup, TIMEOUT
+    )
+    assert await async_read_retained(mqtt_broker.port, config_topic) is not None
+    await async_wait_for_retained(mqtt_broker.port, "borg/alpha/keep_within/state", "3d", TIMEOUT)
+    await ha_client.wait_for_state(
+        "sensor.borg_alpha_state", lambda s: s["state"] == "idle", TIMEOUT
+    )
+    assert (await state_of(ha_client, "sensor.borg_alpha_last_backup"))["state"] == last_backup
 
 
 @contextlib.contextmanager
