@@ -24,7 +24,7 @@ from . import entities
 from .config import Config, ConfigError, EntityBackend, parse_config
 from .coordinator import Coordinator
 from .entities import HelperSpec, Publication
-from .mqtt_discovery import ClientStatus
+from .mqtt_discovery import ClientStatus, display_units
 from .mqtt_entities import MqttEntities, MqttPort, Publish
 from .offsite_entities import target_helpers
 from .ports import EVENT_RESTORE
@@ -46,6 +46,9 @@ DRAIN_ON_STOP_SECONDS = 5.0
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
 NAMES_LOGGED = 20  # the start line names at most this many drones
+# How long the MQTT backend waits for HA to register its sensors before setting their units.
+DISPLAY_UNIT_SECONDS = 60.0
+DISPLAY_UNIT_POLL_SECONDS = 1.0
 
 
 class BackupCoordinator(hass.Hass):  # type: ignore[misc]
@@ -59,11 +62,12 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
     _starting: asyncio.Task[None] | None = None
     _listeners: list[Any]  # AppDaemon's handles of what this start registered
     _timers: list[Any]
+    _background: list[asyncio.Task[None]]  # work this start left running
 
     async def initialize(self) -> None:
         await self._stop()
         self.helpers_by_entity = {}
-        self._listeners, self._timers = [], []
+        self._listeners, self._timers, self._background = [], [], []
         try:
             config = parse_config(self.args, Path(self.config_dir))
         except ConfigError as error:
@@ -78,10 +82,11 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
 
     async def _stop(self) -> None:
         starting, self._starting = self._starting, None
-        if starting is not None:
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
+        for task in [starting, *getattr(self, "_background", [])]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.coordinator is not None:  # also when initialised again without terminate()
             await self.coordinator.stop()
         self.coordinator = None
@@ -131,7 +136,9 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             await self.cancel_listen_event(listener)
         for timer in self._timers:
             await self.cancel_timer(timer)
-        self._listeners, self._timers = [], []
+        for task in self._background:
+            task.cancel()
+        self._listeners, self._timers, self._background = [], [], []
         if self.coordinator is not None:
             await self.coordinator.stop()
             self.coordinator = None
@@ -218,6 +225,38 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         )
         for topic in (self.mqtt.topics.commands, self.mqtt.topics.home_assistant_status):
             await self.call_service("mqtt/subscribe", topic=topic, namespace=namespace)
+        units = display_units(self.mqtt.entries, config.entity_prefix)
+        self._background.append(await self.create_task(self._show_in_units(units)))
+
+    async def _show_in_units(self, units: Mapping[str, str]) -> None:
+        """Gives each sensor sent in a base unit (bytes, B/s, s) the unit people read, once HA
+        has registered it and unless someone picked a unit already (their choice stays).
+        The entity registry's option is what HA's entity settings set."""
+        try:
+            await self._set_units(dict(units))
+        except HomeAssistantUnavailable as error:  # shown in bytes until the next start
+            self.log(f"could not set the units sizes are shown in: {error}", level="WARNING")
+
+    async def _set_units(self, waiting: dict[str, str]) -> None:
+        deadline = time.monotonic() + DISPLAY_UNIT_SECONDS
+        while waiting and time.monotonic() < deadline:
+            registered = await self._ws(
+                "config/entity_registry/get_entries", entity_ids=list(waiting)
+            )
+            for entity_id, entry in (registered or {}).items():
+                if entry is None:
+                    continue  # HA has not taken in its discovery config yet
+                unit = waiting.pop(entity_id)
+                options = dict((entry.get("options") or {}).get("sensor") or {})
+                if "unit_of_measurement" not in options:
+                    await self._ws(
+                        "config/entity_registry/update",
+                        entity_id=entity_id,
+                        options_domain="sensor",
+                        options={**options, "unit_of_measurement": unit},
+                    )
+            if waiting:
+                await asyncio.sleep(DISPLAY_UNIT_POLL_SECONDS)
 
     async def _home_assistant_version(self) -> str | None:
         """HA's version as the HASS plugin read it (MQTT discovery names entity ids by it)."""

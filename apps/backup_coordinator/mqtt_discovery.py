@@ -133,6 +133,18 @@ class Topics:
         return owner, parts[2]
 
 
+def display_units(entries: Iterable[Entry], prefix: str) -> dict[str, str]:
+    """Entity id -> the unit to show a sensor in while nobody picked one: a size sent in bytes
+    is shown in MiB, as the helpers backend shows it (discovery cannot suggest a unit)."""
+    return {
+        entry.entity_id(prefix, EntityBackend.MQTT): description.unit
+        for entry in entries
+        if isinstance(description := entry.description, SensorDescription)
+        and description.unit is not None
+        and description.native_unit not in (None, description.unit)
+    }
+
+
 # --- devices ----------------------------------------------------------------------------------
 
 

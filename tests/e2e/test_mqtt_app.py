@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -42,6 +42,7 @@ pytestmark = pytest.mark.e2e
 
 APP_SOURCE = PROJECT_ROOT / "apps" / "backup_coordinator"
 TIMEOUT = 60.0
+MIB = 1024 * 1024
 UNIQUE_ID = "backup_coordinator_{}"
 MQTT_CLIENT_ID = "appdaemon-e2e"
 CONTROLS = {
@@ -113,6 +114,10 @@ async def state_of(client: HaClient, entity_id: str) -> dict[str, Any]:
     return state
 
 
+def in_unit(unit: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda state: state["attributes"].get("unit_of_measurement") == unit
+
+
 async def registry(client: HaClient) -> dict[str, dict[str, Any]]:
     """HA's entity registry entries of MQTT entities, by entity id."""
     entries = await client.ws_command("config/entity_registry/list")
@@ -164,17 +169,19 @@ async def test_devices_and_entities_appear_with_unique_ids(
     state = await state_of(ha_client, "sensor.borg_alpha_state")
     assert state["attributes"]["friendly_name"] == "alpha State"
     assert state["attributes"]["device_class"] == "enum"
-    size = await state_of(ha_client, "sensor.borg_alpha_total_size")
+    # Sent in bytes; shown in MiB until a person picks another unit in HA.
+    size = await ha_client.wait_for_state("sensor.borg_alpha_total_size", in_unit("MiB"), TIMEOUT)
     assert size["attributes"]["device_class"] == "data_size"
     # Progress as entities with units; nothing runs, so nothing is claimed.
     for key, unit, device_class in (
         ("progress", "%", None),
-        ("speed", "B/s", "data_rate"),
-        ("eta", "s", "duration"),
+        ("speed", "MB/s", "data_rate"),
+        ("eta", "min", "duration"),
     ):
-        progress = await state_of(ha_client, f"sensor.borg_alpha_{key}")
+        progress = await ha_client.wait_for_state(
+            f"sensor.borg_alpha_{key}", in_unit(unit), TIMEOUT
+        )
         assert progress["state"] == "unknown"
-        assert progress["attributes"]["unit_of_measurement"] == unit
         assert progress["attributes"].get("device_class") == device_class
     assert (await state_of(ha_client, "sensor.borg_progress"))["state"] == "idle"
     assert (await state_of(ha_client, "sensor.borg_active"))["state"] == "idle"
@@ -208,8 +215,20 @@ async def test_a_button_pressed_in_home_assistant_backs_up(
     size = await ha_client.wait_for_state(
         "sensor.borg_alpha_total_size", lambda s: s["state"] != "unknown", TIMEOUT
     )
-    assert size["attributes"]["unit_of_measurement"] == "B"
-    assert int(size["state"]) == size["attributes"]["bytes"] > 0  # bytes: HA converts them
+    assert size["attributes"]["unit_of_measurement"] == "MiB"
+    assert size["attributes"]["bytes"] > 0
+    assert float(size["state"]) * MIB == pytest.approx(size["attributes"]["bytes"])
+    # A person shows one size in GiB: HA converts the bytes, and the app keeps that choice.
+    await ha_client.ws_command(
+        "config/entity_registry/update",
+        entity_id="sensor.borg_alpha_deduplicated_size",
+        options_domain="sensor",
+        options={"unit_of_measurement": "GiB", "suggested_display_precision": 2},
+    )
+    dedup = await ha_client.wait_for_state(
+        "sensor.borg_alpha_deduplicated_size", in_unit("GiB"), TIMEOUT
+    )
+    assert float(dedup["state"]) * 1024 * MIB == pytest.approx(dedup["attributes"]["bytes"])
     # The session's hello told which agent and borg the drone runs.
     version = await ha_client.wait_for_state(
         "sensor.borg_alpha_agent_version", lambda s: s["state"][:1].isdigit(), TIMEOUT
@@ -246,6 +265,9 @@ async def test_a_number_changed_in_home_assistant_reaches_prune(
     done = await finished.wait_for(lambda e: e["data"]["operation"] == "prune", TIMEOUT)
     assert done["data"]["ok"] is True, done["data"]
     assert drone.archives() == before[-1:]
+    # A restarted app (each test starts AppDaemon) left the person's unit alone.
+    dedup = await state_of(ha_client, "sensor.borg_alpha_deduplicated_size")
+    assert dedup["attributes"]["unit_of_measurement"] == "GiB"
 
 
 async def test_an_invalid_keep_within_is_refused_and_reported(

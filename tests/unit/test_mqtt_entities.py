@@ -20,6 +20,7 @@ from backup_coordinator.mqtt_discovery import (
     Topics,
     catalogue,
     discovery_config,
+    display_units,
     entity_id_keys,
     state_payload,
 )
@@ -125,6 +126,18 @@ def test_a_size_is_sent_in_bytes_for_home_assistant_to_convert(tmp_path: Path) -
     assert state_payload(size.description, shown) == str(5 * MIB)  # type: ignore[arg-type]
     unknown = Publication("sensor.borg_nas_total_size", "unknown", {}, native_state="unknown")
     assert state_payload(size.description, unknown) == UNKNOWN_PAYLOAD  # type: ignore[arg-type]
+
+
+def test_sensors_sent_in_a_base_unit_are_shown_in_the_unit_people_read(tmp_path: Path) -> None:
+    units = display_units(catalogue(config_with_target(tmp_path)), "borg")
+    assert units == {
+        "sensor.borg_nas_total_size": "MiB",
+        "sensor.borg_nas_compressed_size": "MiB",
+        "sensor.borg_nas_deduplicated_size": "MiB",
+        "sensor.borg_nas_speed": "MB/s",
+        "sensor.borg_nas_eta": "min",
+        "sensor.borg_vault_last_copy_size": "MiB",
+    }
 
 
 @pytest.mark.parametrize(
