@@ -111,7 +111,8 @@ class BenchDrone:
 
     @property
     def repository(self) -> Path:
-        return self.root / "repo"
+        # Where LocalDrone, which the app's apps.yaml is written from, keeps it.
+        return LocalDrone(DRONE, self.root, self.passphrase, self.sshd).repository
 
     @property
     def borg_base_dir(self) -> Path:
