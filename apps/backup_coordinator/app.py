@@ -97,11 +97,20 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             # What the stopped operations published last, if HA takes it in a moment.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(publisher.drain(), DRAIN_ON_STOP_SECONDS)
-            await publisher.close()
-        self.adapter = self.mqtt = None
+        if self.mqtt is not None:  # every entity unavailable, though AppDaemon runs on
+            with contextlib.suppress(HomeAssistantUnavailable, TimeoutError):
+                await asyncio.wait_for(self.mqtt.set_running(False), DRAIN_ON_STOP_SECONDS)
+        await self._close_publishers()
 
     def _publishers(self) -> list[SensorPublisher]:
         return [owner.sensors for owner in (self.adapter, self.mqtt) if owner is not None]
+
+    async def _close_publishers(self) -> None:
+        if self.mqtt is not None:
+            await self.mqtt.close()
+        if self.adapter is not None:
+            await self.adapter.sensors.close()
+        self.adapter = self.mqtt = None
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -142,9 +151,10 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         if self.coordinator is not None:
             await self.coordinator.stop()
             self.coordinator = None
-        for publisher in self._publishers():
-            await publisher.close()
-        self.adapter = self.mqtt = None
+        if self.connections is not None:
+            await self.connections.close()
+            self.connections = None
+        await self._close_publishers()
 
     async def _start(self, config: Config, attempt: int) -> None:
         timer = _PhaseTimer()
@@ -212,6 +222,7 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             await self._home_assistant_version(),
         )
         await self.mqtt.announce()
+        await self.mqtt.set_running(True)
         timer.done(f"announce {len(self.mqtt.entries)} entities")
         self.connections = Connections(limits=config.limits)
         port = MqttPort(self.mqtt, self.adapter)
@@ -275,10 +286,21 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             )
         if not getattr(plugin, "mqtt_connected", False):
             raise HomeAssistantUnavailable("AppDaemon's MQTT plugin is not connected to the broker")
+        if config.birth_topic != config.will_topic or not config.birth_retain:
+            self.log(
+                f"AppDaemon's MQTT plugin announces itself on {config.birth_topic}"
+                f" (retained: {config.birth_retain}) but its last will is on {config.will_topic}:"
+                " entities follow the last will's topic; keep AppDaemon's defaults for both",
+                level="WARNING",
+            )
         return ClientStatus(config.will_topic, config.birth_payload, config.will_payload)
 
     def _mqtt_publisher(self, namespace: str) -> Publish:
+        plugin = self.AD.plugins.get_plugin_object(namespace)
+
         async def publish(topic: str, payload: str) -> None:
+            if not getattr(plugin, "mqtt_connected", False):
+                return  # the broker is away: everything is sent again when it is back
             sent = await self.call_service(
                 "mqtt/publish", topic=topic, payload=payload, retain=True, namespace=namespace
             )
@@ -334,10 +356,13 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         if self.coordinator is None or self.mqtt is None:
             return
         topic, payload = data.get("topic"), data.get("payload")
-        if isinstance(topic, str) and isinstance(payload, str):
-            await self.mqtt.on_message(topic, payload, self.coordinator)
-        elif data.get("state") == MQTT_RECONNECTED:  # what the broker lost is sent again
-            await self.mqtt.announce_again(self.coordinator)
+        try:
+            if isinstance(topic, str) and isinstance(payload, str):
+                await self.mqtt.on_message(topic, payload, self.coordinator)
+            elif data.get("state") == MQTT_RECONNECTED:  # what the broker lost is sent again
+                await self.mqtt.announce_again(self.coordinator)
+        except HomeAssistantUnavailable as error:  # the broker went away again meanwhile
+            self.log(f"could not answer on MQTT: {error}", level="WARNING")
 
     async def _on_restore(
         self, _event: str, data: Mapping[str, Any], _kwargs: Mapping[str, Any]

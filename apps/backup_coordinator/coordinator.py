@@ -18,7 +18,7 @@ from traceback import format_exc
 from typing import Any
 
 from . import entities, offsite, operations, scheduler, verification
-from .config import Config, DroneConfig
+from .config import Config, DroneConfig, EntityBackend
 from .entities import DroneSnapshot, ProgressSnapshot, Publication
 from .jobs import agent_operation, build_job
 from .leases import RepositoryLeases
@@ -200,7 +200,8 @@ class Coordinator:
             self.targets[target_config.name] = self._restored_target(
                 target_config, loaded.copies.get(target_config.name), now
             )
-        self._apply_saved_settings()
+        if self.config.entities is EntityBackend.MQTT:  # with helpers, HA keeps the values
+            self._apply_saved_settings()
         for drone_name, values in helper_values.items():
             for setting, raw in values.items():
                 self._apply(drone_name, setting, raw)

@@ -25,12 +25,13 @@ from .entities import (
     EntityDescription,
     HelperDescription,
     Publication,
+    Section,
     SensorDescription,
 )
 from .offsite_entities import TARGET_HELPERS, TARGET_SENSORS
 
 COORDINATOR_OWNER = "coordinator"  # the coordinator's topic level (no drone takes that name)
-UNKNOWN_PAYLOAD = "None"  # HA's MQTT sensors show this payload as unknown
+UNKNOWN_PAYLOAD = "None"  # HA's MQTT sensors read this payload (PAYLOAD_NONE) as unknown
 BUTTON_PRESS = "PRESS"
 ONLINE, OFFLINE = "online", "offline"
 ORIGIN = {"name": "backup-coordinator", "sw_version": __version__}
@@ -108,7 +109,13 @@ class Topics:
         return f"{self.base}/{entry.owner or COORDINATOR_OWNER}/{entry.key}/{leaf}"
 
     def availability(self, owner: str) -> str:
+        """``online`` while the drone (or target) can be reached."""
         return f"{self.base}/{owner}/availability"
+
+    @property
+    def app_availability(self) -> str:
+        """``online`` while the app runs (AppDaemon may run on without it)."""
+        return f"{self.base}/availability"
 
     def discovery(self, entry: Entry, prefix: str) -> str:
         platform = entities.platform(entry.description.domain, EntityBackend.MQTT)
@@ -231,25 +238,24 @@ def discovery_config(
 
 
 def availability(entry: Entry, topics: Topics, status: ClientStatus) -> list[dict[str, str]]:
-    """Every entity needs AppDaemon's client online; a button also needs its drone or target
-    reachable (what it would run cannot start otherwise)."""
+    """Every entity needs AppDaemon's MQTT client online and the app running. A drone's live
+    progress (percent, speed, time left, file) also needs the drone reachable; its buttons stay
+    available, so a person can ask for a retry of an unreachable drone."""
     needed = [
         {
             "topic": status.topic,
             "payload_available": status.online,
             "payload_not_available": status.offline,
-        }
+        },
+        _online(topics.app_availability),
     ]
-    is_button = entry.description.domain == "input_button"
-    if is_button and entry.owner is not None:
-        needed.append(
-            {
-                "topic": topics.availability(entry.owner),
-                "payload_available": ONLINE,
-                "payload_not_available": OFFLINE,
-            }
-        )
+    if entry.description.section is Section.PROGRESS and entry.owner is not None:
+        needed.append(_online(topics.availability(entry.owner)))
     return needed
+
+
+def _online(topic: str) -> dict[str, str]:
+    return {"topic": topic, "payload_available": ONLINE, "payload_not_available": OFFLINE}
 
 
 def _control_config(
@@ -266,18 +272,13 @@ def _control_config(
         return {**config, "payload_press": BUTTON_PRESS}
     config["state_topic"] = topics.entity(entry, "state")
     if domain == "input_number":
-        config.update(
-            {key: fields[key] for key in ("min", "max", "step", "mode") if key in fields},
-            **(
-                {"unit_of_measurement": fields["unit_of_measurement"]}
-                if "unit_of_measurement" in fields
-                else {}
-            ),
-        )
+        number_keys = ("min", "max", "step", "mode", "unit_of_measurement")
+        config.update({key: fields[key] for key in number_keys if key in fields})
     elif domain == "input_select":
         config["options"] = list(fields["options"])
     elif domain == "input_text":
         config.update({key: fields[key] for key in ("min", "max", "pattern") if key in fields})
+        config["value_template"] = "{{ value_json.value }}"  # see control_value
     return config
 
 
@@ -353,8 +354,12 @@ def attributes_payload(publication: Publication) -> str:
     return json.dumps(values, default=str, sort_keys=True)
 
 
-def control_value(value: str | float) -> str:
-    """A control's value as its state topic carries it: whole numbers without ``.0``."""
+def control_value(domain: str, value: str | float) -> str:
+    """A control's value as its state topic carries it: whole numbers without ``.0``; a text
+    as JSON, because an empty retained payload would delete the retained message (an empty
+    keep within is the default)."""
+    if domain == "input_text":
+        return json.dumps({"value": str(value)})
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -62,10 +62,12 @@ class MqttEntities:
         self.id_keys = entity_id_keys(home_assistant_version)
         self.topics = Topics(config.mqtt.base_topic, config.mqtt.discovery_prefix)
         self.status = status
-        self._publish = publish
+        self._send = publish
         self._log = log
+        self.closed = False  # stopped: nothing more is sent
         self.entries = catalogue(config)
-        # The core names a sensor by its helpers-backend entity id; sensors keep their domain.
+        # The core names a sensor by its helpers-backend entity id (a sensor's domain is the
+        # same in both backends; only controls change domain over MQTT).
         self._by_entity = {e.entity_id(self.prefix, EntityBackend.HELPERS): e for e in self.entries}
         self._controls = {
             (e.owner, e.key): e
@@ -74,6 +76,19 @@ class MqttEntities:
         }
         self._shown: dict[str, Publication] = {}  # each sensor's newest state, to send again
         self.sensors = SensorPublisher(self._send_sensor, MESSAGES_IN_FLIGHT, log)
+
+    async def _publish(self, topic: str, payload: str) -> None:
+        if not self.closed:  # a command handled while the app stops sends nothing more
+            await self._send(topic, payload)
+
+    async def set_running(self, running: bool) -> None:
+        """The app's own availability: every entity turns unavailable when the app stops."""
+        await self._publish(self.topics.app_availability, ONLINE if running else OFFLINE)
+
+    async def close(self) -> None:
+        """Drops what was not sent yet; sends nothing from now on."""
+        self.closed = True
+        await self.sensors.close()
 
     # --- what HA is told ------------------------------------------------------------------
 
@@ -122,7 +137,9 @@ class MqttEntities:
         if description.first_value is None:
             return
         value = description.first_value(_control_source(coordinator, entry))
-        await self._publish(self.topics.entity(entry, "state"), control_value(value))
+        # Only valid settings get here; still, all that leaves the process is redacted.
+        shown = coordinator.redactor.text(control_value(description.domain, value))
+        await self._publish(self.topics.entity(entry, "state"), shown)
 
     async def _send_sensor(self, entity_id: str, _state: str, _attributes: Any) -> None:
         publication = self._shown[entity_id]
@@ -145,6 +162,7 @@ class MqttEntities:
         """Configs, settings and states once more: HA restarted, or the broker (perhaps
         without what was retained) is back."""
         await self.announce()
+        await self.set_running(True)
         await self.show_controls(coordinator)
         self.publish_again()
 

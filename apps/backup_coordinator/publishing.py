@@ -59,8 +59,11 @@ class SensorPublisher:
         self._workers: set[asyncio.Task[None]] = set()
         self._failures = 0  # since the last flush
         self._first_failure = ""
+        self._closed = False
 
     def put(self, entity_id: str, state: str, attributes: dict[str, Any]) -> None:
+        if self._closed:  # stopped: what is still published is dropped
+            return
         self._waiting.pop(entity_id, None)  # the newer state goes to the back of the line
         self._waiting[entity_id] = (state, attributes)
         if len(self._workers) < self._in_flight:
@@ -83,7 +86,9 @@ class SensorPublisher:
             )
 
     async def close(self) -> None:
-        """Drops what was not sent yet (the next start publishes everything again)."""
+        """Drops what was not sent yet, and all put from now on (the next start publishes
+        everything again)."""
+        self._closed = True
         self._waiting.clear()
         for worker in list(self._workers):
             worker.cancel()

@@ -43,6 +43,8 @@ pytestmark = pytest.mark.e2e
 APP_SOURCE = PROJECT_ROOT / "apps" / "backup_coordinator"
 TIMEOUT = 60.0
 MIB = 1024 * 1024
+# A text's state travels as JSON (an empty retained payload would delete the message).
+KEEP_2D, KEEP_3D = '{"value": "2d"}', '{"value": "3d"}'
 UNIQUE_ID = "backup_coordinator_{}"
 MQTT_CLIENT_ID = "appdaemon-e2e"
 CONTROLS = {
@@ -275,7 +277,9 @@ async def test_an_invalid_keep_within_is_refused_and_reported(
 ) -> None:
     keep_within = "text.borg_alpha_keep_within"
     await ha_client.call_service("text", "set_value", {"entity_id": keep_within, "value": "2d"})
-    await async_wait_for_retained(mqtt_broker.port, "borg/alpha/keep_within/state", "2d", TIMEOUT)
+    await async_wait_for_retained(
+        mqtt_broker.port, "borg/alpha/keep_within/state", KEEP_2D, TIMEOUT
+    )
     # HA checks the text's pattern itself...
     with pytest.raises(HaError):
         await ha_client.call_service("text", "set_value", {"entity_id": keep_within, "value": "7x"})
@@ -311,7 +315,9 @@ async def test_a_broker_restarted_empty_gets_everything_again_from_the_app(
         mqtt_broker.port, "borg/alpha/last_backup/state", last_backup, TIMEOUT
     )
     assert await async_read_retained(mqtt_broker.port, config_topic) is not None
-    await async_wait_for_retained(mqtt_broker.port, "borg/alpha/keep_within/state", "3d", TIMEOUT)
+    await async_wait_for_retained(
+        mqtt_broker.port, "borg/alpha/keep_within/state", KEEP_3D, TIMEOUT
+    )
     await ha_client.wait_for_state(
         "sensor.borg_alpha_state", lambda s: s["state"] == "idle", TIMEOUT
     )
@@ -347,6 +353,25 @@ async def test_home_assistant_restarted_shows_everything_again_by_itself(
         assert float(hourly["state"]) == 1
         assert (await state_of(ha_client, "text.borg_alpha_keep_within"))["state"] == "3d"
         assert (await state_of(ha_client, "button.borg_alpha_create"))["state"] != "unavailable"
+
+
+async def test_the_app_stopped_while_appdaemon_runs_makes_its_entities_unavailable(
+    app: AppDaemon, ha_client: HaClient, apps_yaml: tuple[str, str]
+) -> None:
+    await ha_client.wait_for_state(
+        "sensor.borg_alpha_state", lambda s: s["state"] == "idle", TIMEOUT
+    )
+    text, _ = apps_yaml
+    mark = app.log_mark()
+    app.update_apps_yaml(text.replace("tick_seconds: 1", "tick_seconds: soon"))
+    await asyncio.to_thread(app.wait_for_log, "configuration error", TIMEOUT, mark)
+    for entity_id in ("sensor.borg_alpha_state", "button.borg_alpha_create"):
+        await ha_client.wait_for_state(entity_id, lambda s: s["state"] == "unavailable", TIMEOUT)
+    app.update_apps_yaml(text)
+    await ha_client.wait_for_state(
+        "sensor.borg_alpha_state", lambda s: s["state"] == "idle", TIMEOUT
+    )
+    assert (await state_of(ha_client, "button.borg_alpha_create"))["state"] != "unavailable"
 
 
 async def test_appdaemon_stopped_makes_every_entity_unavailable(

@@ -4,6 +4,7 @@ kept current for a real coordinator (in-memory port, scripted agent)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -185,18 +186,25 @@ def test_controls_are_config_entities_with_their_limits(tmp_path: Path) -> None:
     assert discovered(None, "coordinator_mode")["name"] == "Mode"
 
 
-def test_availability_follows_appdaemon_and_for_buttons_the_drone(tmp_path: Path) -> None:
+def test_availability_follows_appdaemon_the_app_and_for_live_progress_the_drone(
+    tmp_path: Path,
+) -> None:
     config = config_with_target(tmp_path)
     client = {
         "topic": STATUS.topic,
         "payload_available": "online",
         "payload_not_available": "offline",
     }
-    sensor = discovery_config(entry(config, "nas", "state"), "borg", TOPICS, STATUS)
-    button = discovery_config(entry(config, "nas", "create"), "borg", TOPICS, STATUS)
-    assert sensor["availability"] == [client]
-    assert button["availability"] == [client, {**client, "topic": "borg/nas/availability"}]
-    assert button["availability_mode"] == "all"
+    app = {**client, "topic": "borg/availability"}
+    for key in ("state", "create", "keep_daily", "problem"):  # a retry can be asked for
+        discovered = discovery_config(entry(config, "nas", key), "borg", TOPICS, STATUS)
+        assert discovered["availability"] == [client, app]
+        assert discovered["availability_mode"] == "all"
+    for key in ("progress", "speed", "eta", "current_file"):
+        live = discovery_config(entry(config, "nas", key), "borg", TOPICS, STATUS)
+        assert live["availability"] == [client, app, {**client, "topic": "borg/nas/availability"}]
+    coordinator = discovery_config(entry(config, None, "progress"), "borg", TOPICS, STATUS)
+    assert coordinator["availability"] == [client, app]
 
 
 def test_command_topics_name_their_owner_and_key() -> None:
@@ -236,6 +244,7 @@ async def running(
         monotonic=clock.monotonic,
     )
     await mqtt.announce()
+    await mqtt.set_running(True)
     await coordinator.start({})
     await mqtt.show_controls(coordinator)
     await mqtt.sensors.flush()
@@ -248,7 +257,10 @@ async def test_start_announces_every_entity_and_shows_states_and_settings(tmp_pa
     assert len(configs) == len(mqtt.entries)
     assert broker.retained["borg/nas/state/state"] == "idle"
     assert broker.retained["borg/nas/availability"] == "online"
+    assert broker.retained["borg/availability"] == "online"
     assert broker.retained["borg/nas/keep_weekly/state"] == "4"
+    # JSON: an empty retained payload would delete the retained message
+    assert broker.retained["borg/nas/keep_within/state"] == '{"value": ""}'
     assert broker.retained["borg/nas/frequency/state"] == "1440"
     assert broker.retained["borg/coordinator/coordinator_mode/state"] == "running"
     assert json.loads(broker.retained["borg/nas/last_backup/attributes"])["archive"] == ""
@@ -261,10 +273,15 @@ async def test_a_number_from_home_assistant_is_applied_kept_and_shown(tmp_path: 
     assert coordinator.drones["nas"].settings.keep.weekly == 9
     assert broker.retained["borg/nas/keep_weekly/state"] == "9"
     assert coordinator.drones["nas"].record.settings == {"keep_weekly": "9"}
-    # Kept in the state file: a restarted coordinator starts with it.
-    again = Coordinator(make_config(tmp_path, nas={}), MemoryPort(), ScriptedRunner())
+    # Kept in the state file: a restarted coordinator starts with it (over MQTT; with helpers,
+    # HA keeps the values and gives them at the start).
+    mqtt_config = replace(make_config(tmp_path, nas={}), entities=EntityBackend.MQTT)
+    again = Coordinator(mqtt_config, MemoryPort(), ScriptedRunner())
     await again.start({})
     assert again.drones["nas"].settings.keep.weekly == 9
+    with_helpers = Coordinator(make_config(tmp_path, nas={}), MemoryPort(), ScriptedRunner())
+    await with_helpers.start({})
+    assert with_helpers.drones["nas"].settings.keep.weekly == 4
 
 
 async def test_an_invalid_text_is_rejected_reported_and_snaps_back(tmp_path: Path) -> None:
@@ -272,7 +289,7 @@ async def test_an_invalid_text_is_rejected_reported_and_snaps_back(tmp_path: Pat
     await mqtt.on_message("borg/nas/keep_within/set", "10 days; rm -rf /", coordinator)
     await mqtt.sensors.flush()
     assert coordinator.drones["nas"].settings.keep.within is None
-    assert broker.retained["borg/nas/keep_within/state"] == ""
+    assert broker.retained["borg/nas/keep_within/state"] == '{"value": ""}'
     assert broker.retained["borg/nas/problem/state"] == "on"
     assert (
         "keep within rejected"
@@ -294,7 +311,7 @@ async def test_a_button_press_runs_its_operation(tmp_path: Path) -> None:
     assert broker.retained["borg/nas/deduplicated_size/state"] == "0"
 
 
-async def test_an_unreachable_drone_makes_its_buttons_unavailable(tmp_path: Path) -> None:
+async def test_an_unreachable_drone_makes_its_live_progress_unavailable(tmp_path: Path) -> None:
     mqtt, _, broker, _ = await running(tmp_path)
     mqtt.publish(Publication("sensor.borg_nas_state", "unreachable", {}))
     await mqtt.sensors.flush()
@@ -324,3 +341,16 @@ async def test_messages_that_are_not_commands_of_ours_are_ignored(tmp_path: Path
     await mqtt.sensors.flush()
     assert broker.count == before
     assert coordinator.drones["nas"].record.pending == []
+
+
+async def test_once_closed_nothing_more_is_sent(tmp_path: Path) -> None:
+    """A command handled while the app stops publishes nothing after the stop."""
+    mqtt, coordinator, broker, _ = await running(tmp_path)
+    await mqtt.set_running(False)
+    assert broker.retained["borg/availability"] == "offline"
+    await mqtt.close()
+    before = broker.count
+    await mqtt.on_message("borg/nas/keep_weekly/set", "9", coordinator)
+    mqtt.publish(Publication("sensor.borg_nas_state", "creating", {}))
+    await mqtt.sensors.drain()
+    assert broker.count == before
