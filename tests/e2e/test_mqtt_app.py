@@ -116,6 +116,18 @@ async def state_of(client: HaClient, entity_id: str) -> dict[str, Any]:
     return state
 
 
+async def known_state(client: HaClient, entity_id: str) -> str:
+    """An entity's first state other than unknown or unavailable.
+
+    HA sets up discovered entities one after another, each taking its retained state when it
+    subscribes, so each is waited for on its own.
+    """
+    state = await client.wait_for_state(
+        entity_id, lambda s: s["state"] not in ("unknown", "unavailable"), TIMEOUT
+    )
+    return str(state["state"])
+
+
 def in_unit(unit: str) -> Callable[[dict[str, Any]], bool]:
     return lambda state: state["attributes"].get("unit_of_measurement") == unit
 
@@ -185,10 +197,10 @@ async def test_devices_and_entities_appear_with_unique_ids(
         )
         assert progress["state"] == "unknown"
         assert progress["attributes"].get("device_class") == device_class
-    assert (await state_of(ha_client, "sensor.borg_progress"))["state"] == "idle"
-    assert (await state_of(ha_client, "sensor.borg_active"))["state"] == "idle"
-    assert float((await state_of(ha_client, "number.borg_alpha_keep_daily"))["state"]) == 7
-    assert (await state_of(ha_client, "select.borg_alpha_mode"))["state"] == "manual"
+    assert await known_state(ha_client, "sensor.borg_progress") == "idle"
+    assert await known_state(ha_client, "sensor.borg_active") == "idle"
+    assert float(await known_state(ha_client, "number.borg_alpha_keep_daily")) == 7
+    assert await known_state(ha_client, "select.borg_alpha_mode") == "manual"
     # A clean first start: nothing to warn about.
     assert " WARNING " not in app.main_log()
     assert " ERROR " not in app.main_log()
@@ -296,7 +308,7 @@ async def test_an_invalid_keep_within_is_refused_and_reported(
     await ha_client.wait_for_state(
         "binary_sensor.borg_alpha_problem", lambda s: s["state"] == "off", TIMEOUT
     )
-    assert (await state_of(ha_client, keep_within))["state"] == "3d"
+    await ha_client.wait_for_state(keep_within, lambda s: s["state"] == "3d", TIMEOUT)
 
 
 async def test_a_broker_restarted_empty_gets_everything_again_from_the_app(
@@ -343,16 +355,12 @@ async def test_home_assistant_restarted_shows_everything_again_by_itself(
     with frozen(app):
         await home_assistant.async_restart()
         await ha_client.reconnect()
-        restored = await ha_client.wait_for_state(
-            "sensor.borg_alpha_last_backup",
-            lambda s: s["state"] not in ("unknown", "unavailable"),
-            TIMEOUT,
+        assert await known_state(ha_client, "sensor.borg_alpha_last_backup") == last_backup
+        assert float(await known_state(ha_client, "number.borg_alpha_keep_hourly")) == 1
+        assert await known_state(ha_client, "text.borg_alpha_keep_within") == "3d"
+        await ha_client.wait_for_state(
+            "button.borg_alpha_create", lambda s: s["state"] != "unavailable", TIMEOUT
         )
-        assert restored["state"] == last_backup
-        hourly = await state_of(ha_client, "number.borg_alpha_keep_hourly")
-        assert float(hourly["state"]) == 1
-        assert (await state_of(ha_client, "text.borg_alpha_keep_within"))["state"] == "3d"
-        assert (await state_of(ha_client, "button.borg_alpha_create"))["state"] != "unavailable"
 
 
 async def test_the_app_stopped_while_appdaemon_runs_makes_its_entities_unavailable(
