@@ -24,7 +24,7 @@ from . import entities
 from .config import Config, ConfigError, EntityBackend, parse_config
 from .coordinator import Coordinator
 from .entities import HelperSpec, Publication
-from .mqtt_discovery import ClientStatus, display_units
+from .mqtt_discovery import ClientStatus, DisplayUnit, display_options, display_units
 from .mqtt_entities import MqttEntities, MqttPort, Publish
 from .offsite_entities import target_helpers
 from .ports import EVENT_RESTORE
@@ -239,7 +239,7 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         units = display_units(self.mqtt.entries, config.entity_prefix)
         self._background.append(await self.create_task(self._show_in_units(units)))
 
-    async def _show_in_units(self, units: Mapping[str, str]) -> None:
+    async def _show_in_units(self, units: Mapping[str, DisplayUnit]) -> None:
         """Gives each sensor sent in a base unit (bytes, B/s, s) the unit people read, once HA
         has registered it and unless someone picked a unit already (their choice stays).
         The entity registry's option is what HA's entity settings set."""
@@ -248,7 +248,7 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
         except HomeAssistantUnavailable as error:  # shown in bytes until the next start
             self.log(f"could not set the units sizes are shown in: {error}", level="WARNING")
 
-    async def _set_units(self, waiting: dict[str, str]) -> None:
+    async def _set_units(self, waiting: dict[str, DisplayUnit]) -> None:
         deadline = time.monotonic() + DISPLAY_UNIT_SECONDS
         while waiting and time.monotonic() < deadline:
             registered = await self._ws(
@@ -257,14 +257,14 @@ class BackupCoordinator(hass.Hass):  # type: ignore[misc]
             for entity_id, entry in (registered or {}).items():
                 if entry is None:
                     continue  # HA has not taken in its discovery config yet
-                unit = waiting.pop(entity_id)
-                options = dict((entry.get("options") or {}).get("sensor") or {})
-                if "unit_of_measurement" not in options:
+                shown = waiting.pop(entity_id)
+                current = (entry.get("options") or {}).get("sensor") or {}
+                if (options := display_options(current, shown)) is not None:
                     await self._ws(
                         "config/entity_registry/update",
                         entity_id=entity_id,
                         options_domain="sensor",
-                        options={**options, "unit_of_measurement": unit},
+                        options=options,
                     )
             if waiting:
                 await asyncio.sleep(DISPLAY_UNIT_POLL_SECONDS)

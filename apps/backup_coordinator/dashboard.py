@@ -83,7 +83,9 @@ def _cards(
     prefix: str, owner: str, backend: EntityBackend, descriptions: Sequence[EntityDescription]
 ) -> list[dict[str, Any]]:
     """The owner's cards, section by section: rows of an entities card, each section after the
-    first under its heading; the problem's texts end that card and get a card of their own."""
+    first under its heading; the problem's texts end that card and get a card of their own.
+    A section that opens a card is headed by a subtitle above it: HA's section row draws a
+    divider first, which at a card's top is a blank strip."""
 
     def entity_id(description: EntityDescription) -> str:
         return description.entity_id(prefix, owner, backend)
@@ -98,11 +100,17 @@ def _cards(
             problem = entity_id(PROBLEM_SENSOR) if PROBLEM_SENSOR in descriptions else None
             cards.append(_problem_card(problem, [(d.label, entity_id(d)) for d in chosen]))
             continue
-        if chosen and section.value:
+        if chosen and section.value and rows:
             rows.append({"type": "section", "label": section.value})
+        elif chosen and section.value:
+            cards.append(_subtitle(section.value))
         rows += [_row(entity_id(d), d.label) for d in chosen]
     cards.append(_entities_card(rows))
     return [card for card in cards if card]
+
+
+def _subtitle(text: str) -> dict[str, Any]:
+    return {"type": "heading", "heading": text, "heading_style": "subtitle"}
 
 
 def _entities_card(rows: list[dict[str, str]]) -> dict[str, Any]:

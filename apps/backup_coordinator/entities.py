@@ -118,7 +118,7 @@ class SensorDescription(EntityDescription, Generic[Source]):
     # (sizes in bytes, so HA shows the unit the user picks). None: ``value`` and ``unit``.
     native_value: Callable[[Source], str] | None = None
     native_unit: str | None = None
-    display_precision: int | None = None  # decimals HA shows of a converted native value
+    display_precision: int | None = None  # decimals HA shows in ``unit`` (MQTT: set in HA)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import __version__, entities
 from .config import Config, EntityBackend
@@ -140,16 +140,37 @@ class Topics:
         return owner, parts[2]
 
 
-def display_units(entries: Iterable[Entry], prefix: str) -> dict[str, str]:
-    """Entity id -> the unit to show a sensor in while nobody picked one: a size sent in bytes
-    is shown in MiB, as the helpers backend shows it (discovery cannot suggest a unit)."""
+class DisplayUnit(NamedTuple):
+    """How HA shows a sensor sent in a base unit, until a person picks otherwise."""
+
+    unit: str
+    precision: int | None  # decimals in ``unit``; None: HA's own guess
+
+
+def display_units(entries: Iterable[Entry], prefix: str) -> dict[str, DisplayUnit]:
+    """Entity id -> how to show a sensor sent in a base unit: a size sent in bytes is shown in
+    MiB with 2 decimals, as the helpers backend shows it (discovery cannot suggest a unit)."""
     return {
-        entry.entity_id(prefix, EntityBackend.MQTT): description.unit
+        entry.entity_id(prefix, EntityBackend.MQTT): DisplayUnit(
+            description.unit, description.display_precision
+        )
         for entry in entries
         if isinstance(description := entry.description, SensorDescription)
         and description.unit is not None
         and description.native_unit not in (None, description.unit)
     }
+
+
+def display_options(current: Mapping[str, Any], shown: DisplayUnit) -> dict[str, Any] | None:
+    """The entity registry's sensor options that show a sensor as ``shown``; None when a person
+    already picked a unit (their choice stays). These are the options HA's entity settings set:
+    a suggested precision would count in the base unit (2 decimals of bytes are 8 of MiB)."""
+    if "unit_of_measurement" in current:
+        return None
+    options = {**current, "unit_of_measurement": shown.unit}
+    if shown.precision is not None and "display_precision" not in current:
+        options["display_precision"] = shown.precision
+    return options
 
 
 # --- devices ----------------------------------------------------------------------------------
@@ -291,7 +312,6 @@ def _sensor_config(
         "unit_of_measurement": description.native_unit or description.unit,
         "state_class": description.state_class,
         "options": list(description.options) or None,
-        "suggested_display_precision": description.display_precision,
         # HA refuses a sensor in the config category: those are controls.
         "entity_category": description.category.value
         if description.category is EntityCategory.DIAGNOSTIC

@@ -237,15 +237,22 @@ async def report_drone(client: HaClient, name: str) -> bool:
     values: dict[str, Any] = {k: (v or {}).get("state") for k, v in states.items()}
     say(
         f"{name}: state {values['state']}, last backup {values['last_backup']},"
-        f" total {mib(values['total_size'])}, deduplicated {mib(values['deduplicated_size'])},"
-        f" problem {values['problem']}"
+        f" total {size_of(states['total_size'])},"
+        f" deduplicated {size_of(states['deduplicated_size'])}, problem {values['problem']}"
     )
     sized = values["total_size"] not in (None, "unknown")
     return values["problem"] == "off" and sized
 
 
+def size_of(state: dict[str, Any] | None) -> str:
+    """A size sensor's value in MiB, from its bytes (HA's state is in whatever unit it shows)."""
+    if state is None:
+        return "missing"
+    return mib(state["attributes"].get("bytes", state["state"]))
+
+
 def mib(size: object) -> str:
-    """A size HA shows in bytes (MQTT sensors: HA converts them for people) as MiB."""
+    """A size in bytes as MiB."""
     try:
         return f"{float(str(size)) / MIB:.2f} MiB"
     except ValueError:

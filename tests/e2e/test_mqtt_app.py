@@ -186,6 +186,10 @@ async def test_devices_and_entities_appear_with_unique_ids(
     # Sent in bytes; shown in MiB until a person picks another unit in HA.
     size = await ha_client.wait_for_state("sensor.borg_alpha_total_size", in_unit("MiB"), TIMEOUT)
     assert size["attributes"]["device_class"] == "data_size"
+    shown = await ha_client.ws_command(
+        "config/entity_registry/get", entity_id="sensor.borg_alpha_total_size"
+    )
+    assert shown["options"]["sensor"]["display_precision"] == 2  # 8.00 MiB, not 8.00333786
     # Progress as entities with units; nothing runs, so nothing is claimed.
     for key, unit, device_class in (
         ("progress", "%", None),
@@ -232,16 +236,18 @@ async def test_a_button_pressed_in_home_assistant_backs_up(
     assert size["attributes"]["unit_of_measurement"] == "MiB"
     assert size["attributes"]["bytes"] > 0
     assert float(size["state"]) * MIB == pytest.approx(size["attributes"]["bytes"])
-    # A person shows one size in GiB: HA converts the bytes, and the app keeps that choice.
+    # A person shows one size in GiB (the entity settings keep the other options): HA converts
+    # the bytes, and the app keeps that choice.
+    dedup_id = "sensor.borg_alpha_deduplicated_size"
+    await ha_client.wait_for_state(dedup_id, in_unit("MiB"), TIMEOUT)  # the app's options set
+    entry = await ha_client.ws_command("config/entity_registry/get", entity_id=dedup_id)
     await ha_client.ws_command(
         "config/entity_registry/update",
-        entity_id="sensor.borg_alpha_deduplicated_size",
+        entity_id=dedup_id,
         options_domain="sensor",
-        options={"unit_of_measurement": "GiB", "suggested_display_precision": 2},
+        options={**entry["options"]["sensor"], "unit_of_measurement": "GiB"},
     )
-    dedup = await ha_client.wait_for_state(
-        "sensor.borg_alpha_deduplicated_size", in_unit("GiB"), TIMEOUT
-    )
+    dedup = await ha_client.wait_for_state(dedup_id, in_unit("GiB"), TIMEOUT)
     assert float(dedup["state"]) * 1024 * MIB == pytest.approx(dedup["attributes"]["bytes"])
     # The session's hello told which agent and borg the drone runs.
     version = await ha_client.wait_for_state(

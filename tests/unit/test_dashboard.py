@@ -116,7 +116,7 @@ def test_the_coordinator_section_shows_each_coordinator_entity_once(
 
 def test_a_drone_section_reads_status_progress_problem_actions_settings_repository() -> None:
     section = drone_section("borg", "nas", EntityBackend.HELPERS)
-    heading, status, problem, controls = section["cards"]
+    heading, status, problem, actions, controls = section["cards"]
     assert heading == {
         "type": "heading",
         "heading": "nas",
@@ -135,9 +135,12 @@ def test_a_drone_section_reads_status_progress_problem_actions_settings_reposito
         "sensor.borg_nas_current_file",
     ]
     assert problem["type"] == "conditional"
+    # Opening a card, a section's heading is a subtitle above it (no divider at the top).
+    assert actions == {"type": "heading", "heading": "Actions", "heading_style": "subtitle"}
     order = [row.get("label") or row["entity"] for row in controls["entities"]]
+    assert order[0] == "input_button.borg_nas_create"
     position = {entity: index for index, entity in enumerate(order)}
-    assert position["Actions"] < position["input_button.borg_nas_create"] < position["Settings"]
+    assert position["input_button.borg_nas_create"] < position["Settings"]
     assert position["Settings"] < position["input_select.borg_nas_mode"] < position["Retention"]
     assert position["input_number.borg_nas_frequency"] < position["Retention"]
     assert position["Retention"] < position["input_number.borg_nas_keep_hourly"]

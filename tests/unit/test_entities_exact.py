@@ -265,11 +265,11 @@ NAS_SECTION = {
                 " {{ text | replace('[', '\\\\[') }}{% endif %}",
             },
         },
+        {"type": "heading", "heading": "Actions", "heading_style": "subtitle"},
         {
             "type": "entities",
             "state_color": True,
             "entities": [
-                {"type": "section", "label": "Actions"},
                 {"entity": "input_button.borg_nas_create", "name": "Create"},
                 {"entity": "input_button.borg_nas_prune", "name": "Prune"},
                 {"entity": "input_button.borg_nas_update_stats", "name": "Update stats"},

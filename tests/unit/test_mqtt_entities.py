@@ -17,10 +17,12 @@ from backup_coordinator.model import MIB, Mode, Operation
 from backup_coordinator.mqtt_discovery import (
     UNKNOWN_PAYLOAD,
     ClientStatus,
+    DisplayUnit,
     Entry,
     Topics,
     catalogue,
     discovery_config,
+    display_options,
     display_units,
     entity_id_keys,
     state_payload,
@@ -132,12 +134,30 @@ def test_a_size_is_sent_in_bytes_for_home_assistant_to_convert(tmp_path: Path) -
 def test_sensors_sent_in_a_base_unit_are_shown_in_the_unit_people_read(tmp_path: Path) -> None:
     units = display_units(catalogue(config_with_target(tmp_path)), "borg")
     assert units == {
-        "sensor.borg_nas_total_size": "MiB",
-        "sensor.borg_nas_compressed_size": "MiB",
-        "sensor.borg_nas_deduplicated_size": "MiB",
-        "sensor.borg_nas_speed": "MB/s",
-        "sensor.borg_nas_eta": "min",
-        "sensor.borg_vault_last_copy_size": "MiB",
+        "sensor.borg_nas_total_size": DisplayUnit("MiB", 2),
+        "sensor.borg_nas_compressed_size": DisplayUnit("MiB", 2),
+        "sensor.borg_nas_deduplicated_size": DisplayUnit("MiB", 2),
+        "sensor.borg_nas_speed": DisplayUnit("MB/s", 1),
+        "sensor.borg_nas_eta": DisplayUnit("min", None),
+        "sensor.borg_vault_last_copy_size": DisplayUnit("MiB", 2),
+    }
+    # Discovery suggests no precision: HA would count it in bytes (2 decimals of B, 8 of MiB).
+    size = entry(config_with_target(tmp_path), "nas", "total_size")
+    assert "suggested_display_precision" not in discovery_config(size, "borg", TOPICS, STATUS)
+
+
+def test_display_options_leave_a_person_s_choice_alone() -> None:
+    mib = DisplayUnit("MiB", 2)
+    assert display_options({}, mib) == {"unit_of_measurement": "MiB", "display_precision": 2}
+    assert display_options({"suggested_display_precision": 8}, DisplayUnit("min", None)) == {
+        "suggested_display_precision": 8,
+        "unit_of_measurement": "min",
+    }
+    # A person picked a unit, or only a precision: what they picked stays.
+    assert display_options({"unit_of_measurement": "GiB"}, mib) is None
+    assert display_options({"display_precision": 0}, mib) == {
+        "display_precision": 0,
+        "unit_of_measurement": "MiB",
     }
 
 
