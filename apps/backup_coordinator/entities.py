@@ -32,6 +32,9 @@ from .operations import OPERATIONS, OperationSpec
 from .store import DEFAULT_GLOBAL_MODE
 
 STATE_MAX_LENGTH = 255  # HA rejects longer states
+# What a dashboard row has room for beside its name, on a phone: a longer state squeezes the
+# name away and runs off the card.
+ROW_STATE_LENGTH = 28
 
 # What a description reads its values from. Contravariant: a description that reads a protocol
 # (``Scheduled``, ``Troubled``) serves every source that has it (a drone's, a target's).
@@ -558,6 +561,11 @@ def _live(snap: DroneSnapshot, read: Callable[[ProgressSnapshot], float | None])
     return None if snap.progress is None else read(snap.progress)
 
 
+def _current_path(snap: DroneSnapshot) -> str:
+    """The file the drone's running step reads; empty when idle or not known."""
+    return snap.progress.path if snap.progress else ""
+
+
 def _number_or_unknown(value: float | None, decimals: int) -> str:
     return "unknown" if value is None else f"{value:.{decimals}f}"
 
@@ -613,7 +621,8 @@ DRONE_PROGRESS_SENSORS: tuple[SensorDescription[DroneSnapshot], ...] = (
         label="current file",
         icon="mdi:file-arrow-up-down-outline",
         section=Section.PROGRESS,
-        value=lambda snap: (snap.progress.path if snap.progress else "") or "unknown",
+        value=lambda snap: path_tail(_current_path(snap)) or "unknown",
+        attributes=lambda snap: {"path": path} if (path := _current_path(snap)) else {},
     ),
 )
 
@@ -843,6 +852,20 @@ def coordinator_sensors(
 
 def iso_or_unknown(moment: datetime | None) -> str:
     return moment.isoformat(timespec="seconds") if moment is not None else "unknown"
+
+
+def path_tail(path: str, limit: int = ROW_STATE_LENGTH) -> str:
+    """The end of a path in at most ``limit`` characters, in whole components where they fit
+    (``…/data/big/blob03.bin``); the start is what a person needs least."""
+    if len(path) <= limit:
+        return path
+    tail = path.rsplit("/", 1)[-1]
+    for part in reversed(path.split("/")[:-1]):
+        if len(f"…/{part}/{tail}") > limit:
+            break
+        tail = f"{part}/{tail}"
+    shown = f"…/{tail}"
+    return shown if len(shown) <= limit else "…" + path[-(limit - 1) :]
 
 
 def truncate(text: str) -> str:

@@ -2,9 +2,11 @@
 
 borg cannot know how much is left, so the estimate compares what was read so far with the
 drone's previous archive (the best guess of this one): its original size while this run has
-not read more bytes than that, else its file count while this run has not read more files,
-else nothing ("unknown", never a made-up 99 %). The expected totals shown grow to what has been
-seen, so they never claim less than what was already read.
+read less than that, else its file count while this run has read fewer files, else nothing
+("unknown", never a made-up 99 %). An estimate the run has reached while it goes on says
+nothing more: a run that grew past the previous archive's bytes would otherwise sit at 99 %
+the moment it has read as many files. The expected totals shown grow to what has been seen,
+so they never claim less than what was already read.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ class Estimate:
 
 
 def fraction_done(size: int, files: int, expected: Estimate) -> float | None:
-    """How far a run that read ``size`` bytes in ``files`` files is: by bytes while it has not
-    outgrown the expected size, else by files while it has not outgrown the expected count,
-    else unknown."""
-    if expected.size and size <= expected.size:
+    """How far a run that read ``size`` bytes in ``files`` files is: by bytes while it is short
+    of the expected size, else by files while it is short of the expected count, else
+    unknown."""
+    if expected.size and size < expected.size:
         return size / expected.size
-    if expected.files and files <= expected.files:
+    if expected.files and files < expected.files:
         return files / expected.files
     return None
 

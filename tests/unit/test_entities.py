@@ -16,6 +16,7 @@ from backup_coordinator.dashboard import drone_section
 from backup_coordinator.entities import (
     DRONE_HELPERS,
     DRONE_SENSORS,
+    ROW_STATE_LENGTH,
     DroneSnapshot,
     EntityCategory,
     HelperDescription,
@@ -27,6 +28,7 @@ from backup_coordinator.entities import (
     coordinator_sensors,
     drone_helpers,
     drone_sensors,
+    path_tail,
     progress_sensor,
     render_helpers,
     render_sensors,
@@ -334,3 +336,12 @@ def test_a_button_added_to_the_operation_registry_becomes_an_input_button() -> N
         "Borg nas restore",
         Operation.EXTRACT,
     )
+
+
+def test_the_current_file_shows_the_end_of_its_path_that_fits_a_row() -> None:
+    assert path_tail("home/zoe/a.txt") == "home/zoe/a.txt"
+    long = "work/main/.stack/demo/drones/laptop/data/big/blob03.bin"
+    assert path_tail(long) == "…/laptop/data/big/blob03.bin"
+    assert len(path_tail(long)) <= ROW_STATE_LENGTH
+    assert path_tail("srv/" + "x" * 40) == "…" + "x" * (ROW_STATE_LENGTH - 1)
+    assert path_tail("ab/" + "y" * 26) == "…/" + "y" * 26

@@ -689,10 +689,11 @@ BUSY_NAS = [
     ),
     Publication(
         entity_id="sensor.home_backup_nas_current_file",
-        state="home/zoe/" + "d" * 245 + "…",
+        state="…" + "d" * 27,  # what a dashboard row has room for; the path in full below
         attributes={
             "friendly_name": "Home backup nas current file",
             "icon": "mdi:file-arrow-up-down-outline",
+            "path": "home/zoe/" + "d" * 300,
         },
     ),
     Publication(

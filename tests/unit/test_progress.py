@@ -26,17 +26,20 @@ def tracker(expected: Estimate = PREVIOUS) -> ProgressTracker:
     return ProgressTracker("nas", "create", started=100.0, expected=expected, interval=0)
 
 
-def test_the_byte_fraction_while_the_run_has_not_outgrown_the_previous_size() -> None:
+def test_the_byte_fraction_while_the_run_is_short_of_the_previous_size() -> None:
     assert fraction_done(250, 9, PREVIOUS) == 0.25
-    assert fraction_done(1000, 10, PREVIOUS) == 1.0
+    assert fraction_done(999, 10, PREVIOUS) == 0.999
 
 
-def test_the_file_fraction_once_the_bytes_outgrew_their_estimate() -> None:
+def test_the_file_fraction_once_the_bytes_reached_their_estimate() -> None:
     assert fraction_done(1500, 4, PREVIOUS) == 0.4
+    assert fraction_done(1000, 4, PREVIOUS) == 0.4
 
 
-def test_unknown_once_both_estimates_are_outgrown_or_without_any() -> None:
+def test_unknown_once_both_estimates_are_reached_or_without_any() -> None:
     assert fraction_done(1500, 11, PREVIOUS) is None
+    # Many times the bytes, as many files as last time: still going, so not 99 %.
+    assert fraction_done(200_000, 10, PREVIOUS) is None
     assert fraction_done(10, 1, Estimate()) is None
     assert fraction_done(10, 1, Estimate(files=4)) == 0.25  # a first estimate by files alone
 
@@ -74,7 +77,7 @@ def test_the_percent_stays_below_100_until_finished() -> None:
     assert capped_percent(1.0) == PERCENT_CAP
     assert capped_percent(None) is None
     run = tracker()
-    running = run.update(line(1000, 10), now=110.0)
+    running = run.update(line(995, 10), now=110.0)
     assert running is not None
     assert running.percent == PERCENT_CAP
     finished = run.final(120.0, True, {"original_size": 1001, "nfiles": 10})
