@@ -100,10 +100,11 @@ def _cards(
             problem = entity_id(PROBLEM_SENSOR) if PROBLEM_SENSOR in descriptions else None
             cards.append(_problem_card(problem, [(d.label, entity_id(d)) for d in chosen]))
             continue
-        if chosen and section.value and rows:
-            rows.append({"type": "section", "label": section.value})
-        elif chosen and section.value:
-            cards.append(_subtitle(section.value))
+        if chosen and section.value:
+            if rows:
+                rows.append({"type": "section", "label": section.value})
+            else:
+                cards.append(_subtitle(section.value))
         rows += [_row(entity_id(d), d.label) for d in chosen]
     cards.append(_entities_card(rows))
     return [card for card in cards if card]
